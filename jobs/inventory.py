@@ -1,0 +1,34 @@
+"""What a worker tells the coordinator about itself (published on start and by heartbeat)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.protocol import ONLINE_WITHIN_S
+from jobs.version import SCHEMA_VERSION
+
+
+class WorkerInventory(BaseModel):
+    """A host's declared facts, engines and models, as its worker sees them now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    host: str
+    queue: str
+    configuration: dict[str, str] = Field(default_factory=dict)
+    declared: dict[str, Any] = Field(default_factory=dict)
+    engines: dict[str, list[str]] = Field(default_factory=dict)  # engine -> backends
+    models: list[str] = Field(default_factory=list)
+    version: str
+    instance_id: str
+    pid: int
+    started_at: float
+    last_seen: float
+    clock_skew_s: float | None = None  # broker clock minus this box's clock, at start
+
+    def online(self, now: float | None = None) -> bool:
+        return (now if now is not None else time.time()) - self.last_seen <= ONLINE_WITHIN_S

@@ -1,0 +1,69 @@
+"""The matrix file a user submits: hosts x axes, minus exclusions, plus inclusions.
+
+Example (`matrix.yaml`)::
+
+    campaign: halo-vs-laptop
+    repetitions: 3
+    engine: llama-bench
+    workload: {prompt_tokens: 64, gen_tokens: 32}
+    hosts: [laptop-80w, minipc-120w]
+    matrix:
+      model: ["tiny:q8_0", "tiny:q4_k_m"]
+      backend: [cpu]
+      context: [512, 2048]
+      vram_split: [32G]
+    exclude:
+      - {host: minipc-120w, context: 512}
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from jobs.protocol import MAX_JOB_TIMEOUT_S
+from jobs.spec import Name, VramSplit, Workload
+
+# Keys a selector (exclude/include entry) may name; `host` plus every matrix axis.
+SELECTOR_KEYS = ("host", "engine", "model", "backend", "context", "vram_split")
+
+
+class MatrixAxes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: list[str] = Field(min_length=1)
+    backend: list[Name] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    context: list[PositiveInt] = Field(min_length=1)
+    vram_split: list[VramSplit] = Field(default_factory=list)
+    engine: list[Name] = Field(default_factory=list)  # when empty: the top-level `engine`
+
+
+class Selector(BaseModel):
+    """An `exclude`/`include` entry: the axes it names must all match (exclude) or be set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: Name | None = None
+    engine: Name | None = None
+    model: str | None = None
+    backend: Name | None = None
+    context: PositiveInt | None = None
+    vram_split: VramSplit | None = None
+
+    def named(self) -> dict[str, object]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Matrix(BaseModel):
+    """A validated matrix file. Expansion into jobs lives on the coordinator side."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: Name
+    repetitions: PositiveInt = 3
+    engine: Name = "llama-bench"
+    workload: Workload = Workload()
+    timeout_s: PositiveInt = Field(default=3600, le=MAX_JOB_TIMEOUT_S)
+    hosts: list[Name] = Field(min_length=1)
+    matrix: MatrixAxes
+    exclude: list[Selector] = Field(default_factory=list)
+    include: list[Selector] = Field(default_factory=list)

@@ -1,0 +1,60 @@
+"""Names and settings that both sides of the queue must agree on.
+
+Celery itself is not imported here: these are plain values that the coordinator's producer app
+and the worker's consumer app both apply, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TASK_NAME = "orch.run_job"
+
+# Redis keys (all under one prefix so `orch` can share a Redis with other apps).
+RESULTS_KEY = "orch:results"  # list: RunResult JSON, pushed by workers, drained by the store
+INVENTORY_KEY = "orch:inventory:{host}"  # string: WorkerInventory JSON, refreshed by heartbeat
+INVENTORY_PATTERN = "orch:inventory:*"
+LEASE_KEY = "orch:lease:{queue}"  # string: which worker instance consumes a queue right now
+ATTEMPTS_KEY = "orch:attempts:{job_id}"  # counter: deliveries of a job that started running
+FINAL_KEY = "orch:final:{job_id}"  # string: status of the final result already pushed
+
+# Longest a single job may run (the worker enforces it per engine run). Kombu's Redis transport
+# re-delivers any message unacked for longer than `visibility_timeout`, so that must exceed this,
+# or a long job runs twice (DESIGN.md).
+MAX_JOB_TIMEOUT_S = 6 * 3600
+VISIBILITY_TIMEOUT_S = MAX_JOB_TIMEOUT_S + 3600
+
+# A job that kills its worker every time it runs would otherwise be re-delivered forever.
+MAX_DELIVERIES = 3
+
+HEARTBEAT_INTERVAL_S = 5.0
+LEASE_TTL_S = 15
+ONLINE_WITHIN_S = 3 * HEARTBEAT_INTERVAL_S
+
+
+def celery_settings() -> dict[str, Any]:
+    """Celery configuration shared by the producer (coordinator) and the consumer (worker)."""
+    transport = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        # Hour-long jobs leave the connection idle; dead sockets must be noticed.
+        "health_check_interval": 30,
+        "socket_keepalive": True,
+    }
+    return {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        "broker_connection_retry_on_startup": True,
+        # The store is the system of record; Celery's result backend is not used.
+        "task_ignore_result": True,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": "orch.unrouted",
+        "task_create_missing_queues": True,
+    }

@@ -1,0 +1,80 @@
+"""What a worker reports back for a job."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.spec import JobSpec
+from jobs.version import SCHEMA_VERSION
+
+
+class Status(StrEnum):
+    """Final outcome of a job. Every status is final: a failure is a result, not a crash."""
+
+    OK = "ok"
+    LOAD_FAILED = "load_failed"  # the engine could not load the model (OOM, bad file, ...)
+    TIMEOUT = "timeout"  # the run went past the job's timeout_s and was killed
+    ERROR = "error"  # anything else: engine crashed, bad output, gave up after re-deliveries
+
+    @property
+    def words(self) -> str:
+        """How a report shows it."""
+        return self.value.replace("_", " ")
+
+
+class Measurement(BaseModel):
+    """One engine test (prompt processing or text generation) with every repetition kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test: Literal["pp", "tg"]
+    n_prompt: int
+    n_gen: int
+    n_depth: int = 0
+    samples_ts: list[float]  # tokens/s, one per repetition
+    samples_ns: list[int] = Field(default_factory=list)  # wall time per repetition
+
+
+class EngineInfo(BaseModel):
+    """Which engine build ran, and what it printed about itself and the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    backend: str
+    binary: str
+    build_commit: str | None = None
+    build_number: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunResult(BaseModel):
+    """The outcome of one job. Upserted by `job_id` in the store, so a re-delivery counts once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    campaign: str
+    host: str
+    queue: str
+    attempt: int
+    status: Status
+    error: str | None = None
+    measurements: list[Measurement] = Field(default_factory=list)
+    engine: EngineInfo | None = None
+    declared: dict[str, Any] = Field(default_factory=dict)
+    argv: list[str] = Field(default_factory=list)
+    started_at: datetime
+    finished_at: datetime
+    worker_version: str
+    # The job as the worker received it, so a result explains itself without the submitter's
+    # store (absent only when the message itself was invalid).
+    job: JobSpec | None = None
+
+    def measurement(self, test: str) -> Measurement | None:
+        return next((m for m in self.measurements if m.test == test), None)

@@ -1,0 +1,118 @@
+"""A single benchmark job: what to run, where, and its deterministic id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic.functional_validators import AfterValidator
+
+from jobs.version import SCHEMA_VERSION
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VRAM = re.compile(r"^(\d+)\s*([MG])(?:i?B)?$", re.IGNORECASE)
+
+# Host settings that need a reboot to change (BIOS carve-out). A job that names one waits in the
+# queue of that configuration until the box runs in it.
+CONFIGURATION_AXES = ("vram_split",)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def normalize_vram_split(value: object) -> str:
+    """`32g`, `32 GiB`, `512M` -> `32G`, `512M`: the carve-out size as the BIOS shows it."""
+    text = str(value).strip()
+    match = _VRAM.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a VRAM size: expected e.g. 512M, 32G or 96G")
+    return f"{int(match.group(1))}{match.group(2).upper()}"
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+VramSplit = Annotated[str, AfterValidator(normalize_vram_split)]
+
+
+class Workload(BaseModel):
+    """How much to prefill and generate per measured run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_tokens: PositiveInt = 512
+    gen_tokens: PositiveInt = 128
+
+
+def queue_name(host: str, configuration: dict[str, str]) -> str:
+    """The Celery queue of one host in one hardware configuration.
+
+    >>> queue_name("laptop-80w", {"vram_split": "32G"})
+    'orch.laptop-80w.vram-32G'
+    """
+    parts = [f"vram-{configuration['vram_split']}"] if configuration.get("vram_split") else []
+    return f"orch.{host}." + (".".join(parts) if parts else "default")
+
+
+def configuration_of(facts: dict[str, Any]) -> dict[str, str]:
+    """The reboot-bound part of a host's facts (what routes a job to a queue)."""
+    return {axis: str(facts[axis]) for axis in CONFIGURATION_AXES if facts.get(axis) is not None}
+
+
+class JobSpec(BaseModel):
+    """One job: one engine run of one model on one host configuration, `repetitions` times."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    campaign: Name
+    host: Name
+    engine: Name
+    model: str = Field(min_length=1)
+    backend: Name
+    context: PositiveInt
+    configuration: dict[str, str] = Field(default_factory=dict)
+    workload: Workload = Workload()
+    repetitions: PositiveInt = 3
+    timeout_s: PositiveInt = 3600
+    job_id: str = ""
+
+    @model_validator(mode="after")
+    def _fill_or_check_id(self) -> JobSpec:
+        expected = self.compute_id()
+        if not self.job_id:
+            object.__setattr__(self, "job_id", expected)
+        elif self.job_id != expected:
+            raise ValueError(
+                f"job_id {self.job_id} does not match its spec (expected {expected}): "
+                "the message was altered or comes from another orch version"
+            )
+        return self
+
+    def compute_id(self) -> str:
+        """Hash of the canonical spec (campaign included): the same job always has the same id."""
+        body = self.model_dump(mode="json", exclude={"job_id", "schema_version"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.host, self.configuration)
+
+    def axes(self) -> dict[str, Any]:
+        """The values that identify this job in a report."""
+        return {
+            "host": self.host,
+            "engine": self.engine,
+            "model": self.model,
+            "backend": self.backend,
+            "context": self.context,
+            **self.configuration,
+        }

@@ -1,0 +1,16 @@
+"""Versions of the package and of the wire format."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+# Wire/schema version of JobSpec, RunResult and WorkerInventory. Bump on any change a reader
+# must know about, and note it here.
+# History:
+#   1 - first version: llama-bench jobs, per-repetition samples, declared host facts.
+SCHEMA_VERSION = 1
+
+try:
+    ORCH_VERSION = metadata.version("orch")
+except metadata.PackageNotFoundError:  # running from a source tree that was not installed
+    ORCH_VERSION = "0.0.0+source"

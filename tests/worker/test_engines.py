@@ -1,0 +1,105 @@
+"""Engine adapters: every registered engine on the real tiny model, and how runs fail."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jobs.result import Status
+from jobs.spec import JobSpec, Workload
+from worker.engines import RunTarget, get_engine, registered
+from worker.engines.llama_bench import LlamaBench
+
+# Which binary of a llama.cpp build drives each registered engine.
+ENGINE_BINARIES = {"llama-bench": "llama-bench"}
+
+
+def _job(engine: str = "llama-bench", context: int = 256, repetitions: int = 2) -> JobSpec:
+    return JobSpec(
+        campaign="t",
+        host="box",
+        engine=engine,
+        model="tiny:q8_0",
+        backend="cpu",
+        context=context,
+        workload=Workload(prompt_tokens=32, gen_tokens=16),
+        repetitions=repetitions,
+    )
+
+
+def test_every_registered_engine_has_a_conformance_binary() -> None:
+    assert sorted(ENGINE_BINARIES) == registered()
+
+
+@pytest.mark.parametrize("engine", registered())
+def test_engine_measures_the_tiny_model(
+    engine: str, llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    target = RunTarget(llama_bin / ENGINE_BINARIES[engine], tiny_models["tiny:q8_0"], 120, 1)
+    outcome = get_engine(engine).run(_job(engine), target)
+
+    assert outcome.status is Status.OK, outcome.error
+    assert {m.test for m in outcome.measurements} == {"pp", "tg"}
+    for m in outcome.measurements:
+        assert len(m.samples_ts) == 2 and all(ts > 0 for ts in m.samples_ts)
+        assert len(m.samples_ns) == 2
+    pp = next(m for m in outcome.measurements if m.test == "pp")
+    tg = next(m for m in outcome.measurements if m.test == "tg")
+    assert (pp.n_prompt, pp.n_gen, tg.n_prompt, tg.n_gen) == (32, 0, 0, 16)
+    assert pp.n_depth == tg.n_depth == 256 - 32 - 16
+    assert outcome.engine.build_commit
+    assert "llama" in str(outcome.engine.details["model_type"])
+    assert outcome.argv[0] == str(target.binary)
+
+
+def test_llama_bench_argv_fills_the_context_and_is_a_list() -> None:
+    target = RunTarget(Path("/opt/llama-bench"), Path("/m/x.gguf"), 60, threads=4)
+    argv = LlamaBench.argv(_job(context=4096, repetitions=5), target)
+    assert argv == [
+        "/opt/llama-bench", "-m", "/m/x.gguf", "-p", "32", "-n", "16", "-d", "4048",
+        "-r", "5", "-o", "json", "-t", "4",
+    ]  # fmt: skip
+
+
+def test_a_model_that_does_not_load_is_a_load_failed_result(
+    tmp_path: Path, llama_bin: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    outcome = LlamaBench().run(_job(), RunTarget(llama_bin / "llama-bench", broken, 60))
+    assert outcome.status is Status.LOAD_FAILED
+    assert outcome.error and "exit code" in outcome.error
+    assert "load" in outcome.error.lower()
+
+
+def test_a_run_past_its_timeout_is_killed_and_reported(
+    llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    slow = _job(context=8000, repetitions=50)
+    target = RunTarget(llama_bin / "llama-bench", tiny_models["tiny:q8_0"], timeout_s=1.0)
+    outcome = LlamaBench().run(slow, target)
+    assert outcome.status is Status.TIMEOUT
+    assert outcome.error and outcome.error.startswith("killed after 1 s")
+
+
+def test_a_missing_binary_is_an_error_result(tmp_path: Path) -> None:
+    target = RunTarget(tmp_path / "no-such-llama-bench", tmp_path / "m.gguf", 10)
+    outcome = LlamaBench().run(_job(), target)
+    assert outcome.status is Status.ERROR
+    assert outcome.error and "cannot start" in outcome.error
+
+
+@pytest.mark.parametrize(
+    ("program", "expected"),
+    [("false", "exit code 1"), ("echo", "unreadable llama-bench JSON")],
+)
+def test_an_engine_that_misbehaves_is_an_error_result(
+    tmp_path: Path, program: str, expected: str
+) -> None:
+    binary = shutil.which(program)
+    assert binary is not None
+    outcome = LlamaBench().run(_job(), RunTarget(Path(binary), tmp_path / "m.gguf", 10))
+    assert outcome.status is Status.ERROR
+    assert outcome.error and expected in outcome.error

@@ -1,0 +1,191 @@
+"""The agent on a test box: one Celery worker on this host's current configuration queue.
+
+Start-up order matters:
+1. take the queue's lease, so two agents never benchmark on one queue at once;
+2. give back messages a dead predecessor had taken but not acknowledged (Redis has no real acks:
+   they would otherwise wait for the visibility timeout, hours, before anyone ran them);
+3. publish the inventory, then keep it and the lease fresh from a heartbeat thread;
+4. consume with the solo pool: one job at a time, in this process, on every platform.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis as redis_lib
+from celery import Celery
+from kombu.entity import Exchange, Queue
+
+from jobs.inventory import WorkerInventory
+from jobs.protocol import (
+    HEARTBEAT_INTERVAL_S,
+    INVENTORY_KEY,
+    LEASE_KEY,
+    LEASE_TTL_S,
+    TASK_NAME,
+    celery_settings,
+)
+from jobs.version import ORCH_VERSION
+from worker.config import WorkerConfig
+from worker.errors import QueueBusyError
+from worker.runner import execute
+
+log = logging.getLogger("orch.worker")
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"  # noqa: E501
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"  # noqa: E501
+)
+_SKEW_WARN_S = 30.0
+
+
+class Agent:
+    """Everything one `orch worker` process does besides running jobs."""
+
+    def __init__(self, config: WorkerConfig, broker_url: str) -> None:
+        self.config = config
+        self.broker_url = broker_url
+        self.redis = redis_lib.Redis.from_url(broker_url, socket_keepalive=True)
+        self.instance_id = uuid.uuid4().hex
+        self.started_at = time.time()
+        self.clock_skew_s: float | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self.app = self._make_app()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Block consuming jobs until the worker is told to stop (SIGTERM/SIGINT)."""
+        self.acquire_lease()
+        try:
+            self.check_clock()
+            restored = self.restore_orphans()
+            if restored:
+                log.warning("re-queued %d job(s) left unacknowledged by a dead worker", restored)
+            self.publish_inventory()
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="orch-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+            log.info("%s consumes %s", self.config.host, self.config.queue)
+            worker = self.app.Worker(
+                queues=[self.config.queue],
+                pool="solo",
+                concurrency=1,
+                hostname=f"orch@{self.config.host}.{self.instance_id[:8]}",
+                without_gossip=True,
+                without_mingle=True,
+                without_heartbeat=True,
+                loglevel="INFO",
+            )
+            worker.start()
+        finally:
+            self._stop.set()
+            self.release_lease()
+
+    def acquire_lease(self, wait_s: float = 2.5 * LEASE_TTL_S) -> None:
+        """Own this queue; wait for a crashed predecessor's lease to lapse, refuse a live one."""
+        key = LEASE_KEY.format(queue=self.config.queue)
+        owner = json.dumps({"instance": self.instance_id, "pid": os.getpid()})
+        deadline = time.monotonic() + wait_s
+        announced = False
+        while not self.redis.set(key, owner, nx=True, ex=LEASE_TTL_S):
+            if time.monotonic() > deadline:
+                holder = self.redis.get(key)
+                raise QueueBusyError(
+                    f"another live worker consumes {self.config.queue} ({holder!r}); "
+                    "benchmarks on one box must not overlap: stop it first"
+                )
+            if not announced:
+                log.info("waiting for the lease on %s (a previous worker may have died)", key)
+                announced = True
+            time.sleep(1.0)
+        self._lease_value = owner
+
+    def release_lease(self) -> None:
+        key = LEASE_KEY.format(queue=self.config.queue)
+        try:
+            self.redis.eval(_RELEASE, 1, key, self._lease_value)
+        except (redis_lib.RedisError, AttributeError):
+            pass  # the lease expires by itself
+
+    def check_clock(self) -> None:
+        """Kombu compares delivery times written by one box on another: warn on gross skew."""
+        seconds, micros = self.redis.time()
+        self.clock_skew_s = round(seconds + micros / 1e6 - time.time(), 3)
+        if abs(self.clock_skew_s) > _SKEW_WARN_S:
+            log.warning(
+                "this box's clock is %.0f s off the broker's: enable NTP, or redelivery "
+                "timing across boxes goes wrong",
+                self.clock_skew_s,
+            )
+
+    def restore_orphans(self) -> int:
+        """Put back messages of this queue that are delivered but unacknowledged.
+
+        Only one live agent holds the queue's lease, and this one has not consumed yet, so any
+        such message belongs to a worker that died mid-job.
+        """
+        queue = self.config.queue
+        restored = 0
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            Queue(queue, Exchange(queue), routing_key=queue)(channel).declare()
+            client = channel.client
+            for tag, raw in client.hgetall(channel.unacked_key).items():
+                _message, _exchange, routing_key = json.loads(raw)
+                if routing_key == queue:
+                    channel.qos.restore_by_tag(tag, client=client, leftmost=True)
+                    restored += 1
+        return restored
+
+    def inventory(self) -> WorkerInventory:
+        return WorkerInventory(
+            host=self.config.host,
+            queue=self.config.queue,
+            configuration=self.config.configuration,
+            declared=self.config.declared_facts(),
+            engines={name: sorted(ec.backends) for name, ec in self.config.engines.items()},
+            models=sorted(self.config.models),
+            version=ORCH_VERSION,
+            instance_id=self.instance_id,
+            pid=os.getpid(),
+            started_at=self.started_at,
+            last_seen=time.time(),
+            clock_skew_s=self.clock_skew_s,
+        )
+
+    def publish_inventory(self) -> None:
+        key = INVENTORY_KEY.format(host=self.config.host)
+        self.redis.set(key, self.inventory().model_dump_json())
+
+    def _beat(self) -> None:
+        key = LEASE_KEY.format(queue=self.config.queue)
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                if not self.redis.eval(_RENEW, 1, key, self._lease_value, LEASE_TTL_S):
+                    log.error("lost the lease on %s: another worker may now consume it", key)
+                self.publish_inventory()
+            except redis_lib.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    # -- celery ------------------------------------------------------------------------------
+
+    def _make_app(self) -> Celery:
+        app = Celery("orch-worker", broker=self.broker_url, set_as_current=False)
+        app.conf.update(celery_settings())
+        config, redis = self.config, self.redis
+
+        @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+        def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
+            result = execute(payload, config, redis)
+            return None if result is None else {"job_id": result.job_id, "status": result.status}
+
+        return app

@@ -1,0 +1,121 @@
+"""Box-side commands of the `orch` CLI: `worker`, `engines install`, `models tiny`.
+
+The coordinator's CLI finds these through the `orch.commands` entry-point group, so the two
+packages never import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from worker.errors import WorkerError
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.command("worker")
+@click.option("--host", help="This box's name (must match the config file's `host`).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="worker.yaml: declared facts, engines, models.",
+)
+@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help="redis://... URL.")
+def worker_command(host: str | None, config_path: Path, broker: str) -> None:
+    """Run the agent: consume this host's queue, one job at a time."""
+    from worker.agent import Agent
+    from worker.config import load_worker_config
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_worker_config(config_path, host)
+        Agent(config, broker).run()
+    except WorkerError as exc:
+        _fail(exc)
+
+
+@click.group("engines")
+def engines_group() -> None:
+    """Build or list inference engines on this box."""
+
+
+@engines_group.command("install")
+@click.argument("engine", type=click.Choice(["llama.cpp"]))
+@click.option("--backend", default="cpu", show_default=True, help="cpu, vulkan, cuda or rocm.")
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the binaries' paths as JSON.")
+def engines_install(engine: str, backend: str, jobs: int | None, as_json: bool) -> None:
+    """Build llama-bench and llama-server from the llama.cpp source vendored on PyPI."""
+    from worker.provision.llamacpp import install_llamacpp
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    try:
+        built = install_llamacpp(backend, jobs=jobs, progress=progress)
+    except WorkerError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps({k: str(v) for k, v in built.binaries.items()}))
+        return
+    state = "cached" if built.cached else "built"
+    click.echo(f"llama.cpp {built.version} ({built.backend}) {state}:")
+    for name, path in built.binaries.items():
+        click.echo(f"  {name}: {path}")
+
+
+@click.group("models")
+def models_group() -> None:
+    """Make models for tests and demos."""
+
+
+@models_group.command("tiny")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--quant", "quants", multiple=True, default=["q8_0", "q4_k_m"], show_default=True)
+@click.option(
+    "--llama-quantize",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="llama-quantize binary (for q4_k_m); default: the one `orch engines install` built.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print name -> path as JSON.")
+def models_tiny(
+    out_dir: Path, quants: tuple[str, ...], llama_quantize: Path | None, as_json: bool
+) -> None:
+    """Write tiny random-weight llama GGUF files (real files llama.cpp loads in milliseconds)."""
+    from jobs.paths import orch_home
+    from worker.provision.llamacpp import LLAMA_CPP_PYTHON_VERSION
+    from worker.provision.tiny_model import write_tiny_models
+
+    if llama_quantize is None:
+        candidate = orch_home() / "llama.cpp" / f"{LLAMA_CPP_PYTHON_VERSION}-cpu" / "bin"
+        llama_quantize = candidate / "llama-quantize"
+    try:
+        models = write_tiny_models(
+            out_dir,
+            quants=quants,
+            llama_quantize=llama_quantize if llama_quantize.is_file() else None,
+            progress=lambda line: click.echo(line, err=True),
+        )
+    except WorkerError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps({m.name: str(m.path) for m in models}))
+        return
+    for m in models:
+        click.echo(f"{m.name}: {m.path} ({os.path.getsize(m.path)} bytes)")

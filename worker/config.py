@@ -1,0 +1,104 @@
+"""The worker's config file (`worker.yaml`): who this box is and what it may run.
+
+Example::
+
+    host: laptop-80w
+    declared: {form_factor: laptop, power_limit_w: 80, vram_split: 32G}
+    engines:
+      llama-bench: {backends: {cpu: /opt/llama.cpp/bin/llama-bench}}
+    models:
+      "tiny:q8_0": /models/tiny-q8_0.gguf
+
+Only the binaries and model files named here are ever run: a job from the queue picks among
+them by name, it never supplies a path or a command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from jobs.protocol import MAX_JOB_TIMEOUT_S
+from jobs.spec import Name, VramSplit, configuration_of, queue_name
+from worker.errors import ConfigError
+
+
+class DeclaredFacts(BaseModel):
+    """What the owner says about the box. Detection and cross-checks come later."""
+
+    model_config = ConfigDict(extra="allow")
+
+    form_factor: str | None = None
+    power_limit_w: float | None = Field(default=None, gt=0)
+    vram_split: VramSplit | None = None
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backends: dict[Name, Path] = Field(min_length=1)
+
+
+class WorkerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: Name
+    declared: DeclaredFacts = DeclaredFacts()
+    engines: dict[Name, EngineConfig] = Field(default_factory=dict)
+    models: dict[str, Path] = Field(default_factory=dict)
+    # Upper bound for any job on this box; a job's own timeout_s is capped by it.
+    max_job_timeout_s: PositiveInt = Field(default=MAX_JOB_TIMEOUT_S, le=MAX_JOB_TIMEOUT_S)
+    # Threads for CPU engines; None lets the engine choose.
+    threads: PositiveInt | None = None
+
+    @property
+    def configuration(self) -> dict[str, str]:
+        return configuration_of(self.declared.model_dump())
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.host, self.configuration)
+
+    def declared_facts(self) -> dict[str, Any]:
+        return self.declared.model_dump(exclude_none=True)
+
+
+def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
+    """Read and check worker.yaml; `host` (from --host) must agree with the file when both exist."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with host, declared, engines, models")
+    if host is not None:
+        if data.get("host") not in (None, host):
+            raise ConfigError(
+                f"{path}: host is {data['host']!r} but --host says {host!r}; make them agree"
+            )
+        data["host"] = host
+    try:
+        config = WorkerConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from exc
+    missing = [
+        f"{path}: engines.{engine}.backends.{backend}: {binary} does not exist"
+        for engine, ec in config.engines.items()
+        for backend, binary in ec.backends.items()
+        if not binary.is_file()
+    ] + [
+        f"{path}: models.{name}: {file} does not exist"
+        for name, file in config.models.items()
+        if not file.is_file()
+    ]
+    if missing:
+        raise ConfigError("\n".join(missing))
+    return config

@@ -1,0 +1,80 @@
+"""The engine adapter interface and its registry.
+
+An adapter turns a JobSpec plus the box's own binary and model paths into an EngineOutcome. It
+never raises for a failed benchmark: load failures, crashes and timeouts are outcomes.
+
+Example::
+
+    @register("llama-bench")
+    class LlamaBench(Engine):
+        def run(self, job, target): ...
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from jobs.result import EngineInfo, Measurement, Status
+from jobs.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """What the box's config resolved the job's names to."""
+
+    binary: Path
+    model_path: Path
+    timeout_s: float
+    threads: int | None = None
+
+
+@dataclass
+class EngineOutcome:
+    status: Status
+    engine: EngineInfo
+    measurements: list[Measurement] = field(default_factory=list)
+    error: str | None = None
+    argv: list[str] = field(default_factory=list)
+
+
+class Engine(ABC):
+    """One engine family (llama-bench, llama-server, ...)."""
+
+    name: str = ""
+
+    @abstractmethod
+    def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
+        """Run the job's measured runs; every failure is returned as an outcome."""
+
+
+_REGISTRY: dict[str, type[Engine]] = {}
+
+
+E = TypeVar("E", bound=type["Engine"])
+
+
+def register(name: str) -> Callable[[E], E]:
+    """Class decorator: make an adapter available under `name`."""
+
+    def decorate(cls: E) -> E:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_engine(name: str) -> Engine:
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        known = ", ".join(registered())
+        raise KeyError(f"no engine adapter named {name!r} (have: {known})") from None
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,110 @@
+"""llama.cpp's `llama-bench`: prompt processing (pp) and generation (tg) speed, per repetition.
+
+The job's `context` is honoured as the KV-cache depth at which both tests run: llama-bench sizes
+its context to the test, so we pre-fill `context - prompt_tokens - gen_tokens` tokens (`-d`) and
+the measured run uses exactly `context` positions. The depth is recorded in each Measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from jobs.result import EngineInfo, Measurement, Status
+from jobs.spec import JobSpec
+from worker.engines.base import Engine, EngineOutcome, RunTarget, register
+from worker.engines.process import run_bounded
+
+# stderr lines that mean the model never got to run (llama.cpp's own wording).
+_LOAD_FAILURE = re.compile(
+    r"failed to load model|error loading model|unable to load model|failed to allocate"
+    r"|out of memory|ggml_backend_\w*alloc\w* failed|cannot allocate|failed to open",
+    re.IGNORECASE,
+)
+
+# Fields of llama-bench's JSON kept as engine details (DESIGN.md lists what it prints).
+_DETAIL_FIELDS = (
+    "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
+    "model_n_params", "n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers",
+    "flash_attn", "use_mmap", "test_time",
+)  # fmt: skip
+
+
+@register("llama-bench")
+class LlamaBench(Engine):
+    def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
+        argv = self.argv(job, target)
+        info = EngineInfo(name=self.name, backend=job.backend, binary=str(target.binary))
+        try:
+            proc = run_bounded(argv, target.timeout_s)
+        except OSError as exc:
+            return EngineOutcome(
+                Status.ERROR, info, error=f"cannot start {target.binary}: {exc}", argv=argv
+            )
+        if proc.timed_out:
+            return EngineOutcome(
+                Status.TIMEOUT,
+                info,
+                error=f"killed after {target.timeout_s:.0f} s\n{proc.stderr_tail()}",
+                argv=argv,
+            )
+        if proc.returncode != 0:
+            status = Status.LOAD_FAILED if _LOAD_FAILURE.search(proc.stderr) else Status.ERROR
+            return EngineOutcome(
+                status,
+                info,
+                error=f"exit code {proc.returncode}\n{proc.stderr_tail()}",
+                argv=argv,
+            )
+        try:
+            rows = json.loads(proc.stdout)
+            measurements = [_measurement(row) for row in rows]
+        except (ValueError, KeyError, TypeError) as exc:
+            return EngineOutcome(
+                Status.ERROR,
+                info,
+                error=f"unreadable llama-bench JSON ({exc}); stdout starts: {proc.stdout[:300]!r}",
+                argv=argv,
+            )
+        if not measurements:
+            return EngineOutcome(
+                Status.ERROR, info, error="llama-bench printed no tests", argv=argv
+            )
+        info = _engine_info(info, rows[0])
+        return EngineOutcome(Status.OK, info, measurements=measurements, argv=argv)
+
+    @staticmethod
+    def argv(job: JobSpec, target: RunTarget) -> list[str]:
+        work = job.workload
+        depth = max(0, job.context - work.prompt_tokens - work.gen_tokens)
+        argv = [
+            str(target.binary), "-m", str(target.model_path),
+            "-p", str(work.prompt_tokens), "-n", str(work.gen_tokens), "-d", str(depth),
+            "-r", str(job.repetitions), "-o", "json",
+        ]  # fmt: skip
+        if target.threads:
+            argv += ["-t", str(target.threads)]
+        return argv
+
+
+def _measurement(row: dict[str, Any]) -> Measurement:
+    n_prompt, n_gen = int(row["n_prompt"]), int(row["n_gen"])
+    return Measurement(
+        test="tg" if n_gen > 0 else "pp",
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        n_depth=int(row.get("n_depth", 0)),
+        samples_ts=[float(x) for x in row["samples_ts"]],
+        samples_ns=[int(x) for x in row.get("samples_ns", [])],
+    )
+
+
+def _engine_info(info: EngineInfo, row: dict[str, Any]) -> EngineInfo:
+    return info.model_copy(
+        update={
+            "build_commit": row.get("build_commit"),
+            "build_number": row.get("build_number"),
+            "details": {key: row[key] for key in _DETAIL_FIELDS if key in row},
+        }
+    )

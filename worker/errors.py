@@ -1,0 +1,27 @@
+"""Errors raised on a test box.
+
+    WorkerError                 anything the agent refuses or cannot do
+    ├── ConfigError             worker.yaml is wrong (names the file and key)
+    ├── ProvisionError          building an engine or writing a model failed
+    └── QueueBusyError          another live worker already consumes this host/configuration queue
+
+A failing *benchmark* is not an exception: it becomes a RunResult with a failure status.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+
+class ConfigError(WorkerError):
+    """The worker config file is invalid."""
+
+
+class ProvisionError(WorkerError):
+    """An engine build or model generation failed."""
+
+
+class QueueBusyError(WorkerError):
+    """Another worker holds the lease on this queue: two benchmarks would overlap."""
