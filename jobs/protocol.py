@@ -12,6 +12,7 @@ TASK_NAME = "orch.run_job"
 
 # Redis keys (all under one prefix so `orch` can share a Redis with other apps).
 RESULTS_KEY = "orch:results"  # list: RunResult JSON, pushed by workers, drained by the store
+REJECTED_KEY = "orch:results:rejected"  # list: outbox entries this coordinator could not read
 INVENTORY_KEY = "orch:inventory:{host}"  # string: WorkerInventory JSON, refreshed by heartbeat
 INVENTORY_PATTERN = "orch:inventory:*"
 LEASE_KEY = "orch:lease:{queue}"  # string: which worker instance consumes a queue right now

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from pydantic.functional_validators import AfterValidator
 
 from jobs.version import SCHEMA_VERSION
@@ -83,6 +83,14 @@ class JobSpec(BaseModel):
     repetitions: PositiveInt = 3
     timeout_s: PositiveInt = 3600
     job_id: str = ""
+
+    @field_validator("configuration")
+    @classmethod
+    def _normalize_configuration(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CONFIGURATION_AXES))
+        if unknown:
+            raise ValueError(f"unknown configuration axes {unknown}: known {CONFIGURATION_AXES}")
+        return {k: normalize_vram_split(v) if k == "vram_split" else v for k, v in value.items()}
 
     @model_validator(mode="after")
     def _fill_or_check_id(self) -> JobSpec:

@@ -35,18 +35,24 @@ _FRIENDLY = {
 }
 
 
-def load_matrix(path: Path) -> tuple[Matrix, dict[Path_, int]]:
-    """Parse and validate; return the matrix and a map from key path to 1-based line."""
+def read_matrix_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise MatrixError([f"{path}: cannot read: {exc.strerror}"]) from exc
+
+
+def load_matrix(path: Path, text: str) -> tuple[Matrix, dict[Path_, int]]:
+    """Parse and validate `text` (read from `path`); return it and a key path -> line map."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
-        raise MatrixError([f"{path}:{line}: invalid YAML: {exc.problem}"]) from exc
+        message = f"{path}:{line}: invalid YAML: {exc.problem}"
+        if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        raise MatrixError([message]) from exc
     lines: dict[Path_, int] = {}
     if node is not None:
         _index_lines(node, (), lines)
@@ -92,9 +98,10 @@ class MatrixFile:
 
 def load_matrix_file(path: Path) -> MatrixFile:
     """Load, validate and expand a matrix file; every problem is reported at once."""
-    matrix, lines = load_matrix(path)
+    text = read_matrix_text(path)
+    matrix, lines = load_matrix(path, text)
     jobs = _checked_jobs(path, matrix, lines)
-    return MatrixFile(path, path.read_text(), matrix, lines, jobs)
+    return MatrixFile(path, text, matrix, lines, jobs)
 
 
 def _checked_jobs(path: Path, matrix: Matrix, lines: dict[Path_, int]) -> list[JobSpec]:
@@ -109,9 +116,17 @@ def _checked_jobs(path: Path, matrix: Matrix, lines: dict[Path_, int]) -> list[J
                 problems.append((("include", i), f"an include entry must name `{key}`"))
         if entry.backend is None and len(matrix.matrix.backend) > 1:
             problems.append((("include", i), "an include entry must name `backend`"))
+        if entry.vram_split is None and len(matrix.matrix.vram_split) > 1:
+            problems.append((("include", i), "an include entry must name `vram_split`"))
+    for i, entry in enumerate(matrix.exclude):
+        if not entry.named():
+            problems.append((("exclude", i), "an exclude entry must name at least one key"))
+    jobs = expand(matrix) if not problems else []
+    if not problems and not jobs:
+        problems.append((("exclude",), "the exclusions remove every job: nothing would run"))
     if problems:
         raise MatrixError([f"{path}:{_line(lines, p)}: {_dotted(p)}: {msg}" for p, msg in problems])
-    return expand(matrix)
+    return jobs
 
 
 def expand(matrix: Matrix) -> list[JobSpec]:
@@ -132,10 +147,11 @@ def expand(matrix: Matrix) -> list[JobSpec]:
     ]
     rows = [row for row in rows if not any(_matches(row, sel) for sel in matrix.exclude)]
     for entry in matrix.include:
+        # Unnamed axes default to the matrix's value when it has exactly one.
         row: dict[str, Any] = {
             "engine": matrix.engine,
             "backend": axes.backend[0],
-            "vram_split": None,
+            "vram_split": axes.vram_split[0] if len(axes.vram_split) == 1 else None,
         }
         row.update(entry.named())
         rows.append(row)

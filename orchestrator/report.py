@@ -102,7 +102,9 @@ def build_pivot(campaign: str, rows: list[JobRow]) -> Pivot:
         if row.spec.host not in hosts:
             hosts.append(row.spec.host)
     shown = [a for a in ROW_AXES if len(values[a]) > 1 or a == "model"]
-    constant = {a: values[a][0] for a in ROW_AXES if a not in shown and values[a]}
+    constant = {
+        a: values[a][0] for a in ROW_AXES if a not in shown and values[a] and values[a][0] != "-"
+    }
     table: dict[tuple[Any, ...], dict[str, Cell]] = {}
     for row in rows:
         axes = _axes(row)
@@ -161,8 +163,11 @@ def _failure_notes(pivot: Pivot, *, md: bool) -> list[str]:
         result = row.result
         if result is None or result.status is Status.OK:
             continue
-        first = (result.error or "").strip().splitlines()
-        reason = first[-1] if first else ""
+        # First line says what happened (exit code, timeout); the last is the engine's own word.
+        lines = [line for line in (result.error or "").strip().splitlines() if line.strip()]
+        reason = lines[0] if lines else ""
+        if len(lines) > 1:
+            reason += f": {lines[-1].strip()}"
         bullet = "- " if md else "  "
         notes.append(
             f"{bullet}{row.spec.host} {row.spec.model} ctx {row.spec.context}: "

@@ -37,7 +37,8 @@ def summarize(samples: list[float]) -> Summary | None:
 
 def fmt_number(value: float) -> str:
     """Three significant figures or so, never scientific notation for tokens/s."""
-    magnitude = abs(value)
+    # Choose the decimals from the value as it will print: 99.96 is "100", not "100.0".
+    magnitude = abs(float(f"{value:.3g}"))
     if magnitude >= 100:
         return f"{value:.0f}"
     if magnitude >= 10:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from jobs.protocol import REJECTED_KEY
 from orchestrator.broker import queue_length, read_inventories
 from orchestrator.store import Store
 
@@ -15,6 +16,12 @@ def render_status(store: Store, client: Any | None, campaign: str | None, now: f
     out: list[str] = []
     if client is not None:
         out += _hosts(client, now)
+        rejected = int(client.llen(REJECTED_KEY))
+        if rejected:
+            out.append(
+                f"warning: {rejected} result(s) this orch cannot read were set aside in "
+                f"{REJECTED_KEY}: a worker runs a newer orch; upgrade this coordinator"
+            )
     else:
         out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     out.append("")

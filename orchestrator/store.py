@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jobs.protocol import RESULTS_KEY
+from pydantic import ValidationError
+
+from jobs.protocol import REJECTED_KEY, RESULTS_KEY
 from jobs.result import RunResult
 from jobs.spec import JobSpec
 from orchestrator.errors import StoreError
@@ -175,11 +177,20 @@ class Store:
         """Move finished results from the broker's outbox into this store; return how many.
 
         Each result is committed here before it is removed there, and the upsert is idempotent,
-        so a crash in between only means the same result is seen (and ignored) next time.
+        so a crash in between only means the same result is seen (and ignored) next time. An
+        entry this orch cannot read (a newer worker's schema, say) is set aside in
+        `orch:results:rejected`, kept for a newer coordinator, instead of blocking the rest.
         """
         collected = 0
         for raw in redis.lrange(RESULTS_KEY, 0, -1):
-            result = RunResult.model_validate_json(raw)
+            try:
+                result = RunResult.model_validate_json(raw)
+            except ValidationError:
+                pipe = redis.pipeline(transaction=True)
+                pipe.rpush(REJECTED_KEY, raw)
+                pipe.lrem(RESULTS_KEY, 1, raw)
+                pipe.execute()
+                continue
             if result.job is not None:
                 self.record_job(result.job)
             if self.upsert_result(result):

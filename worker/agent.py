@@ -61,9 +61,9 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, lease_wait_s: float = 2.5 * LEASE_TTL_S) -> None:
         """Block consuming jobs until the worker is told to stop (SIGTERM/SIGINT)."""
-        self.acquire_lease()
+        self.acquire_lease(lease_wait_s)
         try:
             self.check_clock()
             restored = self.restore_orphans()

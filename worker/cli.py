@@ -32,7 +32,14 @@ def _fail(exc: Exception) -> None:
     help="worker.yaml: declared facts, engines, models.",
 )
 @click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help="redis://... URL.")
-def worker_command(host: str | None, config_path: Path, broker: str) -> None:
+@click.option(
+    "--lease-wait",
+    type=float,
+    default=40.0,
+    show_default=True,
+    help="Seconds to wait for a dead predecessor's queue lease to lapse before giving up.",
+)
+def worker_command(host: str | None, config_path: Path, broker: str, lease_wait: float) -> None:
     """Run the agent: consume this host's queue, one job at a time."""
     from worker.agent import Agent
     from worker.config import load_worker_config
@@ -42,7 +49,7 @@ def worker_command(host: str | None, config_path: Path, broker: str) -> None:
     )
     try:
         config = load_worker_config(config_path, host)
-        Agent(config, broker).run()
+        Agent(config, broker).run(lease_wait_s=lease_wait)
     except WorkerError as exc:
         _fail(exc)
 
@@ -56,8 +63,16 @@ def engines_group() -> None:
 @click.argument("engine", type=click.Choice(["llama.cpp"]))
 @click.option("--backend", default="cpu", show_default=True, help="cpu, vulkan, cuda or rocm.")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs.")
+@click.option(
+    "--cmake-flag",
+    "cmake_flags",
+    multiple=True,
+    help="Extra cmake flag, repeatable (e.g. -DCMAKE_CUDA_ARCHITECTURES=90).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the binaries' paths as JSON.")
-def engines_install(engine: str, backend: str, jobs: int | None, as_json: bool) -> None:
+def engines_install(
+    engine: str, backend: str, jobs: int | None, cmake_flags: tuple[str, ...], as_json: bool
+) -> None:
     """Build llama-bench and llama-server from the llama.cpp source vendored on PyPI."""
     from worker.provision.llamacpp import install_llamacpp
 
@@ -65,7 +80,9 @@ def engines_install(engine: str, backend: str, jobs: int | None, as_json: bool) 
         click.echo(line, err=True)
 
     try:
-        built = install_llamacpp(backend, jobs=jobs, progress=progress)
+        built = install_llamacpp(
+            backend, jobs=jobs, extra_cmake_flags=list(cmake_flags), progress=progress
+        )
     except WorkerError as exc:
         _fail(exc)
         return

@@ -67,11 +67,18 @@ class WorkerConfig(BaseModel):
 
 
 def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
-    """Read and check worker.yaml; `host` (from --host) must agree with the file when both exist."""
+    """Read and check worker.yaml; `host` (from --host) must agree with the file when both exist.
+
+    Paths may start with `~`; relative paths are taken from the config file's folder, so a
+    service started from another directory finds the same files.
+    """
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+        raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -89,6 +96,7 @@ def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
             f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         ]
         raise ConfigError("\n".join(lines)) from exc
+    _resolve_paths(config, path.parent)
     missing = [
         f"{path}: engines.{engine}.backends.{backend}: {binary} does not exist"
         for engine, ec in config.engines.items()
@@ -102,3 +110,13 @@ def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
     if missing:
         raise ConfigError("\n".join(missing))
     return config
+
+
+def _resolve_paths(config: WorkerConfig, base: Path) -> None:
+    def resolve(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    for engine in config.engines.values():
+        engine.backends = {name: resolve(binary) for name, binary in engine.backends.items()}
+    config.models = {name: resolve(file) for name, file in config.models.items()}

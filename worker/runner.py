@@ -53,10 +53,10 @@ def execute(payload: dict[str, Any], config: WorkerConfig, redis: Any) -> RunRes
             f"gave up after {MAX_DELIVERIES} deliveries: the job never finished "
             "(its worker died each time it ran)"
         )
-        return _push(redis, _failure(spec, config, attempt, reason, started))
+        return _push(redis, _failure(spec, config, attempt, reason, started, job))
     problem = _refusal(job, config)
     if problem:
-        return _push(redis, _failure(spec, config, attempt, problem, started))
+        return _push(redis, _failure(spec, config, attempt, problem, started, job))
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
     target = RunTarget(
@@ -107,7 +107,12 @@ def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
 
 
 def _failure(
-    spec: dict[str, Any], config: WorkerConfig, attempt: int, error: str, started: datetime
+    spec: dict[str, Any],
+    config: WorkerConfig,
+    attempt: int,
+    error: str,
+    started: datetime,
+    job: JobSpec | None = None,
 ) -> RunResult:
     return RunResult(
         job_id=str(spec["job_id"]),
@@ -124,6 +129,7 @@ def _failure(
         started_at=started,
         finished_at=datetime.now(UTC),
         worker_version=ORCH_VERSION,
+        job=job,
     )
 
 

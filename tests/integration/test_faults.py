@@ -88,6 +88,6 @@ def test_second_live_worker_on_the_same_queue_is_refused(
 ) -> None:
     config = write_worker_config(tmp_path / "w.yaml", "box", llama_bin, tiny_models)
     start_worker(config)
-    done = orch("worker", "--config", str(config), "--broker", broker, timeout=120)
+    done = orch("worker", "--config", str(config), "--broker", broker, "--lease-wait", "2")
     assert done.returncode != 0
     assert "another live worker consumes orch.box.default" in done.stderr

@@ -7,7 +7,6 @@ ORCH_LLAMA_CPP_BIN at their directory (e.g. ~/.cache/orch/llama.cpp/0.3.36-cpu/b
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -94,18 +93,6 @@ def test_failing_llama_quantize_reports_its_stderr(tmp_path: Path) -> None:
 
 
 # --- real llama.cpp ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def llama_bin() -> Path:
-    raw = os.environ.get("ORCH_LLAMA_CPP_BIN")
-    if not raw:
-        pytest.skip("ORCH_LLAMA_CPP_BIN is not set (directory holding llama-bench, llama-server…)")
-    found = Path(raw)
-    missing = [n for n in TOOLS if not (found / n).is_file()]
-    if missing:
-        pytest.skip(f"ORCH_LLAMA_CPP_BIN={found} lacks {', '.join(missing)}")
-    return found
 
 
 @pytest.fixture(scope="module")

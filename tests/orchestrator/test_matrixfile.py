@@ -1,0 +1,409 @@
+"""Matrix files: expansion into jobs, and error messages that name file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.spec import JobSpec, Workload
+from orchestrator.errors import MatrixError
+from orchestrator.matrixfile import load_matrix_file
+
+EXAMPLE = """\
+campaign: halo-vs-laptop
+repetitions: 3
+engine: llama-bench
+workload: {prompt_tokens: 64, gen_tokens: 32}
+hosts: [laptop-80w, minipc-120w]
+matrix:
+  model: ["tiny:q8_0", "tiny:q4_k_m"]
+  backend: [cpu]
+  context: [512, 2048]
+  vram_split: [32G]
+exclude:
+  - {host: minipc-120w, context: 512}
+include:
+  - {host: laptop-80w, model: "tiny:q8_0", backend: cpu, context: 4096, vram_split: 32G}
+"""
+
+# (host, model, context) in expansion order: hosts x models x contexts, minus the exclusion,
+# then the include.
+EXPECTED_JOBS = [
+    ("laptop-80w", "tiny:q8_0", 512),
+    ("laptop-80w", "tiny:q8_0", 2048),
+    ("laptop-80w", "tiny:q4_k_m", 512),
+    ("laptop-80w", "tiny:q4_k_m", 2048),
+    ("minipc-120w", "tiny:q8_0", 2048),
+    ("minipc-120w", "tiny:q4_k_m", 2048),
+    ("laptop-80w", "tiny:q8_0", 4096),
+]
+
+
+def _write(tmp_path: Path, text: str = EXAMPLE, name: str = "matrix.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _edit(old: str, new: str) -> str:
+    assert EXAMPLE.count(old) == 1, old
+    return EXAMPLE.replace(old, new)
+
+
+def _problems(path: Path) -> list[str]:
+    with pytest.raises(MatrixError) as info:
+        load_matrix_file(path)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def _triples(jobs: list[JobSpec]) -> list[tuple[str, str, int]]:
+    return [(j.host, j.model, j.context) for j in jobs]
+
+
+# -- expansion --------------------------------------------------------------------------------
+
+
+def test_example_expands_to_seven_jobs_in_order(tmp_path: Path) -> None:
+    mf = load_matrix_file(_write(tmp_path))
+
+    assert _triples(mf.jobs) == EXPECTED_JOBS
+    assert len({j.job_id for j in mf.jobs}) == 7
+
+
+def test_every_job_carries_the_matrix_settings(tmp_path: Path) -> None:
+    mf = load_matrix_file(_write(tmp_path))
+
+    for job in mf.jobs:
+        assert job.campaign == "halo-vs-laptop"
+        assert job.engine == "llama-bench"
+        assert job.backend == "cpu"
+        assert job.configuration == {"vram_split": "32G"}
+        assert job.workload == Workload(prompt_tokens=64, gen_tokens=32)
+        assert job.repetitions == 3
+        assert job.timeout_s == 3600
+
+
+def test_queues_are_per_host_and_vram_split(tmp_path: Path) -> None:
+    mf = load_matrix_file(_write(tmp_path))
+
+    assert [j.queue for j in mf.jobs] == [
+        *["orch.laptop-80w.vram-32G"] * 4,
+        *["orch.minipc-120w.vram-32G"] * 2,
+        "orch.laptop-80w.vram-32G",
+    ]
+
+
+def test_loaded_file_keeps_its_text_and_validated_matrix(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    mf = load_matrix_file(path)
+
+    assert mf.path == path
+    assert mf.text == EXAMPLE
+    assert mf.matrix.campaign == "halo-vs-laptop"
+    assert mf.matrix.hosts == ["laptop-80w", "minipc-120w"]
+    assert mf.matrix.matrix.context == [512, 2048]
+
+
+def test_reloading_gives_the_same_ids_in_the_same_order(tmp_path: Path) -> None:
+    first = load_matrix_file(_write(tmp_path, name="a.yaml"))
+    second = load_matrix_file(_write(tmp_path, name="b.yaml"))
+
+    assert [j.job_id for j in first.jobs] == [j.job_id for j in second.jobs]
+    assert first.jobs == second.jobs
+
+
+def test_vram_split_spelling_does_not_change_ids(tmp_path: Path) -> None:
+    plain = load_matrix_file(_write(tmp_path, name="a.yaml"))
+    spelled = load_matrix_file(
+        _write(tmp_path, _edit("vram_split: [32G]", 'vram_split: ["32 GiB"]'), "b.yaml")
+    )
+
+    assert [j.job_id for j in spelled.jobs] == [j.job_id for j in plain.jobs]
+
+
+def test_another_campaign_gives_other_ids(tmp_path: Path) -> None:
+    first = load_matrix_file(_write(tmp_path, name="a.yaml"))
+    other = load_matrix_file(
+        _write(tmp_path, _edit("campaign: halo-vs-laptop", "campaign: rerun"), "b.yaml")
+    )
+
+    assert _triples(other.jobs) == EXPECTED_JOBS
+    assert not {j.job_id for j in first.jobs} & {j.job_id for j in other.jobs}
+
+
+def test_include_duplicating_a_job_adds_nothing(tmp_path: Path) -> None:
+    text = EXAMPLE + (
+        '  - {host: minipc-120w, model: "tiny:q4_k_m", backend: cpu, context: 2048,'
+        " vram_split: 32G}\n"
+    )
+    mf = load_matrix_file(_write(tmp_path, text))
+
+    assert _triples(mf.jobs) == EXPECTED_JOBS
+    assert [j.job_id for j in mf.jobs] == [
+        j.job_id for j in load_matrix_file(_write(tmp_path, name="plain.yaml")).jobs
+    ]
+
+
+def test_include_can_bring_back_an_excluded_job(tmp_path: Path) -> None:
+    text = EXAMPLE + '  - {host: minipc-120w, model: "tiny:q8_0", context: 512, vram_split: 32G}\n'
+    mf = load_matrix_file(_write(tmp_path, text))
+
+    assert _triples(mf.jobs) == [*EXPECTED_JOBS, ("minipc-120w", "tiny:q8_0", 512)]
+    assert mf.jobs[-1].backend == "cpu"  # the single backend of the matrix
+
+
+def test_exclude_naming_several_axes_needs_all_to_match(tmp_path: Path) -> None:
+    text = _edit(
+        "  - {host: minipc-120w, context: 512}",
+        '  - {host: minipc-120w, model: "tiny:q4_k_m"}',
+    )
+    mf = load_matrix_file(_write(tmp_path, text))
+
+    assert _triples(mf.jobs) == [
+        ("laptop-80w", "tiny:q8_0", 512),
+        ("laptop-80w", "tiny:q8_0", 2048),
+        ("laptop-80w", "tiny:q4_k_m", 512),
+        ("laptop-80w", "tiny:q4_k_m", 2048),
+        ("minipc-120w", "tiny:q8_0", 512),
+        ("minipc-120w", "tiny:q8_0", 2048),
+        ("laptop-80w", "tiny:q8_0", 4096),
+    ]
+
+
+def test_defaults_without_vram_split_go_to_the_default_queue(tmp_path: Path) -> None:
+    text = "campaign: c\nhosts: [box]\nmatrix:\n  model: [m]\n  context: [1024]\n"
+    [job] = load_matrix_file(_write(tmp_path, text)).jobs
+
+    assert job.engine == "llama-bench"
+    assert job.backend == "cpu"
+    assert job.repetitions == 3
+    assert job.workload == Workload(prompt_tokens=512, gen_tokens=128)
+    assert job.configuration == {}
+    assert job.queue == "orch.box.default"
+
+
+def test_include_without_vram_split_takes_the_single_matrix_value(tmp_path: Path) -> None:
+    text = EXAMPLE + '  - {host: minipc-120w, model: "tiny:q8_0", context: 8192}\n'
+    job = load_matrix_file(_write(tmp_path, text)).jobs[-1]
+
+    assert (job.host, job.context) == ("minipc-120w", 8192)
+    assert job.queue == "orch.minipc-120w.vram-32G"
+
+
+def test_empty_exclude_entry_is_an_error(tmp_path: Path) -> None:
+    text = _edit("  - {host: minipc-120w, context: 512}", "  - {}")
+    path = _write(tmp_path, text)
+
+    problems = _problems(path)
+    assert problems[0].startswith(f"{path}:12: exclude[0]: ")
+
+
+# -- where -----------------------------------------------------------------------------------
+
+
+def test_where_names_file_line_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    mf = load_matrix_file(path)
+
+    assert mf.where(("matrix", "context", 1)) == f"{path}:9: matrix.context[1]"
+    assert mf.where(("include", 0, "context")) == f"{path}:14: include[0].context"
+    assert mf.where(("workload", "prompt_tokens")) == f"{path}:4: workload.prompt_tokens"
+
+
+@pytest.mark.parametrize(
+    ("axis", "value", "expected"),
+    [
+        ("host", "laptop-80w", "5: hosts[0]"),
+        ("host", "minipc-120w", "5: hosts[1]"),
+        ("model", "tiny:q4_k_m", "7: matrix.model[1]"),
+        ("model", "tiny:q8_0", "7: matrix.model[0]"),
+        ("backend", "cpu", "8: matrix.backend[0]"),
+        ("context", 2048, "9: matrix.context[1]"),
+        ("context", 4096, "14: include[0].context"),  # only the include names it
+        ("vram_split", "32G", "10: matrix.vram_split[0]"),
+        ("engine", "llama-bench", "3: engine"),  # no engine axis: the top-level key
+    ],
+)
+def test_where_value_points_at_the_first_place_naming_a_value(
+    tmp_path: Path, axis: str, value: object, expected: str
+) -> None:
+    path = _write(tmp_path)
+    assert load_matrix_file(path).where_value(axis, value) == f"{path}:{expected}"
+
+
+def test_where_value_for_an_include_only_host(tmp_path: Path) -> None:
+    text = EXAMPLE + '  - {host: desktop, model: "tiny:q8_0", context: 4096, vram_split: 32G}\n'
+    path = _write(tmp_path, text)
+
+    assert load_matrix_file(path).where_value("host", "desktop") == f"{path}:15: include[1].host"
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_negative_context_names_file_line_key_and_value(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("context: [512, 2048]", "context: [512, -5]"))
+
+    assert _problems(path) == [f"{path}:9: matrix.context[1]: expected a positive integer (got -5)"]
+
+
+def test_context_that_is_not_a_number(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("context: [512, 2048]", "context: [512, big]"))
+
+    assert _problems(path) == [f"{path}:9: matrix.context[1]: expected an integer (got 'big')"]
+
+
+def test_invalid_vram_split_in_the_matrix(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("vram_split: [32G]", "vram_split: [32G, 0G]"))
+
+    [problem] = _problems(path)
+    assert problem.startswith(f"{path}:10: matrix.vram_split[1]: '0G' is not a VRAM size")
+
+
+def test_invalid_yaml_reports_invalid_yaml_with_a_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("hosts: [laptop-80w, minipc-120w]", "hosts: [laptop-80w, minipc"))
+
+    [problem] = _problems(path)
+    # PyYAML notices the unclosed bracket of line 5 at the next key, line 6.
+    assert problem == (
+        f"{path}:6: invalid YAML: expected ',' or ']', but got ':' "
+        "(while parsing a flow sequence at line 5)"
+    )
+
+
+def test_invalid_yaml_names_the_line_where_the_bracket_was_opened(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("hosts: [laptop-80w, minipc-120w]", "hosts: [laptop-80w, minipc"))
+
+    [problem] = _problems(path)
+    assert "line 5" in problem or problem.startswith(f"{path}:5:")
+
+
+def test_tab_indentation_is_invalid_yaml_on_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("  backend: [cpu]", "\tbackend: [cpu]"))
+
+    [problem] = _problems(path)
+    assert problem.startswith(f"{path}:8: invalid YAML: ")
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("repetitions: 3\n", "repetitions: 3\ncolour: red\n"))
+
+    assert _problems(path) == [f"{path}:3: colour: unknown key (got 'red')"]
+
+
+def test_unknown_matrix_axis(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("  backend: [cpu]\n", "  backend: [cpu]\n  quant: [q8_0]\n"))
+
+    assert _problems(path) == [f"{path}:9: matrix.quant: unknown key"]
+
+
+def test_missing_hosts(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("hosts: [laptop-80w, minipc-120w]\n", ""))
+
+    assert _problems(path) == [f"{path}:1: hosts: required key is missing"]
+
+
+def test_empty_hosts(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("hosts: [laptop-80w, minipc-120w]", "hosts: []"))
+
+    assert _problems(path) == [f"{path}:5: hosts: must not be empty"]
+
+
+def test_missing_matrix_key_points_at_its_parent(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("  context: [512, 2048]\n", ""))
+
+    assert _problems(path) == [f"{path}:6: matrix.context: required key is missing"]
+
+
+def test_context_smaller_than_the_workload(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("context: [512, 2048]", "context: [512, 64]"))
+
+    assert _problems(path) == [
+        f"{path}:9: matrix.context[1]: context 64 is smaller than prompt_tokens + gen_tokens = 96"
+    ]
+
+
+def test_include_context_smaller_than_the_workload(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("context: 4096", "context: 95"))
+
+    assert _problems(path) == [
+        f"{path}:14: include[0].context: context 95 is smaller than prompt_tokens + gen_tokens = 96"
+    ]
+
+
+def test_context_equal_to_the_workload_is_enough(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("context: 4096", "context: 96"))
+
+    assert load_matrix_file(path).jobs[-1].context == 96
+
+
+def test_include_without_host(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("  - {host: laptop-80w, model:", "  - {model:"))
+
+    assert _problems(path) == [f"{path}:14: include[0]: an include entry must name `host`"]
+
+
+def test_include_without_backend_when_the_matrix_has_several(tmp_path: Path) -> None:
+    text = _edit("backend: [cpu]", "backend: [cpu, vulkan]").replace(" backend: cpu,", "")
+    path = _write(tmp_path, text)
+
+    assert _problems(path) == [f"{path}:14: include[0]: an include entry must name `backend`"]
+
+
+def test_include_with_unknown_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("backend: cpu,", "backend: cpu, quant: q8_0,"))
+
+    assert _problems(path) == [f"{path}:14: include[0].quant: unknown key (got 'q8_0')"]
+
+
+@pytest.mark.parametrize(
+    "text", ["- laptop-80w\n- minipc-120w\n", "just a string\n", "", "# only a comment\n"]
+)
+def test_file_that_is_not_a_mapping(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+
+    assert _problems(path) == [f"{path}:1: expected a mapping with campaign, hosts and matrix keys"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+
+    assert _problems(path) == [f"{path}: cannot read: No such file or directory"]
+
+
+def test_directory_instead_of_a_file(tmp_path: Path) -> None:
+    assert _problems(tmp_path) == [f"{tmp_path}: cannot read: Is a directory"]
+
+
+def test_several_validation_problems_are_all_reported(tmp_path: Path) -> None:
+    text = (
+        EXAMPLE.replace("hosts: [laptop-80w, minipc-120w]\n", "")
+        .replace("repetitions: 3", "repetitions: 0")
+        .replace("context: [512, 2048]", "context: [-5, 2048]")
+        .replace("engine: llama-bench\n", "engine: llama-bench\ncolour: red\n")
+    )
+    path = _write(tmp_path, text)
+
+    assert sorted(_problems(path)) == sorted(
+        [
+            f"{path}:2: repetitions: expected a positive integer (got 0)",
+            f"{path}:1: hosts: required key is missing",
+            f"{path}:9: matrix.context[0]: expected a positive integer (got -5)",
+            f"{path}:4: colour: unknown key (got 'red')",
+        ]
+    )
+
+
+def test_several_expansion_problems_are_all_reported(tmp_path: Path) -> None:
+    text = _edit("context: [512, 2048]", "context: [32, 2048, 64]").replace(
+        "  - {host: laptop-80w, model:", "  - {model:"
+    )
+    path = _write(tmp_path, text)
+
+    assert _problems(path) == [
+        f"{path}:9: matrix.context[0]: context 32 is smaller than prompt_tokens + gen_tokens = 96",
+        f"{path}:9: matrix.context[2]: context 64 is smaller than prompt_tokens + gen_tokens = 96",
+        f"{path}:14: include[0]: an include entry must name `host`",
+    ]

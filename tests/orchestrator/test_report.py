@@ -1,0 +1,498 @@
+"""The comparison report and its statistics, on results shaped like real llama-bench runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from jobs.result import EngineInfo, Measurement, RunResult, Status
+from jobs.spec import JobSpec, Workload
+from orchestrator.report import Cell, build_pivot, render, tidy_rows
+from orchestrator.stats import Summary, fmt_number, summarize
+from orchestrator.store import JobRow
+
+CAMPAIGN = "halo-vs-laptop"
+WORKLOAD = Workload(prompt_tokens=64, gen_tokens=32)
+BUILD_COMMIT = "4227c9be"
+STARTED = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+# tg / pp tokens/s per repetition (3 repetitions), per (host, model, context).
+TG = {
+    ("laptop-80w", "tiny:q8_0", 512): [43.1, 42.8, 43.5],
+    ("laptop-80w", "tiny:q8_0", 2048): [40.2, 41.0, 39.9],
+    ("laptop-80w", "tiny:q4_k_m", 512): [61.5, 60.7, 61.9],
+    ("minipc-120w", "tiny:q8_0", 2048): [47.6, 47.1, 48.0],
+}
+PP = {
+    ("laptop-80w", "tiny:q8_0", 512): [812.4, 798.0, 805.3],
+    ("laptop-80w", "tiny:q8_0", 2048): [760.0, 771.5, 752.25],
+    ("laptop-80w", "tiny:q4_k_m", 512): [655.0, 649.5, 661.0],
+    ("minipc-120w", "tiny:q8_0", 2048): [901.0, 897.5, 905.0],
+}
+
+
+def _spec(host: str, model: str, context: int) -> JobSpec:
+    return JobSpec(
+        campaign=CAMPAIGN,
+        host=host,
+        engine="llama-bench",
+        model=model,
+        backend="cpu",
+        context=context,
+        configuration={"vram_split": "32G"},
+        workload=WORKLOAD,
+        repetitions=3,
+        timeout_s=600,
+    )
+
+
+def _bench_test(spec: JobSpec, test: str, samples_ts: list[float]) -> dict[str, Any]:
+    """One object of `llama-bench -o json` output (the fields DESIGN.md lists)."""
+    n_prompt = spec.workload.prompt_tokens if test == "pp" else 0
+    n_gen = spec.workload.gen_tokens if test == "tg" else 0
+    samples_ns = [round((n_prompt + n_gen) / ts * 1e9) for ts in samples_ts]
+    avg_ns = sum(samples_ns) // len(samples_ns)
+    avg_ts = sum(samples_ts) / len(samples_ts)
+    return {
+        "build_commit": BUILD_COMMIT,
+        "build_number": 6123,
+        "cpu_info": "AMD RYZEN AI MAX+ 395 w/ Radeon 8060S",
+        "gpu_info": "",
+        "backends": "CPU",
+        "model_filename": f"/models/{spec.model.replace(':', '-')}.gguf",
+        "model_type": "llama ?B Q8_0",
+        "model_size": 4_718_592,
+        "model_n_params": 4_456_704,
+        "n_batch": 2048,
+        "n_ubatch": 512,
+        "n_threads": 16,
+        "type_k": "f16",
+        "type_v": "f16",
+        "n_gpu_layers": 99,
+        "flash_attn": False,
+        "use_mmap": True,
+        "n_prompt": n_prompt,
+        "n_gen": n_gen,
+        "n_depth": spec.context - spec.workload.prompt_tokens - spec.workload.gen_tokens,
+        "test_time": "2025-03-01T12:00:05Z",
+        "avg_ns": avg_ns,
+        "stddev_ns": 0,
+        "avg_ts": avg_ts,
+        "stddev_ts": 0.0,
+        "samples_ns": samples_ns,
+        "samples_ts": samples_ts,
+    }
+
+
+def _measurement(row: dict[str, Any]) -> Measurement:
+    return Measurement(
+        test="tg" if row["n_gen"] > 0 else "pp",
+        n_prompt=row["n_prompt"],
+        n_gen=row["n_gen"],
+        n_depth=row["n_depth"],
+        samples_ts=row["samples_ts"],
+        samples_ns=row["samples_ns"],
+    )
+
+
+def _result(
+    spec: JobSpec,
+    status: Status = Status.OK,
+    *,
+    error: str | None = None,
+    attempt: int = 1,
+) -> RunResult:
+    key = (spec.host, spec.model, spec.context)
+    rows = (
+        [_bench_test(spec, "pp", PP[key]), _bench_test(spec, "tg", TG[key])]
+        if status is Status.OK
+        else []
+    )
+    return RunResult(
+        job_id=spec.job_id,
+        campaign=spec.campaign,
+        host=spec.host,
+        queue=spec.queue,
+        attempt=attempt,
+        status=status,
+        error=error,
+        measurements=[_measurement(r) for r in rows],
+        engine=EngineInfo(
+            name="llama-bench",
+            backend="cpu",
+            binary="/opt/llama.cpp/bin/llama-bench",
+            build_commit=BUILD_COMMIT if rows else None,
+            build_number=6123 if rows else None,
+            details={"cpu_info": rows[0]["cpu_info"]} if rows else {},
+        ),
+        declared={"form_factor": "laptop", "vram_split": "32G"},
+        argv=["llama-bench", "-m", "model.gguf", "-o", "json"],
+        started_at=STARTED,
+        finished_at=STARTED + timedelta(seconds=7),
+        worker_version="0.1.0",
+        job=spec,
+    )
+
+
+LOAD_ERROR = (
+    "exit code 1\n"
+    "llama_model_load: error loading model: unable to allocate CPU buffer\n"
+    "main: error: failed to load model '/models/tiny-q4_k_m.gguf'"
+)
+TIMEOUT_ERROR = "killed after 600 s\nllama_kv_cache: size = 8.00 MiB"
+
+
+def _campaign_rows() -> list[JobRow]:
+    """Two hosts x two models x two contexts: 4 ok, 1 load failure, 1 timeout, 2 waiting."""
+    rows = []
+    for host in ("laptop-80w", "minipc-120w"):
+        for model in ("tiny:q8_0", "tiny:q4_k_m"):
+            for context in (2048, 512):  # submitted out of order: the report sorts
+                spec = _spec(host, model, context)
+                key = (host, model, context)
+                if key in TG:
+                    result: RunResult | None = _result(spec)
+                elif key == ("laptop-80w", "tiny:q4_k_m", 2048):
+                    result = _result(spec, Status.LOAD_FAILED, error=LOAD_ERROR)
+                elif key == ("minipc-120w", "tiny:q4_k_m", 2048):
+                    result = _result(spec, Status.TIMEOUT, error=TIMEOUT_ERROR, attempt=2)
+                else:
+                    result = None
+                rows.append(JobRow(spec, result))
+    return rows
+
+
+def _job_id(host: str, model: str, context: int) -> str:
+    return _spec(host, model, context).job_id
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def test_summarize_odd_count() -> None:
+    assert summarize([10.0, 12.0, 11.0]) == Summary(
+        n=3, median=11.0, mad=1.0, minimum=10.0, maximum=12.0
+    )
+
+
+def test_summarize_even_count_and_an_outlier() -> None:
+    # median 11.5; deviations 1.5, 0.5, 0.5, 38.5 -> MAD 1.0: the outlier barely moves it.
+    summary = summarize([10.0, 12.0, 11.0, 50.0])
+
+    assert summary == Summary(n=4, median=11.5, mad=1.0, minimum=10.0, maximum=50.0)
+    assert summary is not None and summary.relative_spread == 1.0 / 11.5
+
+
+def test_summarize_single_sample() -> None:
+    assert summarize([42.5]) == Summary(n=1, median=42.5, mad=0.0, minimum=42.5, maximum=42.5)
+
+
+def test_summarize_empty_is_none() -> None:
+    assert summarize([]) is None
+
+
+def test_relative_spread_of_a_zero_median_is_zero() -> None:
+    assert Summary(n=2, median=0.0, mad=0.0, minimum=0.0, maximum=0.0).relative_spread == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (805.3, "805"),
+        (1234.4, "1234"),
+        (100.0, "100"),
+        (43.14, "43.1"),
+        (10.0, "10.0"),
+        (9.876, "9.88"),
+        (0.3, "0.30"),
+        (0.0, "0.00"),
+        (-12.34, "-12.3"),
+        (123456789.0, "123456789"),  # never 1.23e+08
+    ],
+)
+def test_fmt_number(value: float, text: str) -> None:
+    assert fmt_number(value) == text
+
+
+@pytest.mark.parametrize(("value", "text"), [(99.96, "100"), (9.996, "10.0")])
+def test_fmt_number_at_a_rounding_boundary(value: float, text: str) -> None:
+    assert fmt_number(value) == text
+
+
+# -- pivot -----------------------------------------------------------------------------------
+
+
+def test_pivot_has_configurations_as_rows_and_hosts_as_columns() -> None:
+    pivot = build_pivot(CAMPAIGN, _campaign_rows())
+
+    assert pivot.campaign == CAMPAIGN
+    assert pivot.hosts == ["laptop-80w", "minipc-120w"]
+    assert pivot.shown_axes == ["model", "context"]
+    assert pivot.constant_axes == {
+        "engine": "llama-bench",
+        "backend": "cpu",
+        "vram_split": "32G",
+        "workload": "64+32",
+    }
+    # Sorted by model, then context as a number (512 before 2048).
+    assert list(pivot.rows) == [
+        ("tiny:q4_k_m", 512),
+        ("tiny:q4_k_m", 2048),
+        ("tiny:q8_0", 512),
+        ("tiny:q8_0", 2048),
+    ]
+    assert all(set(cells) == {"laptop-80w", "minipc-120w"} for cells in pivot.rows.values())
+    assert len(pivot.jobs) == 8
+
+
+def test_cell_texts() -> None:
+    rows = build_pivot(CAMPAIGN, _campaign_rows()).rows
+    texts = {key: {h: c.text() for h, c in cells.items()} for key, cells in rows.items()}
+
+    assert texts == {
+        ("tiny:q4_k_m", 512): {
+            # tg 60.7 61.5 61.9: median 61.5, MAD 0.4; pp 649.5 655 661: median 655, MAD 5.5
+            "laptop-80w": "tg 61.5 ± 0.40 · pp 655 ± 5.50 (n=3)",
+            "minipc-120w": "waiting",
+        },
+        ("tiny:q4_k_m", 2048): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
+        ("tiny:q8_0", 512): {
+            "laptop-80w": "tg 43.1 ± 0.30 · pp 805 ± 7.10 (n=3)",
+            "minipc-120w": "waiting",
+        },
+        ("tiny:q8_0", 2048): {
+            "laptop-80w": "tg 40.2 ± 0.30 · pp 760 ± 7.75 (n=3)",
+            "minipc-120w": "tg 47.6 ± 0.40 · pp 901 ± 3.50 (n=3)",
+        },
+    }
+
+
+def test_cell_pools_the_figures_it_was_given() -> None:
+    cell = Cell(statuses=["ok"], tg_samples=[43.1, 42.8, 43.5], pp_samples=[])
+
+    assert cell.tg == summarize([43.1, 42.8, 43.5])
+    assert cell.pp is None
+    assert cell.text() == "tg 43.1 ± 0.30 (n=3)"
+
+
+def test_cell_counts_failures_beside_good_figures() -> None:
+    cell = Cell(statuses=["ok", "error", "timeout"], tg_samples=[40.0, 41.0, 42.0])
+
+    assert cell.text() == "tg 41.0 ± 1.00 (n=3) +2 not ok"
+
+
+def test_cell_lists_distinct_failures_in_words() -> None:
+    cell = Cell(statuses=["timeout", "load_failed", "timeout"])
+
+    assert cell.text() == "load failed, timeout"
+
+
+def test_cell_without_results_is_waiting() -> None:
+    assert Cell().text() == "waiting"
+
+
+def test_axis_with_several_values_becomes_a_row_label() -> None:
+    laptop = _spec("laptop-80w", "tiny:q8_0", 512)
+    other = JobSpec(**{**laptop.model_dump(exclude={"job_id"}), "configuration": {}})
+    pivot = build_pivot(CAMPAIGN, [JobRow(laptop, _result(laptop)), JobRow(other, None)])
+
+    assert pivot.shown_axes == ["model", "vram_split"]
+    assert list(pivot.rows) == [("tiny:q8_0", "-"), ("tiny:q8_0", "32G")]
+    assert pivot.constant_axes["context"] == 512
+
+
+def test_failed_results_add_no_figures_even_with_measurements() -> None:
+    spec = _spec("laptop-80w", "tiny:q8_0", 512)
+    result = _result(spec).model_copy(update={"status": Status.ERROR, "error": "bad output"})
+    [cells] = build_pivot(CAMPAIGN, [JobRow(spec, result)]).rows.values()
+
+    assert cells["laptop-80w"].tg_samples == []
+    assert cells["laptop-80w"].text() == "error"
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def _table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+def test_markdown_is_a_github_pipe_table_with_legend() -> None:
+    text = render(build_pivot(CAMPAIGN, _campaign_rows()), "md")
+    lines = text.splitlines()
+    table = _table_lines(text)
+
+    assert lines[0] == f"### {CAMPAIGN}"
+    assert (
+        "*engine llama-bench, backend cpu, vram 32G, workload (pp+tg) 64+32; 6/8 jobs finished*"
+        in lines
+    )
+    assert len(table) == 2 + 4  # header, separator, one line per configuration
+    assert all(line.endswith("|") for line in table)
+    assert {line.count("|") for line in table} == {5}  # 4 columns: model, context, 2 hosts
+    assert re.fullmatch(r"\|(\s*:?-+:?\s*\|){4}", table[1])
+    assert [c.strip() for c in table[0].strip("|").split("|")] == [
+        "model",
+        "context",
+        "laptop-80w",
+        "minipc-120w",
+    ]
+    assert [c.strip() for c in table[-1].strip("|").split("|")] == [
+        "tiny:q8_0",
+        "2048",
+        "tg 40.2 ± 0.30 · pp 760 ± 7.75 (n=3)",
+        "tg 47.6 ± 0.40 · pp 901 ± 3.50 (n=3)",
+    ]
+    # lines of the table are contiguous
+    first = lines.index(table[0])
+    assert lines[first : first + len(table)] == table
+    assert (
+        "tg = text generation, pp = prompt processing: tokens/s, median ± MAD over n "
+        "repetitions, measured with the KV cache filled to the row's context."
+    ) in lines
+
+
+def test_markdown_lists_failures_with_their_reason() -> None:
+    lines = render(build_pivot(CAMPAIGN, _campaign_rows()), "md").splitlines()
+
+    notes = lines[lines.index("Failures:") + 1 :]
+    assert len(notes) == 2
+    # The reason: the error's first line (what happened) and its last (the engine's own word).
+    assert notes[0] == (
+        f"- laptop-80w tiny:q4_k_m ctx 2048: load failed "
+        f"(job {_job_id('laptop-80w', 'tiny:q4_k_m', 2048)}): "
+        "exit code 1: main: error: failed to load model '/models/tiny-q4_k_m.gguf'"
+    )
+    assert notes[1].startswith(
+        f"- minipc-120w tiny:q4_k_m ctx 2048: timeout "
+        f"(job {_job_id('minipc-120w', 'tiny:q4_k_m', 2048)}): "
+    )
+
+
+def test_terminal_table() -> None:
+    text = render(build_pivot(CAMPAIGN, _campaign_rows()), "table")
+    lines = text.splitlines()
+
+    assert lines[0] == f"campaign {CAMPAIGN}: 6/8 jobs finished"
+    assert lines[1] == "engine llama-bench, backend cpu, vram 32G, workload (pp+tg) 64+32"
+    header = next(line for line in lines if line.startswith("model"))
+    assert header.split() == ["model", "context", "laptop-80w", "minipc-120w"]
+    assert any(
+        line.startswith("tiny:q4_k_m") and "load failed" in line and "timeout" in line
+        for line in lines
+    )
+    assert "Failures:" in lines
+    assert not _table_lines(text)
+
+
+def test_host_without_a_job_for_a_configuration_shows_a_dash() -> None:
+    laptop = _spec("laptop-80w", "tiny:q8_0", 512)
+    minipc = _spec("minipc-120w", "tiny:q8_0", 2048)
+    text = render(
+        build_pivot(CAMPAIGN, [JobRow(laptop, _result(laptop)), JobRow(minipc, None)]), "md"
+    )
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in _table_lines(text)[2:]]
+
+    assert cells == [
+        ["tiny:q8_0", "512", "tg 43.1 ± 0.30 · pp 805 ± 7.10 (n=3)", "-"],
+        ["tiny:q8_0", "2048", "-", "waiting"],
+    ]
+    assert "Failures:" not in text
+
+
+TIDY_COLUMNS = [
+    "campaign", "job_id", "host", "engine", "model", "backend", "context", "vram_split",
+    "workload", "repetitions", "status", "attempt",
+    "tg_n", "tg_tokens_per_s_median", "tg_tokens_per_s_mad", "tg_tokens_per_s_samples", "tg_depth",
+    "pp_n", "pp_tokens_per_s_median", "pp_tokens_per_s_mad", "pp_tokens_per_s_samples", "pp_depth",
+    "build_commit", "error",
+]  # fmt: skip
+
+
+def test_tidy_rows_one_per_job() -> None:
+    rows = _campaign_rows()
+    records = tidy_rows(build_pivot(CAMPAIGN, rows))
+
+    assert len(records) == 8
+    assert [r["job_id"] for r in records] == [row.spec.job_id for row in rows]
+    assert all(list(r) == TIDY_COLUMNS for r in records)
+    by_id = {r["job_id"]: r for r in records}
+
+    ok = by_id[_job_id("minipc-120w", "tiny:q8_0", 2048)]
+    assert ok == {
+        "campaign": CAMPAIGN,
+        "job_id": _job_id("minipc-120w", "tiny:q8_0", 2048),
+        "host": "minipc-120w",
+        "engine": "llama-bench",
+        "model": "tiny:q8_0",
+        "backend": "cpu",
+        "context": 2048,
+        "vram_split": "32G",
+        "workload": "64+32",
+        "repetitions": 3,
+        "status": "ok",
+        "attempt": 1,
+        "tg_n": 3,
+        "tg_tokens_per_s_median": 47.6,
+        "tg_tokens_per_s_mad": pytest.approx(0.4),
+        "tg_tokens_per_s_samples": [47.6, 47.1, 48.0],
+        "tg_depth": 1952,
+        "pp_n": 3,
+        "pp_tokens_per_s_median": 901.0,
+        "pp_tokens_per_s_mad": 3.5,
+        "pp_tokens_per_s_samples": [901.0, 897.5, 905.0],
+        "pp_depth": 1952,
+        "build_commit": BUILD_COMMIT,
+        "error": None,
+    }
+
+    timeout = by_id[_job_id("minipc-120w", "tiny:q4_k_m", 2048)]
+    assert (timeout["status"], timeout["attempt"], timeout["error"]) == (
+        "timeout",
+        2,
+        TIMEOUT_ERROR,
+    )
+    assert timeout["tg_n"] is timeout["tg_tokens_per_s_median"] is timeout["pp_depth"] is None
+
+    waiting = by_id[_job_id("minipc-120w", "tiny:q8_0", 512)]
+    assert (waiting["status"], waiting["attempt"], waiting["build_commit"]) == (
+        "waiting",
+        None,
+        None,
+    )
+
+
+def test_json_output_is_the_tidy_rows() -> None:
+    pivot = build_pivot(CAMPAIGN, _campaign_rows())
+
+    assert json.loads(render(pivot, "json")) == tidy_rows(pivot)
+
+
+def test_csv_output_has_a_header_and_one_line_per_job() -> None:
+    pivot = build_pivot(CAMPAIGN, _campaign_rows())
+    reader = csv.DictReader(io.StringIO(render(pivot, "csv")))
+    records = list(reader)
+
+    assert reader.fieldnames == TIDY_COLUMNS
+    assert len(records) == 8
+    ok = next(r for r in records if r["job_id"] == _job_id("laptop-80w", "tiny:q8_0", 512))
+    assert ok["status"] == "ok"
+    assert ok["context"] == "512"
+    assert ok["tg_depth"] == "416"  # 512 - 64 - 32
+    assert float(ok["tg_tokens_per_s_median"]) == 43.1
+    assert float(ok["pp_tokens_per_s_median"]) == 805.3
+    assert json.loads(ok["tg_tokens_per_s_samples"]) == [43.1, 42.8, 43.5]
+    failed = next(r for r in records if r["status"] == "load_failed")
+    assert failed["tg_n"] == "" and failed["attempt"] == "1"
+    assert failed["error"] == LOAD_ERROR  # a multi-line field survives quoting
+
+
+def test_csv_of_nothing_is_empty() -> None:
+    assert render(build_pivot(CAMPAIGN, []), "csv") == ""
+    assert json.loads(render(build_pivot(CAMPAIGN, []), "json")) == []

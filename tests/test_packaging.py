@@ -1,0 +1,82 @@
+"""Files around the code: the compose stack, the package boundaries, the llama.cpp cache."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worker.errors import ProvisionError
+from worker.provision.llamacpp import TARGETS, install_llamacpp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compose_redis_is_durable_and_password_protected() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    redis = compose["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert "--requirepass ${ORCH_REDIS_PASSWORD" in command
+    for name in ("coordinator", "worker-example"):
+        service = compose["services"][name]
+        assert service["environment"]["ORCH_BROKER_URL"].startswith("redis://:${ORCH_REDIS")
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client on this machine")
+def test_compose_file_is_accepted_by_docker_compose() -> None:
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("docker client without the compose plugin")
+    done = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={"ORCH_REDIS_PASSWORD": "test-only", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("orchestrator", {"worker"}),
+        ("worker", {"orchestrator"}),
+        ("jobs", {"worker", "orchestrator"}),
+    ],
+)
+def test_packages_keep_one_direction_of_dependency(package: str, forbidden: set[str]) -> None:
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path}: imports {name}"
+
+
+def test_llamacpp_install_returns_a_finished_build_from_cache(tmp_path: Path) -> None:
+    prefix = tmp_path / "llama.cpp" / "9.9.9-cpu"
+    (prefix / "bin").mkdir(parents=True)
+    for name in TARGETS:
+        (prefix / "bin" / name).write_text("#!/bin/sh\n")
+    (prefix / "build.json").write_text(json.dumps({"version": "9.9.9"}))
+
+    built = install_llamacpp("cpu", version="9.9.9", home=tmp_path)
+
+    assert built.cached
+    assert built.binaries == {name: prefix / "bin" / name for name in TARGETS}
+
+
+def test_llamacpp_install_refuses_an_unknown_backend(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError, match="unknown backend 'metal2'.*cpu, cuda, rocm, vulkan"):
+        install_llamacpp("metal2", home=tmp_path)
