@@ -81,7 +81,10 @@ def test_a_job_that_keeps_killing_its_worker_is_given_up(
             _payload(model="glm:q4"),
             "model 'glm:q4' is not configured (have: tiny:q4_k_m, tiny:q8_0)",
         ),
-        (_payload(host="other"), "job for orch.other.vram-32G reached orch.box.vram-32G"),
+        (
+            _payload(host="other"),
+            "job for orch.other.vram-32G reached orch.box.vram-32G (host box)",
+        ),
     ],
 )
 def test_a_job_this_box_cannot_run_is_an_error_result(
