@@ -146,6 +146,13 @@ class Store:
         )
 
     def record_job(self, job: JobSpec) -> None:
+        # A result may bring a job this store never submitted (another coordinator did):
+        # give it a campaign row so that `orch report` finds it.
+        now = _now()
+        self.conn.execute(
+            "INSERT OR IGNORE INTO campaigns VALUES (?, ?, ?, NULL, NULL)",
+            (job.campaign, now, now),
+        )
         self.conn.execute(
             "INSERT OR IGNORE INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
             (job.job_id, job.campaign, job.host, job.queue, job.model_dump_json(), _now()),

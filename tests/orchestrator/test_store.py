@@ -298,6 +298,7 @@ def test_collect_drains_the_results_list(store: Store, redis_client: Any) -> Non
     assert store.campaign_jobs("halo-vs-laptop") == [
         JobRow(spec, result) for spec, result in zip(specs, results, strict=True)
     ]
+    assert store.has_campaign("halo-vs-laptop")  # reportable though never submitted here
 
 
 @pytest.mark.integration
