@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +28,8 @@ class WorkerInventory(BaseModel):
     started_at: float
     last_seen: float
     clock_skew_s: float | None = None  # broker clock minus this box's clock, at start
+    stopped: bool = False  # the agent shut down cleanly (a crash leaves this False)
 
-    def online(self, now: float | None = None) -> bool:
-        return (now if now is not None else time.time()) - self.last_seen <= ONLINE_WITHIN_S
+    def online(self, now: float) -> bool:
+        """Alive: not stopped, and seen within a few heartbeats (`now` on the broker's clock)."""
+        return not self.stopped and now - self.last_seen <= ONLINE_WITHIN_S

@@ -11,13 +11,17 @@ from typing import Any
 TASK_NAME = "orch.run_job"
 
 # Redis keys (all under one prefix so `orch` can share a Redis with other apps).
-RESULTS_KEY = "orch:results"  # list: RunResult JSON, pushed by workers, drained by the store
-REJECTED_KEY = "orch:results:rejected"  # list: outbox entries this coordinator could not read
+# Stream of RunResult JSON (field "result"). Workers append; every coordinator store reads it
+# from its own cursor, so no store takes a result away from another, and results wait here
+# while no coordinator runs. Trimmed (approximately) to the newest RESULTS_MAXLEN entries.
+RESULTS_KEY = "orch:results"
+RESULTS_MAXLEN = 100_000
+BROKER_ID_KEY = "orch:broker-id"  # random id of this broker's data, keys the stores' cursors
 INVENTORY_KEY = "orch:inventory:{host}"  # string: WorkerInventory JSON, refreshed by heartbeat
 INVENTORY_PATTERN = "orch:inventory:*"
-LEASE_KEY = "orch:lease:{queue}"  # string: which worker instance consumes a queue right now
+LEASE_KEY = "orch:lease:{host}"  # string: the one agent running benchmarks on a box right now
 ATTEMPTS_KEY = "orch:attempts:{job_id}"  # counter: deliveries of a job that started running
-FINAL_KEY = "orch:final:{job_id}"  # string: status of the final result already pushed
+FINAL_KEY = "orch:final:{job_id}"  # string: the final RunResult JSON, once pushed
 
 # Longest a single job may run (the worker enforces it per engine run). Kombu's Redis transport
 # re-delivers any message unacked for longer than `visibility_timeout`, so that must exceed this,
@@ -31,6 +35,13 @@ MAX_DELIVERIES = 3
 HEARTBEAT_INTERVAL_S = 5.0
 LEASE_TTL_S = 15
 ONLINE_WITHIN_S = 3 * HEARTBEAT_INTERVAL_S
+
+
+def redact_url(url: str) -> str:
+    """`redis://:secret@host` -> `redis://:***@host`: URLs are printed, passwords never."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, hostpart = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{hostpart}" if at else url
 
 
 def celery_settings() -> dict[str, Any]:

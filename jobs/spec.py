@@ -56,9 +56,18 @@ def queue_name(host: str, configuration: dict[str, str]) -> str:
 
     >>> queue_name("laptop-80w", {"vram_split": "32G"})
     'orch.laptop-80w.vram-32G'
+
+    The configuration part is one dot-free segment, so `host_of_queue` can undo it.
     """
     parts = [f"vram-{configuration['vram_split']}"] if configuration.get("vram_split") else []
-    return f"orch.{host}." + (".".join(parts) if parts else "default")
+    return f"orch.{host}." + ("+".join(parts) if parts else "default")
+
+
+def host_of_queue(queue: str) -> str | None:
+    """`orch.laptop-80w.vram-32G` -> `laptop-80w`; None for a queue that is not orch's."""
+    if not queue.startswith("orch.") or queue.count(".") < 2:
+        return None
+    return queue[len("orch.") :].rsplit(".", 1)[0]
 
 
 def configuration_of(facts: dict[str, Any]) -> dict[str, str]:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redis_lib
 from celery import Celery
 from kombu.entity import Exchange, Queue
+from pydantic import ValidationError
 
 from jobs.inventory import WorkerInventory
-from jobs.protocol import INVENTORY_PATTERN, TASK_NAME, celery_settings
+from jobs.protocol import INVENTORY_PATTERN, TASK_NAME, celery_settings, redact_url
 from jobs.spec import JobSpec
 from orchestrator.errors import BrokerError
-
-
-def redact(url: str) -> str:
-    """`redis://:secret@host` -> `redis://:***@host`: URLs are printed, passwords never."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, hostpart = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{hostpart}"
 
 
 def connect(url: str) -> Any:
@@ -30,19 +23,60 @@ def connect(url: str) -> Any:
         client = redis_lib.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True)
         client.ping()
     except (redis_lib.RedisError, ValueError) as exc:
-        raise BrokerError(f"cannot reach the broker at {redact(url)}: {exc}") from exc
+        raise BrokerError(f"cannot reach the broker at {redact_url(url)}: {exc}") from exc
     return client
 
 
-def read_inventories(client: Any) -> dict[str, WorkerInventory]:
-    """Every host that ever started a worker on this broker, by name."""
-    out: dict[str, WorkerInventory] = {}
+@dataclass
+class Fleet:
+    """What the workers registered: readable inventories, and why others could not be read."""
+
+    inventories: dict[str, WorkerInventory] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)  # host -> reason
+
+
+def read_fleet(client: Any) -> Fleet:
+    fleet = Fleet()
     for key in client.scan_iter(match=INVENTORY_PATTERN, count=200):
         raw = client.get(key)
-        if raw:
+        if not raw:
+            continue
+        host = key.decode().removeprefix("orch:inventory:")
+        try:
             inv = WorkerInventory.model_validate_json(raw)
-            out[inv.host] = inv
-    return out
+        except ValidationError:
+            version = json.loads(raw).get("version", "?") if raw.startswith(b"{") else "?"
+            fleet.unreadable[host] = f"its worker runs orch {version}, unreadable by this one"
+            continue
+        fleet.inventories[inv.host] = inv
+    return fleet
+
+
+def read_inventories(client: Any) -> dict[str, WorkerInventory]:
+    """Every host that ever started a worker on this broker (and can be read), by name."""
+    return read_fleet(client).inventories
+
+
+def broker_time(client: Any) -> float:
+    """The broker's clock, which workers also use for `last_seen`."""
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1e6
+
+
+def waiting_job_ids(client: Any) -> set[str]:
+    """Ids of jobs queued or delivered-but-unacknowledged anywhere on this broker.
+
+    Kombu's Redis transport keeps one list per queue and the delivered messages in the
+    `unacked` hash; Celery puts the task id (our job id) in each message's headers.
+    """
+    ids: set[str] = set()
+    for key in client.scan_iter(match="orch.*", count=200, _type="list"):
+        for raw in client.lrange(key, 0, -1):
+            ids.add(str(json.loads(raw).get("headers", {}).get("id")))
+    for raw in client.hvals("unacked"):
+        message = json.loads(raw)[0]
+        ids.add(str(message.get("headers", {}).get("id")))
+    return ids
 
 
 def queue_length(client: Any, queue: str) -> int:

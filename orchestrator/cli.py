@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import click
+import kombu.exceptions
+import redis
 
 from jobs.paths import orch_home
+from jobs.protocol import redact_url
 from orchestrator import status as status_mod
-from orchestrator.broker import connect, redact
+from orchestrator.broker import connect
 from orchestrator.errors import OrchError
 from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.report import FORMATS, build_pivot, render
@@ -123,10 +125,14 @@ def _print_submission(outcome: SubmitOutcome, as_json: bool) -> None:
         click.echo(json.dumps(outcome.as_dict()))
         return
     click.echo(outcome.campaign)
+    requeued = f" ({len(outcome.requeued)} re-queued: the broker had lost them)"
     click.echo(
-        f"{len(outcome.published)} job(s) queued, {len(outcome.skipped)} already submitted",
+        f"{len(outcome.published)} job(s) queued{requeued if outcome.requeued else ''}, "
+        f"{len(outcome.waiting)} already waiting, {len(outcome.done)} already done",
         err=True,
     )
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def _wait_and_report(store: Store, broker: str, campaign: str, timeout: float | None) -> None:
@@ -156,7 +162,7 @@ def status_cmd(ctx: click.Context, campaign: str | None, broker: str | None) -> 
     client = connect(broker) if broker else None
     if client is not None:
         store.collect(client)
-    click.echo(status_mod.render_status(store, client, campaign, time.time()))
+    click.echo(status_mod.render_status(store, client, campaign))
 
 
 @cli.command("report")
@@ -194,7 +200,9 @@ def demo_cmd(ctx: click.Context, timeout: float) -> None:
     worker_yaml, matrix_yaml = prepare_demo(data_dir)
     with tempfile.TemporaryDirectory(prefix="orch-demo-") as tmp:
         with local_fleet(worker_yaml, Path(tmp)) as fleet:
-            click.echo(f"embedded broker {redact(fleet.broker_url)}, worker {fleet.host}", err=True)
+            click.echo(
+                f"embedded broker {redact_url(fleet.broker_url)}, worker {fleet.host}", err=True
+            )
             outcome = submit(matrix_yaml, fleet.broker_url, store)
             click.echo(f"campaign {outcome.campaign}: {len(outcome.published)} jobs", err=True)
             _wait_and_report(store, fleet.broker_url, outcome.campaign, timeout)
@@ -213,3 +221,7 @@ def main() -> None:
     except OrchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except (redis.RedisError, kombu.exceptions.KombuError, OSError) as exc:
+        # The broker went away in the middle of a command (connect() checks it at the start).
+        click.echo(f"error: broker or network failure: {exc}", err=True)
+        sys.exit(3)

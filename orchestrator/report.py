@@ -141,7 +141,8 @@ def render(pivot: Pivot, fmt: str) -> str:
     constants = ", ".join(f"{_AXIS_TITLES.get(k, k)} {v}" for k, v in pivot.constant_axes.items())
     legend = (
         "tg = text generation, pp = prompt processing: tokens/s, median ± MAD over n "
-        "repetitions, measured with the KV cache filled to the row's context."
+        "repetitions; each run starts with the KV cache pre-filled to "
+        "context - prompt - gen tokens, so it ends at the row's context."
     )
     if fmt == "md":
         out = [f"### {pivot.campaign}", ""]

@@ -21,10 +21,6 @@ class Summary:
     minimum: float
     maximum: float
 
-    @property
-    def relative_spread(self) -> float:
-        return self.mad / self.median if self.median else 0.0
-
 
 def summarize(samples: list[float]) -> Summary | None:
     """None for no samples: a missing number is shown as missing, never as zero."""

@@ -7,21 +7,20 @@ from typing import Any
 
 from tabulate import tabulate
 
-from jobs.protocol import REJECTED_KEY
-from orchestrator.broker import queue_length, read_inventories
+from orchestrator.broker import broker_time, queue_length, read_fleet
 from orchestrator.store import Store
 
 
-def render_status(store: Store, client: Any | None, campaign: str | None, now: float) -> str:
+def render_status(store: Store, client: Any | None, campaign: str | None) -> str:
     out: list[str] = []
     if client is not None:
-        out += _hosts(client, now)
-        rejected = int(client.llen(REJECTED_KEY))
-        if rejected:
-            out.append(
-                f"warning: {rejected} result(s) this orch cannot read were set aside in "
-                f"{REJECTED_KEY}: a worker runs a newer orch; upgrade this coordinator"
-            )
+        out += _hosts(client, broker_time(client))
+    rejected = store.rejected_count()
+    if rejected:
+        out.append(
+            f"warning: {rejected} result(s) could not be read by this orch (a worker runs a "
+            "newer one?): upgrade this coordinator, they are kept and read again"
+        )
     else:
         out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     out.append("")
@@ -38,8 +37,11 @@ def render_status(store: Store, client: Any | None, campaign: str | None, now: f
 
 
 def _hosts(client: Any, now: float) -> list[str]:
-    rows = []
-    for host, inv in sorted(read_inventories(client).items()):
+    rows: list[list[Any]] = []
+    fleet = read_fleet(client)
+    for host, reason in sorted(fleet.unreadable.items()):
+        rows.append([host, f"unreadable: {reason}", "", "", "", ""])
+    for host, inv in sorted(fleet.inventories.items()):
         engines = "; ".join(f"{e} [{', '.join(b)}]" for e, b in sorted(inv.engines.items()))
         rows.append(
             [

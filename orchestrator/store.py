@@ -1,7 +1,9 @@
 """The durable result store on the coordinator (SQLite): the system of record.
 
-Redis only carries results until they are collected; here they stay. Results are upserted by
-job id, fenced by attempt, so a re-delivered job never counts twice.
+Workers append results to a Redis stream; each store reads it from its own cursor (kept here,
+per broker), so several coordinators can each keep a full copy and none takes results away
+from another. Results are upserted by job id, fenced by attempt, so a re-delivered job never
+counts twice.
 
 Example::
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,14 +26,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.protocol import REJECTED_KEY, RESULTS_KEY
+from jobs.protocol import BROKER_ID_KEY, RESULTS_KEY
 from jobs.result import RunResult
 from jobs.spec import JobSpec
 from orchestrator.errors import StoreError
 
 # Version of the SQLite layout. History:
-#   1 - campaigns, jobs, results (RunResult JSON) tables.
+#   1 - campaigns, jobs, results (RunResult JSON), rejected (unreadable stream entries) tables;
+#       meta holds one stream cursor per broker.
 STORE_VERSION = 1
+_BATCH = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,6 +66,13 @@ CREATE TABLE IF NOT EXISTS results (
     collected_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_campaign ON results (campaign);
+CREATE TABLE IF NOT EXISTS rejected (
+    broker_id TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (broker_id, entry_id)
+);
 """
 
 
@@ -128,13 +140,19 @@ class Store:
     # -- submissions -------------------------------------------------------------------------
 
     def known_job_ids(self, job_ids: list[str]) -> set[str]:
-        known: set[str] = set()
+        return self._ids_in("jobs", job_ids)
+
+    def finished_job_ids(self, job_ids: list[str]) -> set[str]:
+        return self._ids_in("results", job_ids)
+
+    def _ids_in(self, table: str, job_ids: list[str]) -> set[str]:
+        found: set[str] = set()
         for start in range(0, len(job_ids), 500):
             chunk = job_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(f"SELECT job_id FROM jobs WHERE job_id IN ({marks})", chunk)
-            known.update(r[0] for r in rows)
-        return known
+            rows = self.conn.execute(f"SELECT job_id FROM {table} WHERE job_id IN ({marks})", chunk)
+            found.update(r[0] for r in rows)
+        return found
 
     def record_campaign(self, campaign: str, matrix_path: str, matrix_text: str) -> None:
         now = _now()
@@ -181,29 +199,65 @@ class Store:
         return cur.rowcount > 0
 
     def collect(self, redis: Any) -> int:
-        """Move finished results from the broker's outbox into this store; return how many.
+        """Read results this store has not seen from the broker's stream; return how many.
 
-        Each result is committed here before it is removed there, and the upsert is idempotent,
-        so a crash in between only means the same result is seen (and ignored) next time. An
-        entry this orch cannot read (a newer worker's schema, say) is set aside in
-        `orch:results:rejected`, kept for a newer coordinator, instead of blocking the rest.
+        The cursor advances in the same SQLite transaction as the upserts, so a crash never
+        skips a result. An entry this orch cannot read (a newer worker's schema, say) is kept
+        in `rejected` and read again by every later collect, so an upgrade picks it up.
         """
+        broker_id = _broker_id(redis)
+        cursor_key = f"cursor:{broker_id}"
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (cursor_key,)).fetchone()
+        cursor = row[0] if row else "0-0"
+        collected = self._retry_rejected()
+        while True:
+            entries = redis.xrange(RESULTS_KEY, min=f"({cursor}", count=_BATCH)
+            if not entries:
+                return collected
+            with self.transaction():
+                for entry_id, fields in entries:
+                    raw = fields.get(b"result", b"")
+                    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    try:
+                        result = RunResult.model_validate_json(text)
+                    except ValidationError as exc:
+                        self.conn.execute(
+                            "INSERT OR IGNORE INTO rejected VALUES (?, ?, ?, ?)",
+                            (broker_id, _text(entry_id), text, str(exc).splitlines()[0]),
+                        )
+                        continue
+                    collected += self._record(result)
+                cursor = _text(entries[-1][0])
+                self.conn.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                    "excluded.value",
+                    (cursor_key, cursor),
+                )
+
+    def _record(self, result: RunResult) -> int:
+        if result.job is not None:
+            self.record_job(result.job)
+        return 1 if self.upsert_result(result) else 0
+
+    def _retry_rejected(self) -> int:
         collected = 0
-        for raw in redis.lrange(RESULTS_KEY, 0, -1):
+        for broker_id, entry_id, raw in self.conn.execute(
+            "SELECT broker_id, entry_id, raw FROM rejected"
+        ).fetchall():
             try:
                 result = RunResult.model_validate_json(raw)
             except ValidationError:
-                pipe = redis.pipeline(transaction=True)
-                pipe.rpush(REJECTED_KEY, raw)
-                pipe.lrem(RESULTS_KEY, 1, raw)
-                pipe.execute()
                 continue
-            if result.job is not None:
-                self.record_job(result.job)
-            if self.upsert_result(result):
-                collected += 1
-            redis.lrem(RESULTS_KEY, 1, raw)
+            with self.transaction():
+                collected += self._record(result)
+                self.conn.execute(
+                    "DELETE FROM rejected WHERE broker_id = ? AND entry_id = ?",
+                    (broker_id, entry_id),
+                )
         return collected
+
+    def rejected_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM rejected").fetchone()[0])
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -238,3 +292,13 @@ class Store:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _broker_id(redis: Any) -> str:
+    """A random id stored in the broker: a cursor from one broker never applies to another."""
+    redis.set(BROKER_ID_KEY, uuid.uuid4().hex, nx=True)
+    return _text(redis.get(BROKER_ID_KEY))

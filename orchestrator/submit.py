@@ -2,25 +2,29 @@
 
 Nothing is published unless every job is valid and runnable: the matrix is checked as a whole
 first (file:line errors), then against what the workers said they have (host, engine, backend,
-model). Jobs already submitted (same deterministic id) are not published again.
+model, wire schema). A job is published only when it has no result and is not already waiting
+in the broker, so submitting the same file again resumes a campaign: it re-queues only what was
+lost (a broker that lost its data, an interrupted single-box run) and never duplicates work.
 
 Example::
 
     outcome = submit(Path("matrix.yaml"), broker_url, store)
-    outcome.campaign, len(outcome.published), len(outcome.skipped)
+    outcome.campaign, len(outcome.published), outcome.notes
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jobs.inventory import WorkerInventory
 from jobs.spec import JobSpec
-from orchestrator.broker import Publisher, connect, read_inventories
+from jobs.version import SCHEMA_VERSION
+from orchestrator.broker import Fleet, Publisher, broker_time, connect, read_fleet, waiting_job_ids
 from orchestrator.errors import SubmitError
 from orchestrator.matrixfile import MatrixFile, load_matrix_file
 from orchestrator.store import Store
@@ -30,72 +34,137 @@ from orchestrator.store import Store
 class SubmitOutcome:
     campaign: str
     jobs: list[JobSpec]
-    published: list[JobSpec]
-    skipped: list[JobSpec]  # already submitted earlier
+    published: list[JobSpec]  # queued now (new, or re-queued because the broker lost them)
+    requeued: list[JobSpec]  # the part of `published` this store had submitted before
+    done: list[JobSpec]  # already have a result
+    waiting: list[JobSpec]  # already queued or running
+    notes: list[str] = field(default_factory=list)  # what the user should know (not errors)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "campaign": self.campaign,
             "jobs": len(self.jobs),
             "published": [j.job_id for j in self.published],
-            "skipped": [j.job_id for j in self.skipped],
+            "requeued": [j.job_id for j in self.requeued],
+            "done": [j.job_id for j in self.done],
+            "waiting": [j.job_id for j in self.waiting],
             "queues": sorted({j.queue for j in self.published}),
+            "notes": self.notes,
         }
 
 
-def check_against_fleet(mf: MatrixFile, inventories: dict[str, WorkerInventory]) -> list[str]:
+def resolve_configurations(
+    jobs: list[JobSpec], inventories: dict[str, WorkerInventory]
+) -> list[JobSpec]:
+    """A job that names no configuration runs in whatever its host declares now."""
+    out = []
+    for job in jobs:
+        inv = inventories.get(job.host)
+        if not job.configuration and inv is not None and inv.configuration:
+            job = JobSpec.model_validate(
+                {**job.model_dump(exclude={"job_id"}), "configuration": inv.configuration}
+            )
+        out.append(job)
+    return out
+
+
+def check_against_fleet(mf: MatrixFile, jobs: list[JobSpec], fleet: Fleet) -> list[str]:
     """Every reason a job cannot run on the fleet, each naming the matrix file and line."""
     problems: list[str] = []
+    inventories = fleet.inventories
     known = ", ".join(sorted(inventories)) or "none: start `orch worker` on each box first"
-    for job in mf.jobs:
+    for job in jobs:
         inv = inventories.get(job.host)
+        where = mf.where_value
+        if job.host in fleet.unreadable:
+            problems.append(
+                f"{where('host', job.host)}: host {job.host}: "
+                f"{fleet.unreadable[job.host]}; upgrade this coordinator"
+            )
+            continue
         if inv is None:
             problems.append(
-                f"{mf.where_value('host', job.host)}: unknown host {job.host!r} "
+                f"{where('host', job.host)}: unknown host {job.host!r} "
                 f"(hosts that registered: {known})"
+            )
+            continue
+        if inv.schema_version != SCHEMA_VERSION:
+            problems.append(
+                f"{where('host', job.host)}: host {job.host} runs orch {inv.version} "
+                f"(job schema {inv.schema_version}, this orch speaks "
+                f"{SCHEMA_VERSION}): upgrade one of them"
             )
             continue
         if job.engine not in inv.engines:
             have = ", ".join(sorted(inv.engines)) or "none"
             problems.append(
-                f"{mf.where_value('engine', job.engine)}: host {job.host} has no "
+                f"{where('engine', job.engine)}: host {job.host} has no "
                 f"engine {job.engine!r} (it has: {have})"
             )
         elif job.backend not in inv.engines[job.engine]:
             have = ", ".join(inv.engines[job.engine])
             problems.append(
-                f"{mf.where_value('backend', job.backend)}: host {job.host} has no "
+                f"{where('backend', job.backend)}: host {job.host} has no "
                 f"{job.backend!r} backend for {job.engine} (it has: {have})"
             )
         if job.model not in inv.models:
             have = ", ".join(inv.models) or "none"
             problems.append(
-                f"{mf.where_value('model', job.model)}: host {job.host} has no "
+                f"{where('model', job.model)}: host {job.host} has no "
                 f"model {job.model!r} (it has: {have})"
             )
     return list(dict.fromkeys(problems))  # one line per distinct problem, in order
 
 
+def _notes(
+    pending: list[JobSpec], inventories: dict[str, WorkerInventory], now: float
+) -> list[str]:
+    """Why some jobs will not start soon: their host is off, or in another configuration."""
+    notes = []
+    elsewhere = Counter((j.host, j.queue) for j in pending if j.queue != inventories[j.host].queue)
+    for (host, queue), count in sorted(elsewhere.items()):
+        config = queue.rsplit(".", 1)[-1]
+        now_in = inventories[host].queue.rsplit(".", 1)[-1]
+        notes.append(
+            f"{host}: {count} job(s) wait for configuration {config} (it runs "
+            f"{now_in} now): restart its worker in that configuration to run them"
+        )
+    for host in sorted({j.host for j in pending}):
+        if not inventories[host].online(now):
+            seen = now - inventories[host].last_seen
+            notes.append(f"{host}: offline (last seen {seen:.0f} s ago): its jobs wait for it")
+    return notes
+
+
 def submit(path: Path, broker_url: str, store: Store) -> SubmitOutcome:
     mf = load_matrix_file(path)
     client = connect(broker_url)
-    problems = check_against_fleet(mf, read_inventories(client))
+    fleet = read_fleet(client)
+    jobs = resolve_configurations(mf.jobs, fleet.inventories)
+    problems = check_against_fleet(mf, jobs, fleet)
     if problems:
         raise SubmitError(problems)
-    known = store.known_job_ids([j.job_id for j in mf.jobs])
-    fresh = [j for j in mf.jobs if j.job_id not in known]
-    skipped = [j for j in mf.jobs if j.job_id in known]
+    store.collect(client)  # results that finished since the last look
+    ids = [j.job_id for j in jobs]
+    finished = store.finished_job_ids(ids)
+    known = store.known_job_ids(ids)
+    in_broker = waiting_job_ids(client)
+    done = [j for j in jobs if j.job_id in finished]
+    waiting = [j for j in jobs if j.job_id not in finished and j.job_id in in_broker]
+    fresh = [j for j in jobs if j.job_id not in finished and j.job_id not in in_broker]
     publisher = Publisher(broker_url)
     try:
         store.record_campaign(mf.matrix.campaign, str(path.resolve()), mf.text)
         # Each job is recorded (committed) right after it is published: a broker failure half-way
-        # leaves the store saying exactly what is queued, and a re-submit publishes the rest.
+        # leaves the store saying what was queued, and a re-submit publishes the rest.
         for job in fresh:
             publisher.publish([job])
             store.record_job(job)
     finally:
         publisher.close()
-    return SubmitOutcome(mf.matrix.campaign, mf.jobs, fresh, skipped)
+    notes = _notes(fresh + waiting, fleet.inventories, broker_time(client))
+    requeued = [j for j in fresh if j.job_id in known]
+    return SubmitOutcome(mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes)
 
 
 @dataclass(frozen=True)

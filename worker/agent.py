@@ -1,11 +1,15 @@
 """The agent on a test box: one Celery worker on this host's current configuration queue.
 
 Start-up order matters:
-1. take the queue's lease, so two agents never benchmark on one queue at once;
-2. give back messages a dead predecessor had taken but not acknowledged (Redis has no real acks:
-   they would otherwise wait for the visibility timeout, hours, before anyone ran them);
-3. publish the inventory, then keep it and the lease fresh from a heartbeat thread;
-4. consume with the solo pool: one job at a time, in this process, on every platform.
+1. take the box's lease, so two agents never benchmark on one box at once;
+2. give back messages a dead predecessor on this box had taken but not acknowledged, in any
+   of the box's configuration queues (Redis has no real acks: they would otherwise wait for
+   the visibility timeout, hours, before anyone ran them);
+3. publish results spooled to disk while the broker was away;
+4. publish the inventory, then keep it and the lease fresh from a heartbeat thread;
+5. consume with the solo pool: one job at a time, in this process, on every platform.
+
+If the lease is ever lost to another agent, this one stops consuming (warm shutdown).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -20,9 +25,13 @@ from typing import Any
 
 import redis as redis_lib
 from celery import Celery
+from celery.exceptions import Reject
 from kombu.entity import Exchange, Queue
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from jobs.inventory import WorkerInventory
+from jobs.paths import orch_home
 from jobs.protocol import (
     HEARTBEAT_INTERVAL_S,
     INVENTORY_KEY,
@@ -31,10 +40,11 @@ from jobs.protocol import (
     TASK_NAME,
     celery_settings,
 )
+from jobs.spec import host_of_queue
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.errors import QueueBusyError
-from worker.runner import execute
+from worker.runner import execute, flush_spool
 
 log = logging.getLogger("orch.worker")
 
@@ -51,7 +61,15 @@ class Agent:
     def __init__(self, config: WorkerConfig, broker_url: str) -> None:
         self.config = config
         self.broker_url = broker_url
-        self.redis = redis_lib.Redis.from_url(broker_url, socket_keepalive=True)
+        self.redis = redis_lib.Redis.from_url(
+            broker_url,
+            socket_keepalive=True,
+            socket_timeout=60,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=10), 5),
+            retry_on_error=[redis_lib.ConnectionError, redis_lib.TimeoutError],
+        )
+        self.spool = orch_home() / "spool" / config.host
         self.instance_id = uuid.uuid4().hex
         self.started_at = time.time()
         self.clock_skew_s: float | None = None
@@ -69,6 +87,8 @@ class Agent:
             restored = self.restore_orphans()
             if restored:
                 log.warning("re-queued %d job(s) left unacknowledged by a dead worker", restored)
+            if flush_spool(self.redis, self.spool):
+                log.info("published results spooled while the broker was away")
             self.publish_inventory()
             self._heartbeat = threading.Thread(
                 target=self._beat, name="orch-heartbeat", daemon=True
@@ -89,10 +109,11 @@ class Agent:
         finally:
             self._stop.set()
             self.release_lease()
+            self._announce_stop()
 
     def acquire_lease(self, wait_s: float = 2.5 * LEASE_TTL_S) -> None:
-        """Own this queue; wait for a crashed predecessor's lease to lapse, refuse a live one."""
-        key = LEASE_KEY.format(queue=self.config.queue)
+        """Own this box; wait for a crashed predecessor's lease to lapse, refuse a live one."""
+        key = LEASE_KEY.format(host=self.config.host)
         owner = json.dumps({"instance": self.instance_id, "pid": os.getpid()})
         deadline = time.monotonic() + wait_s
         announced = False
@@ -100,7 +121,7 @@ class Agent:
             if time.monotonic() > deadline:
                 holder = self.redis.get(key)
                 raise QueueBusyError(
-                    f"another live worker consumes {self.config.queue} ({holder!r}); "
+                    f"another live worker runs host {self.config.host} ({holder!r}); "
                     "benchmarks on one box must not overlap: stop it first"
                 )
             if not announced:
@@ -110,7 +131,7 @@ class Agent:
         self._lease_value = owner
 
     def release_lease(self) -> None:
-        key = LEASE_KEY.format(queue=self.config.queue)
+        key = LEASE_KEY.format(host=self.config.host)
         try:
             self.redis.eval(_RELEASE, 1, key, self._lease_value)
         except (redis_lib.RedisError, AttributeError):
@@ -128,10 +149,12 @@ class Agent:
             )
 
     def restore_orphans(self) -> int:
-        """Put back messages of this queue that are delivered but unacknowledged.
+        """Put back this box's messages that are delivered but unacknowledged.
 
-        Only one live agent holds the queue's lease, and this one has not consumed yet, so any
-        such message belongs to a worker that died mid-job.
+        Only one live agent holds the box's lease, and this one has not consumed yet, so any
+        such message belongs to an agent of this box that died mid-job (perhaps in another
+        configuration: the message goes back to its own configuration's queue). It goes to the
+        consuming end of its queue, so the interrupted job runs next.
         """
         queue = self.config.queue
         restored = 0
@@ -141,8 +164,8 @@ class Agent:
             client = channel.client
             for tag, raw in client.hgetall(channel.unacked_key).items():
                 _message, _exchange, routing_key = json.loads(raw)
-                if routing_key == queue:
-                    channel.qos.restore_by_tag(tag, client=client, leftmost=True)
+                if host_of_queue(routing_key) == self.config.host:
+                    channel.qos.restore_by_tag(tag, client=client, leftmost=False)
                     restored += 1
         return restored
 
@@ -158,34 +181,70 @@ class Agent:
             instance_id=self.instance_id,
             pid=os.getpid(),
             started_at=self.started_at,
-            last_seen=time.time(),
+            last_seen=self._broker_now(),
             clock_skew_s=self.clock_skew_s,
         )
+
+    def _announce_stop(self) -> None:
+        try:
+            key = INVENTORY_KEY.format(host=self.config.host)
+            current = self.redis.get(key)
+            if current and self.instance_id.encode() not in current:
+                return  # another agent of this box has taken over: its inventory stands
+            body = self.inventory().model_copy(update={"stopped": True}).model_dump_json()
+            self.redis.set(key, body)
+        except redis_lib.RedisError:
+            pass  # it will read as offline once its heartbeats are old enough
 
     def publish_inventory(self) -> None:
         key = INVENTORY_KEY.format(host=self.config.host)
         self.redis.set(key, self.inventory().model_dump_json())
 
+    def _broker_now(self) -> float:
+        """The broker's clock: `last_seen` is compared on other boxes, against the same clock."""
+        seconds, micros = self.redis.time()
+        return float(seconds) + micros / 1e6
+
     def _beat(self) -> None:
-        key = LEASE_KEY.format(queue=self.config.queue)
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
             try:
-                if not self.redis.eval(_RENEW, 1, key, self._lease_value, LEASE_TTL_S):
-                    log.error("lost the lease on %s: another worker may now consume it", key)
+                if not self._keep_lease():
+                    log.error(
+                        "another agent took over host %s: stopping after the current job",
+                        self.config.host,
+                    )
+                    os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
+                    return
+                flush_spool(self.redis, self.spool)
                 self.publish_inventory()
             except redis_lib.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    def _keep_lease(self) -> bool:
+        """Renew the lease; if it lapsed (broker restart, long network cut), take it back."""
+        key = LEASE_KEY.format(host=self.config.host)
+        if self.redis.eval(_RENEW, 1, key, self._lease_value, LEASE_TTL_S):
+            return True
+        if self.redis.set(key, self._lease_value, nx=True, ex=LEASE_TTL_S):
+            log.warning("the lease on %s had lapsed; took it back", key)
+            return True
+        return False
 
     # -- celery ------------------------------------------------------------------------------
 
     def _make_app(self) -> Celery:
         app = Celery("orch-worker", broker=self.broker_url, set_as_current=False)
         app.conf.update(celery_settings())
-        config, redis = self.config, self.redis
+        config, redis, spool = self.config, self.redis, self.spool
 
         @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
         def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
-            result = execute(payload, config, redis)
+            try:
+                result = execute(payload, config, redis, spool)
+            except redis_lib.RedisError as exc:
+                # Celery acknowledges a failed task; a broker hiccup must not drop the job.
+                log.error("broker error before the job ran, re-queueing it: %s", exc)
+                raise Reject(str(exc), requeue=True) from exc
             return None if result is None else {"job_id": result.job_id, "status": result.status}
 
         return app

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 import click
+import redis
 
+from jobs.protocol import redact_url
 from worker.errors import WorkerError
 
 
@@ -52,6 +54,9 @@ def worker_command(host: str | None, config_path: Path, broker: str, lease_wait:
         Agent(config, broker).run(lease_wait_s=lease_wait)
     except WorkerError as exc:
         _fail(exc)
+    except (redis.RedisError, ValueError) as exc:
+        # e.g. a wrong password, an unreachable host, a URL that is not redis://
+        _fail(WorkerError(f"cannot use the broker at {redact_url(broker)}: {exc}"))
 
 
 @click.group("engines")

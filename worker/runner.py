@@ -1,62 +1,74 @@
 """Run one job from the queue on this box and record its result durably in the broker.
 
-The Celery task is a thin shell around `execute`: it receives the job as JSON and returns
-nothing useful; the result goes to the `orch:results` list, which the coordinator drains into
-its store whenever it next runs. So no result is lost while no coordinator is running.
+The Celery task is a thin shell around `execute`: it receives the job as JSON; the result goes
+to the `orch:results` stream, which coordinator stores read whenever they next run. So no
+result is lost while no coordinator is running.
 
 Delivery is at-least-once (acks_late), so `execute` is written to be re-run safely:
-- a job whose final result was already pushed is skipped (`orch:final:<id>`);
+- a job whose final result was already pushed is not run again: its stored result is pushed
+  once more (a store that missed it gets it; one that has it ignores the copy);
 - each start counts an attempt (`orch:attempts:<id>`); past MAX_DELIVERIES the job is recorded as
-  an error instead of being run again (a job that kills its worker would loop forever otherwise).
+  an error instead of being run again (a job that kills its worker would loop forever otherwise);
+- a result that cannot reach the broker (it is down for minutes) is spooled to disk and pushed
+  by the agent's heartbeat once the broker is back: a measured run is never thrown away.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import redis as redis_lib
 from pydantic import ValidationError
 
-from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY
+from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
 from jobs.result import EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
-from worker.engines import RunTarget, get_engine
+from worker.engines import EngineOutcome, RunTarget, get_engine
 
 log = logging.getLogger("orch.worker")
 
 # Attempt counters outlive the job by this long (they only guard against redelivery loops).
 _ATTEMPTS_TTL_S = 7 * 24 * 3600
+# How long a finished result waits for the broker before it is spooled to disk instead.
+_PUSH_RETRY_S = (1, 2, 4, 8, 15, 30, 60, 60, 60, 60, 60, 60, 60, 60)
 
 
-def execute(payload: dict[str, Any], config: WorkerConfig, redis: Any) -> RunResult | None:
-    """Run `payload` (a JobSpec as JSON) and push its RunResult; None when it was a duplicate."""
+def execute(
+    payload: dict[str, Any], config: WorkerConfig, redis: Any, spool: Path | None = None
+) -> RunResult | None:
+    """Run `payload` (a JobSpec as JSON) and push its RunResult; None when nothing ran.
+
+    Broker errors before the run propagate (the caller re-queues the message); after the run
+    the result is kept at any cost.
+    """
     started = datetime.now(UTC)
     try:
         job = JobSpec.model_validate(payload)
     except ValidationError as exc:
-        log.error("rejected a malformed job message: %s", exc)
-        if isinstance(payload, dict) and payload.get("job_id") and payload.get("campaign"):
-            return _push(redis, _failure(payload, config, 0, f"invalid job: {exc}", started))
-        return None
-    if redis.exists(FINAL_KEY.format(job_id=job.job_id)):
-        log.info("job %s already has a result: duplicate delivery skipped", job.job_id)
+        return _refuse_invalid(payload, config, redis, exc, started)
+    final = redis.get(FINAL_KEY.format(job_id=job.job_id))
+    if final is not None:
+        log.info("job %s already has a result: re-announced it, did not run again", job.job_id)
+        _xadd(redis, final)
         return None
     attempts_key = ATTEMPTS_KEY.format(job_id=job.job_id)
     attempt = int(redis.incr(attempts_key))
     redis.expire(attempts_key, _ATTEMPTS_TTL_S)
-    spec = job.model_dump(mode="json")
     if attempt > MAX_DELIVERIES:
         reason = (
             f"gave up after {MAX_DELIVERIES} deliveries: the job never finished "
             "(its worker died each time it ran)"
         )
-        return _push(redis, _failure(spec, config, attempt, reason, started, job))
+        return push(redis, _error_result(job, config, attempt, reason, started), spool)
     problem = _refusal(job, config)
     if problem:
-        return _push(redis, _failure(spec, config, attempt, problem, started, job))
+        return push(redis, _error_result(job, config, attempt, problem, started), spool)
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
     target = RunTarget(
@@ -65,26 +77,46 @@ def execute(payload: dict[str, Any], config: WorkerConfig, redis: Any) -> RunRes
         timeout_s=min(job.timeout_s, config.max_job_timeout_s),
         threads=config.threads,
     )
-    outcome = get_engine(job.engine).run(job, target)
+    try:
+        outcome = get_engine(job.engine).run(job, target)
+    except Exception as exc:  # an adapter bug must become a result, not a lost job
+        log.exception("engine adapter %s crashed on job %s", job.engine, job.job_id)
+        outcome = EngineOutcome(
+            Status.ERROR,
+            EngineInfo(name=job.engine, backend=job.backend, binary=str(target.binary)),
+            error=f"engine adapter crashed: {exc!r}",
+        )
+    result = _result(job, config, attempt, started, outcome)
+    log.info("job %s finished: %s", job.job_id, result.status.value)
+    return push(redis, result, spool)
+
+
+def _refuse_invalid(
+    payload: Any, config: WorkerConfig, redis: Any, exc: ValidationError, started: datetime
+) -> RunResult | None:
+    """A message that is not a valid JobSpec (altered, or from another orch version).
+
+    It gets an error result (attempt 0) so its submitter is not left waiting, but no final
+    mark: a genuine message with the same id still runs, and its result (attempt >= 1) wins.
+    """
+    log.error("refused a malformed job message: %s", exc)
+    if not (isinstance(payload, dict) and payload.get("job_id") and payload.get("campaign")):
+        return None
     result = RunResult(
-        job_id=job.job_id,
-        campaign=job.campaign,
+        job_id=str(payload["job_id"]),
+        campaign=str(payload["campaign"]),
         host=config.host,
         queue=config.queue,
-        attempt=attempt,
-        status=outcome.status,
-        error=outcome.error,
-        measurements=outcome.measurements,
-        engine=outcome.engine,
+        attempt=0,
+        status=Status.ERROR,
+        error=f"invalid job: {exc}",
         declared=config.declared_facts(),
-        argv=outcome.argv,
         started_at=started,
         finished_at=datetime.now(UTC),
         worker_version=ORCH_VERSION,
-        job=job,
     )
-    log.info("job %s finished: %s", job.job_id, result.status.value)
-    return _push(redis, result)
+    _xadd(redis, result.model_dump_json())
+    return result
 
 
 def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
@@ -106,26 +138,28 @@ def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
     return None
 
 
-def _failure(
-    spec: dict[str, Any],
-    config: WorkerConfig,
-    attempt: int,
-    error: str,
-    started: datetime,
-    job: JobSpec | None = None,
+def _error_result(
+    job: JobSpec, config: WorkerConfig, attempt: int, error: str, started: datetime
+) -> RunResult:
+    info = EngineInfo(name=job.engine, backend=job.backend, binary="")
+    return _result(job, config, attempt, started, EngineOutcome(Status.ERROR, info, error=error))
+
+
+def _result(
+    job: JobSpec, config: WorkerConfig, attempt: int, started: datetime, outcome: EngineOutcome
 ) -> RunResult:
     return RunResult(
-        job_id=str(spec["job_id"]),
-        campaign=str(spec["campaign"]),
+        job_id=job.job_id,
+        campaign=job.campaign,
         host=config.host,
         queue=config.queue,
         attempt=attempt,
-        status=Status.ERROR,
-        error=error,
-        engine=EngineInfo(
-            name=str(spec.get("engine", "?")), backend=str(spec.get("backend", "?")), binary=""
-        ),
+        status=outcome.status,
+        error=outcome.error,
+        measurements=outcome.measurements,
+        engine=outcome.engine,
         declared=config.declared_facts(),
+        argv=outcome.argv,
         started_at=started,
         finished_at=datetime.now(UTC),
         worker_version=ORCH_VERSION,
@@ -133,10 +167,43 @@ def _failure(
     )
 
 
-def _push(redis: Any, result: RunResult) -> RunResult:
-    """Append the result to the durable outbox and mark the job final, atomically."""
+def _xadd(redis: Any, body: str | bytes) -> None:
+    redis.xadd(RESULTS_KEY, {"result": body}, maxlen=RESULTS_MAXLEN, approximate=True)
+
+
+def _publish(redis: Any, job_id: str, body: str) -> None:
+    """Announce the result and mark the job final, atomically."""
     pipe = redis.pipeline(transaction=True)
-    pipe.rpush(RESULTS_KEY, result.model_dump_json())
-    pipe.set(FINAL_KEY.format(job_id=result.job_id), result.status.value)
+    pipe.xadd(RESULTS_KEY, {"result": body}, maxlen=RESULTS_MAXLEN, approximate=True)
+    pipe.set(FINAL_KEY.format(job_id=job_id), body)
     pipe.execute()
+
+
+def push(redis: Any, result: RunResult, spool: Path | None) -> RunResult:
+    """Publish `result`, retrying for minutes; if the broker stays away, spool it to disk."""
+    body = result.model_dump_json()
+    for delay in (0, *_PUSH_RETRY_S):
+        time.sleep(delay)
+        try:
+            _publish(redis, result.job_id, body)
+            return result
+        except redis_lib.RedisError as exc:
+            log.warning("cannot publish the result of %s yet: %s", result.job_id, exc)
+    if spool is None:
+        raise RuntimeError(f"result of job {result.job_id} could not be published or spooled")
+    spool.mkdir(parents=True, exist_ok=True)
+    path = spool / f"{result.job_id}.json"
+    path.with_suffix(".tmp").write_text(body)
+    path.with_suffix(".tmp").replace(path)
+    log.error("broker unreachable: result of %s spooled to %s", result.job_id, path)
     return result
+
+
+def flush_spool(redis: Any, spool: Path) -> int:
+    """Publish results spooled while the broker was away; return how many went out."""
+    sent = 0
+    for path in sorted(spool.glob("*.json")) if spool.is_dir() else []:
+        _publish(redis, path.stem, path.read_text())
+        path.unlink()
+        sent += 1
+    return sent

@@ -64,7 +64,7 @@ def test_sigkill_mid_job_reruns_it_and_stores_one_result(
     while _engine_pids(model):
         assert time.monotonic() < deadline, "llama-bench outlived its SIGKILLed worker"
         time.sleep(0.05)
-    assert client.llen("orch:results") == 0
+    assert client.xlen("orch:results") == 0
     assert client.hlen("unacked") == 1  # delivered, never acknowledged
 
     second = start_worker(config, timeout_s=90)  # waits out the dead worker's lease
@@ -90,4 +90,4 @@ def test_second_live_worker_on_the_same_queue_is_refused(
     start_worker(config)
     done = orch("worker", "--config", str(config), "--broker", broker, "--lease-wait", "2")
     assert done.returncode != 0
-    assert "another live worker consumes orch.box.default" in done.stderr
+    assert "another live worker runs host box" in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def test_matrix_runs_on_two_hosts_and_reports(
     submitted = json.loads(done.stdout.splitlines()[0])
     assert submitted["campaign"] == "halo-vs-laptop"
     assert len(submitted["published"]) == 7
+    assert submitted["notes"] == []  # both hosts online, in the configuration the jobs want
     assert submitted["queues"] == ["orch.laptop-80w.vram-32G", "orch.minipc-120w.vram-32G"]
 
     store = Store.open(store_path)
@@ -86,6 +88,7 @@ def test_matrix_runs_on_two_hosts_and_reports(
     again = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker, "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["published"] == []
+    assert len(json.loads(again.stdout)["done"]) == 7
     client = redis.Redis.from_url(broker)
     assert client.llen("orch.laptop-80w.vram-32G") == 0
     assert client.llen("orch.minipc-120w.vram-32G") == 0
@@ -107,15 +110,14 @@ def test_results_wait_in_the_broker_while_no_coordinator_runs(
 
     client = redis.Redis.from_url(broker)
     for _ in range(600):  # the jobs finish with no coordinator process running
-        if client.llen("orch:results") == 2:
+        if client.xlen("orch:results") == 2:
             break
-        import time
-
         time.sleep(0.1)
-    assert client.llen("orch:results") == 2
+    assert client.xlen("orch:results") == 2
 
     status = orch("--store", str(store_path), "status", "later", "--broker", broker)
     assert status.returncode == 0, status.stderr
     assert "2/2 jobs finished" in status.stdout
     assert "box" in status.stdout and "online" in status.stdout
-    assert client.llen("orch:results") == 0  # collected into the store
+    rows = Store.open(store_path).campaign_jobs("later")
+    assert [r.result.status.value for r in rows if r.result] == ["ok", "ok"]

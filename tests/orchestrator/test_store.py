@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
-from jobs.protocol import REJECTED_KEY, RESULTS_KEY
+from jobs.protocol import RESULTS_KEY
 from jobs.result import EngineInfo, Measurement, RunResult, Status
 from jobs.spec import JobSpec, Workload
+from orchestrator.embedded import EmbeddedBroker
 from orchestrator.errors import StoreError
 from orchestrator.store import STORE_VERSION, JobRow, Store
 
@@ -122,7 +124,7 @@ def test_open_creates_the_folder_schema_and_version(tmp_path: Path) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     version = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]
     conn.close()
-    assert tables == {"meta", "campaigns", "jobs", "results"}
+    assert tables == {"meta", "campaigns", "jobs", "results", "rejected"}
     assert int(version) == STORE_VERSION == 1
 
 
@@ -279,8 +281,14 @@ def test_campaigns_count_jobs_finished_and_ok(store: Store) -> None:
 # -- collecting from a real Valkey -----------------------------------------------------------
 
 
+def _announce(redis_client: Any, *bodies: str) -> None:
+    """What a worker does: append RunResult JSON to the results stream."""
+    for body in bodies:
+        redis_client.xadd(RESULTS_KEY, {"result": body})
+
+
 @pytest.mark.integration
-def test_collect_drains_the_results_list(store: Store, redis_client: Any) -> None:
+def test_collect_reads_the_results_stream(store: Store, redis_client: Any) -> None:
     specs = [_spec(context=512), _spec(context=2048), _spec(host="minipc-120w")]
     for spec in specs[:2]:
         store.record_job(spec)
@@ -289,27 +297,35 @@ def test_collect_drains_the_results_list(store: Store, redis_client: Any) -> Non
         _result(specs[1], Status.TIMEOUT, error="killed after 600 s"),
         _result(specs[2]),  # its job was submitted elsewhere: recorded from result.job
     ]
-    for result in results:
-        redis_client.rpush(RESULTS_KEY, result.model_dump_json())
+    _announce(redis_client, *(r.model_dump_json() for r in results))
 
     assert store.collect(redis_client) == 3
 
-    assert redis_client.llen(RESULTS_KEY) == 0
     assert store.campaign_jobs("halo-vs-laptop") == [
         JobRow(spec, result) for spec, result in zip(specs, results, strict=True)
     ]
     assert store.has_campaign("halo-vs-laptop")  # reportable though never submitted here
+    assert store.collect(redis_client) == 0  # the cursor moved past them
 
 
 @pytest.mark.integration
-def test_collecting_the_same_result_again_counts_zero(store: Store, redis_client: Any) -> None:
+def test_two_stores_each_get_every_result(store: Store, redis_client: Any, tmp_path: Path) -> None:
+    other = Store.open(tmp_path / "laptop.db")  # `orch status` run from another machine
+    _announce(redis_client, _result(_spec()).model_dump_json())
+
+    assert other.collect(redis_client) == 1
+    assert store.collect(redis_client) == 1  # not taken away by the other store
+    assert _count(store, "results") == _count(other, "results") == 1
+
+
+@pytest.mark.integration
+def test_a_result_announced_twice_counts_once(store: Store, redis_client: Any) -> None:
     raw = _result(_spec()).model_dump_json()
-    redis_client.rpush(RESULTS_KEY, raw)
+    _announce(redis_client, raw)
     assert store.collect(redis_client) == 1
 
-    redis_client.rpush(RESULTS_KEY, raw)  # e.g. a crash between commit and LREM last time
+    _announce(redis_client, raw)  # a worker re-announces a finished job on redelivery
     assert store.collect(redis_client) == 0
-    assert redis_client.llen(RESULTS_KEY) == 0
     assert _count(store, "results") == 1
 
 
@@ -318,31 +334,34 @@ def test_collect_applies_attempt_fencing(store: Store, redis_client: Any) -> Non
     spec = _spec()
     later = _result(spec, attempt=3, tg=(39.0, 40.0, 41.0))
     earlier = _result(spec, Status.ERROR, attempt=2, error="exit code 134")
-    redis_client.rpush(RESULTS_KEY, later.model_dump_json(), earlier.model_dump_json())
+    _announce(redis_client, later.model_dump_json(), earlier.model_dump_json())
 
     assert store.collect(redis_client) == 1
     assert store.campaign_jobs("halo-vs-laptop") == [JobRow(spec, later)]
-    assert redis_client.llen(RESULTS_KEY) == 0
 
 
 @pytest.mark.integration
-def test_collect_leaves_other_keys_alone(store: Store, redis_client: Any) -> None:
-    redis_client.set("orch:final:abc", "ok")
-    redis_client.rpush("other-app:list", "x")
-
-    assert store.collect(redis_client) == 0
-    assert redis_client.get("orch:final:abc") == b"ok"
-    assert redis_client.lrange("other-app:list", 0, -1) == [b"x"]
+def test_a_new_broker_is_read_from_its_start(store: Store, tmp_path: Path) -> None:
+    """A cursor belongs to one broker's data: a fresh (e.g. embedded) broker starts at 0."""
+    with EmbeddedBroker(tmp_path / "b1") as b1, EmbeddedBroker(tmp_path / "b2") as b2:
+        first, second = redis.Redis.from_url(b1.url), redis.Redis.from_url(b2.url)
+        _announce(first, _result(_spec(context=512)).model_dump_json())
+        _announce(first, _result(_spec(context=1024)).model_dump_json())
+        assert store.collect(first) == 2
+        _announce(second, _result(_spec(context=2048)).model_dump_json())
+        assert store.collect(second) == 1
 
 
 @pytest.mark.integration
-def test_unreadable_result_is_set_aside_not_blocking(store: Store, redis_client: Any) -> None:
+def test_unreadable_result_is_kept_and_read_again(store: Store, redis_client: Any) -> None:
     good = _result(_spec())
-    body = json.loads(good.model_dump_json())
+    body = json.loads(_result(_spec(context=4096)).model_dump_json())
     body["energy_j"] = 12.5  # a field this orch does not know (a newer worker)
-    redis_client.rpush(RESULTS_KEY, json.dumps(body))
-    redis_client.rpush(RESULTS_KEY, good.model_dump_json())
+    _announce(redis_client, json.dumps(body), good.model_dump_json())
 
     assert store.collect(redis_client) == 1  # the readable one is collected all the same
-    assert redis_client.llen(RESULTS_KEY) == 0
-    assert [json.loads(x)["energy_j"] for x in redis_client.lrange(REJECTED_KEY, 0, -1)] == [12.5]
+    assert store.rejected_count() == 1
+    # after an "upgrade" that understands the entry, it is collected from the store's copy
+    store.conn.execute("UPDATE rejected SET raw = json_remove(raw, '$.energy_j')")
+    assert store.collect(redis_client) == 1
+    assert store.rejected_count() == 0

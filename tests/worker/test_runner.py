@@ -45,7 +45,8 @@ def _payload(model: str = "tiny:q8_0", host: str = "box") -> dict[str, Any]:
 
 
 def _pushed(redis_client: Any) -> list[RunResult]:
-    return [RunResult.model_validate_json(r) for r in redis_client.lrange(RESULTS_KEY, 0, -1)]
+    entries = redis_client.xrange(RESULTS_KEY)
+    return [RunResult.model_validate_json(fields[b"result"]) for _id, fields in entries]
 
 
 def test_a_job_runs_and_its_result_is_pushed_once(config: WorkerConfig, redis_client: Any) -> None:
@@ -54,10 +55,12 @@ def test_a_job_runs_and_its_result_is_pushed_once(config: WorkerConfig, redis_cl
 
     assert result is not None and result.status is Status.OK
     assert result.job is not None and result.job.job_id == payload["job_id"]
-    assert redis_client.get(FINAL_KEY.format(job_id=payload["job_id"])) == b"ok"
-    # a redelivery of the same message after its result was pushed does not run it again
+    final = redis_client.get(FINAL_KEY.format(job_id=payload["job_id"]))
+    assert RunResult.model_validate_json(final) == result
+    # a redelivery after the result was pushed does not run the job again: it re-announces
+    # the same result, for any store that missed it
     assert execute(payload, config, redis_client) is None
-    assert [r.job_id for r in _pushed(redis_client)] == [payload["job_id"]]
+    assert _pushed(redis_client) == [result, result]
 
 
 def test_a_job_that_keeps_killing_its_worker_is_given_up(
@@ -104,5 +107,56 @@ def test_a_tampered_message_is_refused(config: WorkerConfig, redis_client: Any) 
 
     assert result is not None and result.status is Status.ERROR
     assert result.error and "does not match its spec" in result.error
+    assert result.attempt == 0  # any genuine run (attempt >= 1) supersedes it in the store
     assert execute({"garbage": True}, config, redis_client) is None
     assert len(_pushed(redis_client)) == 1
+    # no final mark: the genuine message with that id still runs
+    genuine = execute(_payload(), config, redis_client)
+    assert genuine is not None and genuine.status is Status.OK
+
+
+def test_an_adapter_crash_becomes_an_error_result(
+    config: WorkerConfig, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(self: object, job: object, target: object) -> None:
+        raise ZeroDivisionError("bug in an adapter")
+
+    monkeypatch.setattr("worker.engines.llama_bench.LlamaBench.run", crash)
+    result = execute(_payload(), config, redis_client)
+    assert result is not None and result.status is Status.ERROR
+    assert result.error == "engine adapter crashed: ZeroDivisionError('bug in an adapter')"
+    assert _pushed(redis_client) == [result]
+
+
+def test_a_result_the_broker_cannot_take_is_spooled_then_flushed(
+    config: WorkerConfig, redis_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis as redis_lib
+
+    from worker import runner
+
+    monkeypatch.setattr(runner, "_PUSH_RETRY_S", (0, 0))
+
+    class BrokerDown:
+        def pipeline(self, transaction: bool = True) -> None:
+            raise redis_lib.ConnectionError("connection refused")
+
+    spool = tmp_path / "spool"
+    result = runner.push(BrokerDown(), _result_for(config), spool)
+    assert [p.name for p in spool.iterdir()] == [f"{result.job_id}.json"]
+
+    assert runner.flush_spool(redis_client, spool) == 1
+    assert _pushed(redis_client) == [result]
+    assert redis_client.get(FINAL_KEY.format(job_id=result.job_id)) is not None
+    assert list(spool.iterdir()) == []
+
+
+def _result_for(config: WorkerConfig) -> RunResult:
+    from datetime import UTC, datetime
+
+    job = JobSpec.model_validate(_payload())
+    now = datetime.now(UTC)
+    return RunResult(
+        job_id=job.job_id, campaign=job.campaign, host=config.host, queue=config.queue,
+        attempt=1, status=Status.OK, started_at=now, finished_at=now, worker_version="t", job=job,
+    )  # fmt: skip

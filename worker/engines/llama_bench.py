@@ -1,8 +1,9 @@
 """llama.cpp's `llama-bench`: prompt processing (pp) and generation (tg) speed, per repetition.
 
-The job's `context` is honoured as the KV-cache depth at which both tests run: llama-bench sizes
-its context to the test, so we pre-fill `context - prompt_tokens - gen_tokens` tokens (`-d`) and
-the measured run uses exactly `context` positions. The depth is recorded in each Measurement.
+The job's `context` sets the KV-cache depth at which both tests run: llama-bench sizes its
+context to the test, so we pre-fill `context - prompt_tokens - gen_tokens` tokens (`-d`). The pp
+test then ends at `context - gen_tokens` positions and the tg test at `context - prompt_tokens`:
+both measure speed near the row's context. The depth is recorded in each Measurement.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +25,6 @@ class ProcessOutcome:
     stdout: str
     stderr: str
     timed_out: bool
-    wall_s: float
 
     def stderr_tail(self, lines: int = TAIL_LINES) -> str:
         return "\n".join(self.stderr.strip().splitlines()[-lines:])
@@ -45,7 +43,6 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 def run_bounded(argv: list[str], timeout_s: float) -> ProcessOutcome:
     """Run `argv` (never a shell string) for at most `timeout_s` seconds."""
-    started = time.monotonic()
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -68,7 +65,6 @@ def run_bounded(argv: list[str], timeout_s: float) -> ProcessOutcome:
         stdout=stdout,
         stderr=stderr,
         timed_out=timed_out,
-        wall_s=time.monotonic() - started,
     )
 
 
