@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow, Telemetry
 from jobs.version import SCHEMA_VERSION
 
 
@@ -75,6 +76,8 @@ class RunResult(BaseModel):
     # The job as the worker received it, so a result explains itself without the submitter's
     # store (absent only when the message itself was invalid).
     job: JobSpec | None = None
+    phases: list[PhaseWindow] = Field(default_factory=list)  # what the engine knew of its timing
+    telemetry: Telemetry | None = None
 
     def measurement(self, test: str) -> Measurement | None:
         return next((m for m in self.measurements if m.test == test), None)

@@ -20,6 +20,11 @@ from typing import TypeVar
 
 from jobs.result import EngineInfo, Measurement, Status
 from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow
+
+
+def _ignore_pid(_pid: int) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class RunTarget:
     model_path: Path
     timeout_s: float
     threads: int | None = None
+    # Called with the engine's process id as soon as it exists (telemetry follows that process).
+    on_process: Callable[[int], None] = _ignore_pid
 
 
 @dataclass
@@ -39,6 +46,7 @@ class EngineOutcome:
     measurements: list[Measurement] = field(default_factory=list)
     error: str | None = None
     argv: list[str] = field(default_factory=list)
+    phases: list[PhaseWindow] = field(default_factory=list)
 
 
 class Engine(ABC):

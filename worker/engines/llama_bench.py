@@ -38,7 +38,7 @@ class LlamaBench(Engine):
         argv = self.argv(job, target)
         info = EngineInfo(name=self.name, backend=job.backend, binary=str(target.binary))
         try:
-            proc = run_bounded(argv, target.timeout_s)
+            proc = run_bounded(argv, target.timeout_s, target.on_process)
         except OSError as exc:
             return EngineOutcome(
                 Status.ERROR, info, error=f"cannot start {target.binary}: {exc}", argv=argv

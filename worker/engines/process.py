@@ -41,7 +41,13 @@ def _die_with_parent() -> Callable[[], None] | None:
     return set_pdeathsig
 
 
-def run_bounded(argv: list[str], timeout_s: float) -> ProcessOutcome:
+def _ignore(_pid: int) -> None:
+    return None
+
+
+def run_bounded(
+    argv: list[str], timeout_s: float, on_start: Callable[[int], None] = _ignore
+) -> ProcessOutcome:
     """Run `argv` (never a shell string) for at most `timeout_s` seconds."""
     proc = subprocess.Popen(
         argv,
@@ -53,6 +59,7 @@ def run_bounded(argv: list[str], timeout_s: float) -> ProcessOutcome:
         start_new_session=True,
         preexec_fn=_die_with_parent(),  # noqa: PLW1509 - needed for the parent-death signal
     )
+    on_start(proc.pid)
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
         timed_out = False
