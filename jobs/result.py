@@ -40,6 +40,21 @@ class Measurement(BaseModel):
     samples_ns: list[int] = Field(default_factory=list)  # wall time per repetition
 
 
+class RequestSample(BaseModel):
+    """One streamed request to a server engine, timed by the client, with the server's view."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int
+    gen_tokens: int
+    ttft_s: float  # request sent -> first token received
+    e2e_s: float  # request sent -> stream closed
+    decode_tokens_per_s: float | None  # (tokens - 1) / (last token - first token)
+    itl_s: dict[str, float] = Field(default_factory=dict)  # inter-token latency p50/p90/p99
+    server_timings: dict[str, float] = Field(default_factory=dict)  # e.g. llama-server timings
+    cached_prompt: bool = False  # the server reused cached prompt tokens (cache_n > 0)
+
+
 class EngineInfo(BaseModel):
     """Which engine build ran, and what it printed about itself and the model."""
 
@@ -78,6 +93,8 @@ class RunResult(BaseModel):
     job: JobSpec | None = None
     phases: list[PhaseWindow] = Field(default_factory=list)  # what the engine knew of its timing
     telemetry: Telemetry | None = None
+    requests: list[RequestSample] = Field(default_factory=list)  # server engines, per request
+    load_time_s: float | None = None  # set when this job loaded the model (not a warm server)
 
     def measurement(self, test: str) -> Measurement | None:
         return next((m for m in self.measurements if m.test == test), None)

@@ -49,6 +49,8 @@ class Workload(BaseModel):
 
     prompt_tokens: PositiveInt = 512
     gen_tokens: PositiveInt = 128
+    # Server engines: requests sent (and not counted) before the measured ones.
+    warmup_runs: int = Field(default=1, ge=0)
 
 
 def queue_name(host: str, configuration: dict[str, str]) -> str:

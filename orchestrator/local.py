@@ -114,7 +114,10 @@ def prepare_demo(data_dir: Path) -> tuple[Path, Path]:
             {
                 "host": host,
                 "declared": {"form_factor": "this box"},
-                "engines": {"llama-bench": {"backends": {"cpu": binaries["llama-bench"]}}},
+                "engines": {
+                    name: {"backends": {"cpu": binaries[name]}}
+                    for name in ("llama-bench", "llama-server")
+                },
                 "models": models,
                 "threads": max(1, (os.cpu_count() or 2)),
             },
@@ -132,6 +135,7 @@ def prepare_demo(data_dir: Path) -> tuple[Path, Path]:
                 "workload": {"prompt_tokens": 128, "gen_tokens": 32},
                 "hosts": [host],
                 "matrix": {
+                    "engine": ["llama-bench", "llama-server"],
                     "model": sorted(models),
                     "backend": ["cpu"],
                     "context": [512, 4096],

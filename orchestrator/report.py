@@ -34,6 +34,7 @@ class Cell:
     statuses: list[str] = field(default_factory=list)
     tg_samples: list[float] = field(default_factory=list)
     pp_samples: list[float] = field(default_factory=list)
+    ttft_samples: list[float] = field(default_factory=list)  # seconds, server engines only
 
     @property
     def tg(self) -> Summary | None:
@@ -42,6 +43,10 @@ class Cell:
     @property
     def pp(self) -> Summary | None:
         return summarize(self.pp_samples)
+
+    @property
+    def ttft(self) -> Summary | None:
+        return summarize(self.ttft_samples)
 
     def text(self) -> str:
         tg, pp = self.tg, self.pp
@@ -53,6 +58,10 @@ class Cell:
             parts.append(f"tg {fmt_number(tg.median)} ± {fmt_number(tg.mad)}")
         if pp is not None:
             parts.append(f"pp {fmt_number(pp.median)} ± {fmt_number(pp.mad)}")
+        ttft = self.ttft
+        if ttft is not None:
+            ms = 1000.0
+            parts.append(f"ttft {fmt_number(ttft.median * ms)} ± {fmt_number(ttft.mad * ms)} ms")
         n = tg.n if tg is not None else pp.n if pp is not None else 0
         text = " · ".join(parts) + f" (n={n})"
         others = len([s for s in self.statuses if s != Status.OK.value])
@@ -127,6 +136,7 @@ def _add(cell: Cell, result: RunResult | None) -> None:
         return
     for m in result.measurements:
         (cell.tg_samples if m.test == "tg" else cell.pp_samples).extend(m.samples_ts)
+    cell.ttft_samples.extend(r.ttft_s for r in result.requests)
 
 
 def render(pivot: Pivot, fmt: str) -> str:
@@ -141,8 +151,9 @@ def render(pivot: Pivot, fmt: str) -> str:
     constants = ", ".join(f"{_AXIS_TITLES.get(k, k)} {v}" for k, v in pivot.constant_axes.items())
     legend = (
         "tg = text generation, pp = prompt processing: tokens/s, median ± MAD over n "
-        "repetitions; each run starts with the KV cache pre-filled to "
-        "context - prompt - gen tokens, so it ends at the row's context."
+        "repetitions (llama-bench: the KV cache is pre-filled to context - prompt - gen tokens, "
+        "so a run ends at the row's context; llama-server: pp from the server's prefill "
+        "timing, tg and ttft, time to first token, measured by the client)."
     )
     if fmt == "md":
         out = [f"### {pivot.campaign}", ""]
@@ -195,6 +206,10 @@ def tidy_rows(pivot: Pivot) -> list[dict[str, Any]]:
             record[f"{test}_tokens_per_s_mad"] = s.mad if s else None
             record[f"{test}_tokens_per_s_samples"] = m.samples_ts if m else None
             record[f"{test}_depth"] = m.n_depth if m else None
+        ttft = summarize([r.ttft_s for r in result.requests]) if result else None
+        record["ttft_s_median"] = ttft.median if ttft else None
+        record["ttft_s_mad"] = ttft.mad if ttft else None
+        record["load_time_s"] = result.load_time_s if result else None
         engine = result.engine if result else None
         record["build_commit"] = engine.build_commit if engine else None
         record["error"] = result.error if result else None

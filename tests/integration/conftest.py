@@ -65,7 +65,10 @@ def write_worker_config(
             {
                 "host": host,
                 "declared": declared,
-                "engines": {"llama-bench": {"backends": {"cpu": str(llama_bin / "llama-bench")}}},
+                "engines": {
+                    name: {"backends": {"cpu": str(llama_bin / name)}}
+                    for name in ("llama-bench", "llama-server")
+                },
                 "models": {name: str(p) for name, p in models.items()},
                 "threads": 1,
             }

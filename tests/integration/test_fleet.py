@@ -121,3 +121,36 @@ def test_results_wait_in_the_broker_while_no_coordinator_runs(
     assert "box" in status.stdout and "online" in status.stdout
     rows = Store.open(store_path).campaign_jobs("later")
     assert [r.result.status.value for r in rows if r.result] == ["ok", "ok"]
+
+
+def test_both_engines_through_real_workers_report_ttft_tg_and_pp(
+    tmp_path: Path, broker: str, start_worker: Any, llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    start_worker(write_worker_config(tmp_path / "w.yaml", "box", llama_bin, tiny_models))
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(
+        "campaign: engines\nrepetitions: 3\nworkload: {prompt_tokens: 64, gen_tokens: 32}\n"
+        "hosts: [box]\nmatrix:\n  engine: [llama-bench, llama-server]\n"
+        "  model: ['tiny:q8_0']\n  context: [512, 1024]\n"
+    )
+    store_path = tmp_path / "orch.db"
+    done = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker,
+                "--wait", "--timeout", "300")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    rows = [line for line in done.stdout.splitlines() if line.startswith("llama-")]
+    assert len(rows) == 4
+    for row in rows:
+        assert "tg " in row and "pp " in row and "(n=3)" in row
+        assert ("ttft " in row) == row.startswith("llama-server")
+
+    jobs = Store.open(store_path).campaign_jobs("engines")
+    server_jobs = [j for j in jobs if j.spec.engine == "llama-server"]
+    assert [j.result.status.value for j in server_jobs if j.result] == ["ok", "ok"]
+    for job in server_jobs:
+        assert job.result is not None
+        for r in job.result.requests:
+            # client TTFT agrees with the server's own prefill time (see test_llama_server)
+            assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s
+            assert r.ttft_s <= r.server_timings["prompt_ms"] / 1000 + 0.1
+        assert job.result.load_time_s is not None  # each context is its own server group

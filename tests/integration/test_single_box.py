@@ -14,18 +14,20 @@ def test_demo_prints_a_table_measured_by_llama_cpp(tmp_path: Path, llama_bin: Pa
     done = orch("--store", str(store_path), "demo", timeout=900)
     assert done.returncode == 0, done.stderr
 
-    rows = [line for line in done.stdout.splitlines() if line.startswith("tiny:")]
-    assert len(rows) == 4  # 2 models x 2 contexts
+    rows = [line for line in done.stdout.splitlines() if line.startswith("llama-")]
+    assert len(rows) == 8  # 2 engines x 2 models x 2 contexts
     for row in rows:
-        assert re.search(r"tg [\d.]+ ± [\d.]+ · pp [\d.]+ ± [\d.]+ \(n=5\)", row), row
+        assert re.search(r"tg [\d.]+ ± [\d.]+ · pp [\d.]+ ± [\d.]+", row), row
+        assert "(n=5)" in row
+        assert ("ttft " in row) == row.startswith("llama-server")
     # every figure printed is in the store, measured by llama-bench
     store = Store.open(store_path)
     [campaign] = store.campaigns()
-    assert campaign.total == campaign.ok == 4
+    assert campaign.total == campaign.ok == 8
     for job in store.campaign_jobs(campaign.campaign):
         assert job.result is not None and job.result.engine is not None
-        assert job.result.engine.name == "llama-bench"
-        assert job.result.argv[0].endswith("llama-bench")
+        assert job.result.engine.name == job.spec.engine
+        assert job.result.argv[0].endswith(job.spec.engine)
 
 
 def test_submit_local_runs_the_users_matrix(

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobs.result import Status
 from jobs.spec import JobSpec, Workload
-from worker.engines import RunTarget, get_engine, registered
+from worker.engines import RunTarget, close_engines, get_engine, registered
 from worker.engines.llama_bench import LlamaBench
 
 # Which binary of a llama.cpp build drives each registered engine.
-ENGINE_BINARIES = {"llama-bench": "llama-bench"}
+ENGINE_BINARIES = {"llama-bench": "llama-bench", "llama-server": "llama-server"}
 
 
 def _job(engine: str = "llama-bench", context: int = 256, repetitions: int = 2) -> JobSpec:
@@ -29,6 +30,12 @@ def _job(engine: str = "llama-bench", context: int = 256, repetitions: int = 2) 
     )
 
 
+@pytest.fixture(autouse=True)
+def _stop_warm_servers() -> Iterator[None]:
+    yield
+    close_engines()
+
+
 def test_every_registered_engine_has_a_conformance_binary() -> None:
     assert sorted(ENGINE_BINARIES) == registered()
 
@@ -37,21 +44,33 @@ def test_every_registered_engine_has_a_conformance_binary() -> None:
 def test_engine_measures_the_tiny_model(
     engine: str, llama_bin: Path, tiny_models: dict[str, Path]
 ) -> None:
-    target = RunTarget(llama_bin / ENGINE_BINARIES[engine], tiny_models["tiny:q8_0"], 120, 1)
+    pids: list[int] = []
+    target = RunTarget(
+        llama_bin / ENGINE_BINARIES[engine], tiny_models["tiny:q8_0"], 120, 1, pids.append
+    )
     outcome = get_engine(engine).run(_job(engine), target)
 
     assert outcome.status is Status.OK, outcome.error
     assert {m.test for m in outcome.measurements} == {"pp", "tg"}
     for m in outcome.measurements:
         assert len(m.samples_ts) == 2 and all(ts > 0 for ts in m.samples_ts)
-        assert len(m.samples_ns) == 2
     pp = next(m for m in outcome.measurements if m.test == "pp")
     tg = next(m for m in outcome.measurements if m.test == "tg")
-    assert (pp.n_prompt, pp.n_gen, tg.n_prompt, tg.n_gen) == (32, 0, 0, 16)
-    assert pp.n_depth == tg.n_depth == 256 - 32 - 16
+    assert (pp.n_prompt, tg.n_gen) == (32, 16)
+    assert outcome.argv[0] == str(target.binary)
+    assert pids and all(pid > 0 for pid in pids)  # telemetry can follow the engine process
+
+
+def test_llama_bench_keeps_its_samples_depth_and_build(
+    llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    target = RunTarget(llama_bin / "llama-bench", tiny_models["tiny:q8_0"], 120, 1)
+    outcome = get_engine("llama-bench").run(_job(), target)
+    for m in outcome.measurements:
+        assert len(m.samples_ns) == 2
+        assert m.n_depth == 256 - 32 - 16
     assert outcome.engine.build_commit
     assert "llama" in str(outcome.engine.details["model_type"])
-    assert outcome.argv[0] == str(target.binary)
 
 
 def test_llama_bench_argv_fills_the_context_and_is_a_list() -> None:

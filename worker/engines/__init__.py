@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from worker.engines import llama_bench  # noqa: F401  (registers "llama-bench")
-from worker.engines.base import Engine, EngineOutcome, RunTarget, get_engine, registered
+from worker.engines import llama_bench, llama_server  # noqa: F401  (register themselves)
+from worker.engines.base import (
+    Engine,
+    EngineOutcome,
+    RunTarget,
+    close_engines,
+    get_engine,
+    registered,
+)
 
-__all__ = ["Engine", "EngineOutcome", "RunTarget", "get_engine", "registered"]
+__all__ = ["Engine", "EngineOutcome", "RunTarget", "close_engines", "get_engine", "registered"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from jobs.result import EngineInfo, Measurement, Status
+from jobs.result import EngineInfo, Measurement, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 
@@ -47,6 +47,8 @@ class EngineOutcome:
     error: str | None = None
     argv: list[str] = field(default_factory=list)
     phases: list[PhaseWindow] = field(default_factory=list)
+    requests: list[RequestSample] = field(default_factory=list)
+    load_time_s: float | None = None
 
 
 class Engine(ABC):
@@ -57,6 +59,9 @@ class Engine(ABC):
     @abstractmethod
     def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
         """Run the job's measured runs; every failure is returned as an outcome."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most engines keep nothing running
+        """Stop whatever the engine keeps running between jobs (a warm server)."""
 
 
 _REGISTRY: dict[str, type[Engine]] = {}
@@ -76,12 +81,27 @@ def register(name: str) -> Callable[[E], E]:
     return decorate
 
 
+_INSTANCES: dict[str, Engine] = {}
+
+
 def get_engine(name: str) -> Engine:
+    """The process's one instance of an engine; other engines' warm servers are stopped first,
+    so that nothing else holds the GPU or the CPU while this engine measures."""
+    for other, instance in list(_INSTANCES.items()):
+        if other != name:
+            instance.close()
     try:
-        return _REGISTRY[name]()
+        if name not in _INSTANCES:
+            _INSTANCES[name] = _REGISTRY[name]()
+        return _INSTANCES[name]
     except KeyError:
         known = ", ".join(registered())
         raise KeyError(f"no engine adapter named {name!r} (have: {known})") from None
+
+
+def close_engines() -> None:
+    for instance in _INSTANCES.values():
+        instance.close()
 
 
 def registered() -> list[str]:

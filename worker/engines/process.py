@@ -30,7 +30,8 @@ class ProcessOutcome:
         return "\n".join(self.stderr.strip().splitlines()[-lines:])
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGKILL when the worker dies (Linux only)."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
@@ -57,7 +58,7 @@ def run_bounded(
         text=True,
         errors="replace",
         start_new_session=True,
-        preexec_fn=_die_with_parent(),  # noqa: PLW1509 - needed for the parent-death signal
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - needed for the parent-death signal
     )
     on_start(proc.pid)
     try:

@@ -1,0 +1,221 @@
+"""llama.cpp's `llama-server`: what a user of a chat app feels (TTFT, decode speed, latency).
+
+The adapter starts the configured binary for a (model, backend, context, threads) group, waits
+for `/health`, records the load time, and keeps the server warm while consecutive jobs share the
+group. Each measured request streams from `/completion`; the client times the first token, every
+token after it and the end, and the server's own `timings` are kept beside them. Prompts are
+exactly `prompt_tokens` tokens (built with the server's `/tokenize`, sent as token ids), with
+`cache_prompt` off so that every repetition prefills; a response that still reports cached
+tokens (`cache_n > 0`) is flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from typing import Any
+
+from jobs.result import EngineInfo, Measurement, RequestSample, Status
+from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow
+from worker.engines.base import Engine, EngineOutcome, RunTarget, register
+from worker.engines.http_stream import HttpError, get_json, post_json, stream_sse
+from worker.engines.server_process import ServerProcess, free_port
+
+# Log lines that mean the model never got to serve (llama.cpp's own wording).
+_LOAD_FAILURE = re.compile(
+    r"failed to load model|error loading model|unable to load model|failed to allocate"
+    r"|out of memory|cudaMalloc failed|ErrorOutOfDeviceMemory|failed to open",
+    re.IGNORECASE,
+)
+_FILLER = (
+    "The quick brown fox jumps over the lazy dog while the old clock on the wall keeps time "
+    "and a small boat drifts along the quiet river under a pale morning sky. "
+)
+_LOAD_TIMEOUT_S = 600.0
+
+
+@register("llama-server")
+class LlamaServer(Engine):
+    def __init__(self) -> None:
+        self._server: ServerProcess | None = None
+        self._group: tuple[Any, ...] | None = None
+        self._load_time_s: float | None = None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        self._server, self._group, self._load_time_s = None, None, None
+
+    def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
+        info = EngineInfo(name=self.name, backend=job.backend, binary=str(target.binary))
+        group = (str(target.binary), str(target.model_path), job.context, target.threads,
+                 job.backend)  # fmt: skip
+        fresh_load = group != self._group or self._server is None or not self._server.alive()
+        if fresh_load:
+            failure = self._start(job, target, group, info)
+            if failure is not None:
+                return failure
+        server = self._server
+        assert server is not None
+        target.on_process(server.pid)
+        try:
+            return self._measure(job, server, info, fresh_load)
+        except (HttpError, OSError, ValueError, KeyError) as exc:
+            tail = server.log_tail()
+            alive = server.alive()
+            self.close()
+            status = Status.ERROR
+            why = "the server died" if not alive else "a request failed"
+            return EngineOutcome(status, info, error=f"{why}: {exc}\n{tail}", argv=server.argv)
+
+    def argv(self, job: JobSpec, target: RunTarget, port: int) -> list[str]:
+        argv = [
+            str(target.binary), "-m", str(target.model_path),
+            "--host", "127.0.0.1", "--port", str(port),
+            "-c", str(job.context), "-np", "1", "--no-webui",
+        ]  # fmt: skip
+        if job.backend != "cpu":
+            argv += ["-ngl", "999"]
+        if target.threads:
+            argv += ["-t", str(target.threads)]
+        return argv
+
+    def _start(
+        self, job: JobSpec, target: RunTarget, group: tuple[Any, ...], info: EngineInfo
+    ) -> EngineOutcome | None:
+        self.close()
+        argv = self.argv(job, target, free_port())
+        server = ServerProcess(argv)
+        try:
+            server.start()
+        except OSError as exc:
+            return EngineOutcome(Status.ERROR, info, error=f"cannot start: {exc}", argv=argv)
+        target.on_process(server.pid)
+        ready = server.wait_ready(min(_LOAD_TIMEOUT_S, target.timeout_s))
+        if not ready:
+            log = server.log_text()
+            alive = server.alive()
+            server.stop()
+            if not alive and _LOAD_FAILURE.search(log):
+                status = Status.LOAD_FAILED
+            else:
+                status = Status.TIMEOUT if alive else Status.LOAD_FAILED
+            why = "not ready in time" if alive else "exited while loading"
+            tail = "\n".join(log.strip().splitlines()[-40:])
+            return EngineOutcome(status, info, error=f"llama-server {why}\n{tail}", argv=argv)
+        self._server, self._group, self._load_time_s = server, group, server.load_time_s
+        return None
+
+    def _measure(
+        self, job: JobSpec, server: ServerProcess, info: EngineInfo, fresh_load: bool
+    ) -> EngineOutcome:
+        work = job.workload
+        prompt = _prompt_tokens(server.url, work.prompt_tokens)
+        deadline = time.monotonic() + job.timeout_s
+        for _ in range(work.warmup_runs):
+            _request(server.url, prompt, work.gen_tokens, job.timeout_s)
+        samples: list[RequestSample] = []
+        phases: list[PhaseWindow] = []
+        for _ in range(job.repetitions):
+            if time.monotonic() > deadline:
+                return EngineOutcome(Status.TIMEOUT, info, error=f"past {job.timeout_s} s",
+                                     argv=server.argv)  # fmt: skip
+            sample, windows = _request(server.url, prompt, work.gen_tokens, job.timeout_s)
+            samples.append(sample)
+            phases += windows
+        props = get_json(server.url, "/props", timeout_s=10)
+        details = {
+            "build_info": props.get("build_info"),
+            "n_ctx": props.get("default_generation_settings", {}).get("n_ctx"),
+            "model_path": props.get("model_path"),
+        }
+        info = info.model_copy(update={"details": details})
+        return EngineOutcome(
+            Status.OK,
+            info,
+            measurements=_measurements(samples, job),
+            argv=server.argv,
+            phases=phases,
+            requests=samples,
+            load_time_s=self._load_time_s if fresh_load else None,
+        )
+
+
+def _prompt_tokens(url: str, n: int) -> list[int]:
+    """Exactly `n` token ids of plain text, from the server's own tokenizer."""
+    text = _FILLER
+    while True:
+        tokens: list[int] = post_json(url, "/tokenize", {"content": text}, timeout_s=30)["tokens"]
+        if len(tokens) >= n:
+            return tokens[:n]
+        text += _FILLER * max(1, n // max(1, len(tokens)))
+
+
+def _request(
+    url: str, prompt: list[int], gen_tokens: int, timeout_s: float
+) -> tuple[RequestSample, list[PhaseWindow]]:
+    body = {
+        "prompt": prompt,
+        "n_predict": gen_tokens,
+        "stream": True,
+        "cache_prompt": False,
+        "temperature": 0.0,
+        "seed": 42,
+        "ignore_eos": True,
+    }
+    sent = time.monotonic()
+    token_times: list[float] = []
+    final: dict[str, Any] = {}
+    for event in stream_sse(url, "/completion", body, timeout_s=timeout_s):
+        now = time.monotonic()
+        if event.get("stop"):
+            final = event
+            break
+        token_times.append(now)
+    done = time.monotonic()
+    if not token_times:
+        raise ValueError(f"no token streamed (final event: {json.dumps(final)[:300]})")
+    timings = final.get("timings", {})
+    ttft = token_times[0] - sent
+    gaps = [b - a for a, b in zip(token_times, token_times[1:], strict=False)]
+    decode_s = token_times[-1] - token_times[0]
+    sample = RequestSample(
+        prompt_tokens=int(timings.get("prompt_n", len(prompt))),
+        gen_tokens=len(token_times),
+        ttft_s=ttft,
+        e2e_s=done - sent,
+        decode_tokens_per_s=(len(token_times) - 1) / decode_s if decode_s > 0 else None,
+        itl_s=_percentiles(gaps),
+        server_timings={k: v for k, v in timings.items() if isinstance(v, int | float)},
+        cached_prompt=int(timings.get("cache_n", 0)) > 0,
+    )
+    windows = [
+        PhaseWindow(phase="prefill", start_s=sent, end_s=token_times[0], tokens=len(prompt)),
+        PhaseWindow(phase="decode", start_s=token_times[0], end_s=done, tokens=len(token_times)),
+    ]
+    return sample, windows
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": cuts[49], "p90": cuts[89], "p99": cuts[98]}
+
+
+def _measurements(samples: list[RequestSample], job: JobSpec) -> list[Measurement]:
+    """pp from the server's prefill timing, tg from the client's decode timing."""
+    pp = [float(s.server_timings["prompt_per_second"]) for s in samples
+          if "prompt_per_second" in s.server_timings]  # fmt: skip
+    tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
+    out = []
+    if pp:
+        out.append(Measurement(test="pp", n_prompt=job.workload.prompt_tokens, n_gen=0,
+                               samples_ts=pp))  # fmt: skip
+    if tg:
+        out.append(Measurement(test="tg", n_prompt=0, n_gen=job.workload.gen_tokens,
+                               samples_ts=tg))  # fmt: skip
+    return out
