@@ -43,6 +43,7 @@ from jobs.protocol import (
 from jobs.spec import host_of_queue
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
+from worker.engines import close_engines
 from worker.errors import QueueBusyError
 from worker.runner import execute, flush_spool
 
@@ -108,6 +109,7 @@ class Agent:
             worker.start()
         finally:
             self._stop.set()
+            close_engines()
             self.release_lease()
             self._announce_stop()
 
