@@ -49,6 +49,9 @@ class Workload(BaseModel):
 
     prompt_tokens: PositiveInt = 512
     gen_tokens: PositiveInt = 128
+    # A fixed prompt (e.g. "编写一个科技公司的官网的HTML") instead of `prompt_tokens` synthetic
+    # tokens; server engines only (llama-bench measures synthetic prompts).
+    prompt_text: str | None = Field(default=None, min_length=1)
     # Server engines: requests sent (and not counted) before the measured ones.
     warmup_runs: int = Field(default=1, ge=0)
 

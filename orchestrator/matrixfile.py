@@ -105,28 +105,45 @@ def load_matrix_file(path: Path) -> MatrixFile:
 
 
 def _checked_jobs(path: Path, matrix: Matrix, lines: dict[Path_, int]) -> list[JobSpec]:
-    problems: list[tuple[Path_, str]] = []
-    for i, context in enumerate(matrix.matrix.context):
-        problems += _context_problems(matrix, context, ("matrix", "context", i))
-    for i, entry in enumerate(matrix.include):
-        if entry.context is not None:
-            problems += _context_problems(matrix, entry.context, ("include", i, "context"))
-        for key in ("host", "model", "context"):
-            if getattr(entry, key) is None:
-                problems.append((("include", i), f"an include entry must name `{key}`"))
-        if entry.backend is None and len(matrix.matrix.backend) > 1:
-            problems.append((("include", i), "an include entry must name `backend`"))
-        if entry.vram_split is None and len(matrix.matrix.vram_split) > 1:
-            problems.append((("include", i), "an include entry must name `vram_split`"))
-    for i, entry in enumerate(matrix.exclude):
-        if not entry.named():
-            problems.append((("exclude", i), "an exclude entry must name at least one key"))
+    problems = _workload_problems(matrix) + _selector_problems(matrix)
     jobs = expand(matrix) if not problems else []
     if not problems and not jobs:
         problems.append((("exclude",), "the exclusions remove every job: nothing would run"))
     if problems:
         raise MatrixError([f"{path}:{_line(lines, p)}: {_dotted(p)}: {msg}" for p, msg in problems])
     return jobs
+
+
+def _workload_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
+    problems: list[tuple[Path_, str]] = []
+    engines = set(matrix.matrix.engine or [matrix.engine])
+    engines |= {e.engine for e in matrix.include if e.engine}
+    if matrix.workload.prompt_text is not None and "llama-bench" in engines:
+        problems.append(
+            (("workload", "prompt_text"), "llama-bench measures synthetic prompts only: "
+             "use prompt_tokens, or a server engine such as llama-server")
+        )  # fmt: skip
+    for i, context in enumerate(matrix.matrix.context):
+        problems += _context_problems(matrix, context, ("matrix", "context", i))
+    for i, entry in enumerate(matrix.include):
+        if entry.context is not None:
+            problems += _context_problems(matrix, entry.context, ("include", i, "context"))
+    return problems
+
+
+def _selector_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
+    problems: list[tuple[Path_, str]] = []
+    for i, entry in enumerate(matrix.include):
+        for key in ("host", "model", "context"):
+            if getattr(entry, key) is None:
+                problems.append((("include", i), f"an include entry must name `{key}`"))
+        for key in ("backend", "vram_split"):
+            if getattr(entry, key) is None and len(getattr(matrix.matrix, key)) > 1:
+                problems.append((("include", i), f"an include entry must name `{key}`"))
+    for i, entry in enumerate(matrix.exclude):
+        if not entry.named():
+            problems.append((("exclude", i), "an exclude entry must name at least one key"))
+    return problems
 
 
 def expand(matrix: Matrix) -> list[JobSpec]:
@@ -178,7 +195,9 @@ def _matches(row: dict[str, Any], selector: Selector) -> bool:
 
 
 def _context_problems(matrix: Matrix, context: int, where: Path_) -> list[tuple[Path_, str]]:
-    needed = matrix.workload.prompt_tokens + matrix.workload.gen_tokens
+    # A fixed prompt text's length in tokens is only known to the engine's tokenizer.
+    prompt = 0 if matrix.workload.prompt_text else matrix.workload.prompt_tokens
+    needed = prompt + matrix.workload.gen_tokens
     if context < needed:
         return [
             (

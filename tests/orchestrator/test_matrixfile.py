@@ -407,3 +407,13 @@ def test_several_expansion_problems_are_all_reported(tmp_path: Path) -> None:
         f"{path}:9: matrix.context[2]: context 64 is smaller than prompt_tokens + gen_tokens = 96",
         f"{path}:14: include[0]: an include entry must name `host`",
     ]
+
+
+def test_prompt_text_is_refused_for_llama_bench(tmp_path: Path) -> None:
+    text = EXAMPLE.replace(
+        "workload: {prompt_tokens: 64, gen_tokens: 32}",
+        "workload: {prompt_text: 'Write a haiku', gen_tokens: 32}",
+    )
+    path = _write(tmp_path, text)
+    [problem] = _problems(path)
+    assert problem.startswith(f"{path}:4: workload.prompt_text: llama-bench measures synthetic")

@@ -96,3 +96,25 @@ def test_a_model_that_does_not_load_is_load_failed_with_the_log(
     assert outcome.status is Status.LOAD_FAILED
     assert outcome.error and "exited while loading" in outcome.error
     assert "load" in outcome.error.lower()
+
+
+def test_a_fixed_prompt_text_is_sent_as_text(
+    server: LlamaServer, llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    job = JobSpec(
+        campaign="t",
+        host="box",
+        engine="llama-server",
+        model="tiny:q8_0",
+        backend="cpu",
+        context=512,
+        workload=Workload(prompt_text="编写一个科技公司的官网的HTML", gen_tokens=16),
+        repetitions=2,
+    )
+    outcome = server.run(job, _target(llama_bin, tiny_models["tiny:q8_0"]))
+    assert outcome.status is Status.OK, outcome.error
+    # the tiny vocabulary spells Chinese in byte tokens: many more tokens than characters
+    counts = {r.prompt_tokens for r in outcome.requests}
+    assert len(counts) == 1 and counts.pop() > len("编写一个科技公司的官网的HTML")
+    pp = next(m for m in outcome.measurements if m.test == "pp")
+    assert pp.n_prompt == outcome.requests[0].prompt_tokens

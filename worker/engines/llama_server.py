@@ -113,7 +113,7 @@ class LlamaServer(Engine):
         self, job: JobSpec, server: ServerProcess, info: EngineInfo, fresh_load: bool
     ) -> EngineOutcome:
         work = job.workload
-        prompt = _prompt_tokens(server.url, work.prompt_tokens)
+        prompt: str | list[int] = work.prompt_text or _prompt_tokens(server.url, work.prompt_tokens)
         deadline = time.monotonic() + job.timeout_s
         for _ in range(work.warmup_runs):
             _request(server.url, prompt, work.gen_tokens, job.timeout_s)
@@ -155,7 +155,7 @@ def _prompt_tokens(url: str, n: int) -> list[int]:
 
 
 def _request(
-    url: str, prompt: list[int], gen_tokens: int, timeout_s: float
+    url: str, prompt: str | list[int], gen_tokens: int, timeout_s: float
 ) -> tuple[RequestSample, list[PhaseWindow]]:
     body = {
         "prompt": prompt,
@@ -182,8 +182,9 @@ def _request(
     ttft = token_times[0] - sent
     gaps = [b - a for a, b in zip(token_times, token_times[1:], strict=False)]
     decode_s = token_times[-1] - token_times[0]
+    prompt_n = int(timings.get("prompt_n", final.get("tokens_evaluated", 0)))
     sample = RequestSample(
-        prompt_tokens=int(timings.get("prompt_n", len(prompt))),
+        prompt_tokens=prompt_n,
         gen_tokens=len(token_times),
         ttft_s=ttft,
         e2e_s=done - sent,
@@ -193,7 +194,7 @@ def _request(
         cached_prompt=int(timings.get("cache_n", 0)) > 0,
     )
     windows = [
-        PhaseWindow(phase="prefill", start_s=sent, end_s=token_times[0], tokens=len(prompt)),
+        PhaseWindow(phase="prefill", start_s=sent, end_s=token_times[0], tokens=prompt_n),
         PhaseWindow(phase="decode", start_s=token_times[0], end_s=done, tokens=len(token_times)),
     ]
     return sample, windows
@@ -213,8 +214,8 @@ def _measurements(samples: list[RequestSample], job: JobSpec) -> list[Measuremen
     tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
     out = []
     if pp:
-        out.append(Measurement(test="pp", n_prompt=job.workload.prompt_tokens, n_gen=0,
-                               samples_ts=pp))  # fmt: skip
+        n_prompt = samples[0].prompt_tokens
+        out.append(Measurement(test="pp", n_prompt=n_prompt, n_gen=0, samples_ts=pp))
     if tg:
         out.append(Measurement(test="tg", n_prompt=0, n_gen=job.workload.gen_tokens,
                                samples_ts=tg))  # fmt: skip
