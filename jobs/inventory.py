@@ -21,7 +21,12 @@ class WorkerInventory(BaseModel):
     configuration: dict[str, str] = Field(default_factory=dict)
     declared: dict[str, Any] = Field(default_factory=dict)
     engines: dict[str, list[str]] = Field(default_factory=dict)  # engine -> backends
-    models: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)  # the box's model files (binary engines)
+    engine_models: dict[str, list[str]] = Field(default_factory=dict)  # server engines' models
+
+    def models_for(self, engine: str) -> list[str]:
+        return self.engine_models.get(engine, self.models)
+
     version: str
     instance_id: str
     pid: int

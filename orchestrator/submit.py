@@ -107,8 +107,8 @@ def check_against_fleet(mf: MatrixFile, jobs: list[JobSpec], fleet: Fleet) -> li
                 f"{where('backend', job.backend)}: host {job.host} has no "
                 f"{job.backend!r} backend for {job.engine} (it has: {have})"
             )
-        if job.model not in inv.models:
-            have = ", ".join(inv.models) or "none"
+        if job.model not in inv.models_for(job.engine):
+            have = ", ".join(inv.models_for(job.engine)) or "none"
             problems.append(
                 f"{where('model', job.model)}: host {job.host} has no "
                 f"model {job.model!r} (it has: {have})"

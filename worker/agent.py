@@ -179,6 +179,9 @@ class Agent:
             declared=self.config.declared_facts(),
             engines={name: sorted(ec.backends) for name, ec in self.config.engines.items()},
             models=sorted(self.config.models),
+            engine_models={
+                name: sorted(ec.models) for name, ec in self.config.engines.items() if ec.url
+            },
             version=ORCH_VERSION,
             instance_id=self.instance_id,
             pid=os.getpid(),

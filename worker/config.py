@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
 from jobs.spec import Name, VramSplit, configuration_of, queue_name
@@ -37,9 +37,36 @@ class DeclaredFacts(BaseModel):
 
 
 class EngineConfig(BaseModel):
+    """An engine on this box: binaries per backend, or a server someone else runs.
+
+    Binary engines (llama-bench, llama-server) name a binary per backend and use the box's
+    model files. Server engines (ollama, openai) name the running server's `url`, the backends
+    it is known to run (a label: the server decides), and the models it serves under what id::
+
+        ollama:
+          url: http://127.0.0.1:11434
+          backends: {rocm: null}
+          models: {"glm-4.7-flash:q4_k_m": "glm-4.7-flash:q4_K_M"}
+    """
+
     model_config = ConfigDict(extra="forbid")
 
-    backends: dict[Name, Path] = Field(min_length=1)
+    backends: dict[Name, Path | None] = Field(min_length=1)
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    models: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _binaries_or_server(self) -> EngineConfig:
+        if self.url is None:
+            missing = [b for b, path in self.backends.items() if path is None]
+            if missing or self.models:
+                raise ValueError(
+                    "an engine without `url` runs binaries: give each backend a path and use "
+                    "the top-level `models` (or set `url` for a server engine)"
+                )
+        elif not self.models:
+            raise ValueError("a server engine (with `url`) needs `models`: name -> served id")
+        return self
 
 
 class WorkerConfig(BaseModel):
@@ -64,6 +91,13 @@ class WorkerConfig(BaseModel):
 
     def declared_facts(self) -> dict[str, Any]:
         return self.declared.model_dump(exclude_none=True)
+
+    def models_for(self, engine: str) -> list[str]:
+        """Model names a job may ask `engine` for on this box."""
+        ec = self.engines.get(engine)
+        if ec is not None and ec.url is not None:
+            return sorted(ec.models)
+        return sorted(self.models)
 
 
 def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
@@ -101,7 +135,7 @@ def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
         f"{path}: engines.{engine}.backends.{backend}: {binary} does not exist"
         for engine, ec in config.engines.items()
         for backend, binary in ec.backends.items()
-        if not binary.is_file()
+        if binary is not None and not binary.is_file()
     ] + [
         f"{path}: models.{name}: {file} does not exist"
         for name, file in config.models.items()
@@ -118,5 +152,8 @@ def _resolve_paths(config: WorkerConfig, base: Path) -> None:
         return p if p.is_absolute() else (base / p).resolve()
 
     for engine in config.engines.values():
-        engine.backends = {name: resolve(binary) for name, binary in engine.backends.items()}
+        engine.backends = {
+            name: resolve(binary) if binary is not None else None
+            for name, binary in engine.backends.items()
+        }
     config.models = {name: resolve(file) for name, file in config.models.items()}

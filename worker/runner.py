@@ -71,11 +71,14 @@ def execute(
         return push(redis, _error_result(job, config, attempt, problem, started), spool)
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
+    ec = config.engines[job.engine]
     target = RunTarget(
-        binary=config.engines[job.engine].backends[job.backend],
-        model_path=config.models[job.model],
+        binary=ec.backends[job.backend],
+        model_path=config.models.get(job.model) if ec.url is None else None,
         timeout_s=min(job.timeout_s, config.max_job_timeout_s),
         threads=config.threads,
+        url=ec.url,
+        served_model=ec.models.get(job.model),
     )
     try:
         outcome = get_engine(job.engine).run(job, target)
@@ -133,8 +136,9 @@ def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
     if job.backend not in engine.backends:
         have = ", ".join(sorted(engine.backends))
         return f"backend {job.backend!r} of {job.engine} is not configured (have: {have})"
-    if job.model not in config.models:
-        return f"model {job.model!r} is not configured (have: {', '.join(sorted(config.models))})"
+    have_models = config.models_for(job.engine)
+    if job.model not in have_models:
+        return f"model {job.model!r} is not configured (have: {', '.join(have_models)})"
     return None
 
 

@@ -248,3 +248,30 @@ def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
 
     assert _error(path) == f"{path}: cannot read: No such file or directory"
+
+
+def test_a_server_engine_names_its_url_and_served_models(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "host: box\nengines:\n  ollama:\n    url: http://127.0.0.1:11434\n"
+        "    backends: {rocm: null}\n    models: {'glm:q4': 'glm-4.7-flash:q4_K_M'}\n",
+    )
+    config = load_worker_config(path)
+    assert config.engines["ollama"].backends == {"rocm": None}
+    assert config.models_for("ollama") == ["glm:q4"]
+    assert config.models_for("llama-bench") == []
+
+
+@pytest.mark.parametrize(
+    ("engine_yaml", "message"),
+    [
+        ("url: http://127.0.0.1:11434\n    backends: {rocm: null}", "needs `models`"),
+        ("backends: {cpu: null}", "give each backend a path"),
+        ("url: ftp://x\n    backends: {rocm: null}\n    models: {a: b}", "should match pattern"),
+    ],
+)
+def test_engine_entries_are_either_binaries_or_a_server(
+    tmp_path: Path, engine_yaml: str, message: str
+) -> None:
+    path = _write(tmp_path, f"host: box\nengines:\n  e:\n    {engine_yaml}\n")
+    assert message in _error(path)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from worker.engines import llama_bench, llama_server  # noqa: F401  (register themselves)
+from worker.engines import (  # noqa: F401  (each registers itself)
+    llama_bench,
+    llama_server,
+    ollama,
+    openai_compat,
+)
 from worker.engines.base import (
     Engine,
     EngineOutcome,

@@ -31,12 +31,14 @@ def _ignore_pid(_pid: int) -> None:
 class RunTarget:
     """What the box's config resolved the job's names to."""
 
-    binary: Path
-    model_path: Path
+    binary: Path | None  # binary engines
+    model_path: Path | None  # binary engines: the GGUF file
     timeout_s: float
     threads: int | None = None
     # Called with the engine's process id as soon as it exists (telemetry follows that process).
     on_process: Callable[[int], None] = _ignore_pid
+    url: str | None = None  # server engines: the running server
+    served_model: str | None = None  # server engines: the model's id on that server
 
 
 @dataclass
@@ -49,6 +51,13 @@ class EngineOutcome:
     phases: list[PhaseWindow] = field(default_factory=list)
     requests: list[RequestSample] = field(default_factory=list)
     load_time_s: float | None = None
+
+
+def local_files(target: RunTarget) -> tuple[Path, Path]:
+    """(binary, model file) of a binary engine; the worker config guarantees both."""
+    if target.binary is None or target.model_path is None:
+        raise ValueError("a binary engine needs a binary and a model file (check worker.yaml)")
+    return target.binary, target.model_path
 
 
 class Engine(ABC):

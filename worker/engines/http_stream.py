@@ -67,13 +67,12 @@ def post_json(url: str, path: str, body: dict[str, Any], *, timeout_s: float) ->
         conn.close()
 
 
-def stream_sse(
-    url: str, path: str, body: dict[str, Any], *, timeout_s: float
-) -> Iterator[dict[str, Any]]:
-    """POST `body` and yield each `data:` event's JSON as it arrives (`[DONE]` ends it)."""
+def _stream_lines(
+    url: str, path: str, body: dict[str, Any], timeout_s: float, accept: str
+) -> Iterator[str]:
     conn = _connection(url, timeout_s)
     try:
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {"Content-Type": "application/json", "Accept": accept}
         conn.request("POST", _prefix(url) + path, json.dumps(body), headers)
         resp = conn.getresponse()
         if resp.status // 100 != 2:
@@ -82,15 +81,37 @@ def stream_sse(
             line = resp.readline()
             if not line:
                 return
-            text = line.decode("utf-8", errors="replace").strip()
-            if not text.startswith("data:"):
-                continue  # blank separators, comments, `event:` lines
-            payload = text[len("data:") :].strip()
-            if payload == "[DONE]":
-                return
-            event = json.loads(payload)
-            if isinstance(event, dict) and "error" in event:
-                raise HttpError(f"POST {path}: server error: {event['error']}")
-            yield event
+            yield line.decode("utf-8", errors="replace").strip()
     finally:
         conn.close()
+
+
+def _event(path: str, payload: str) -> dict[str, Any]:
+    event = json.loads(payload)
+    if not isinstance(event, dict):
+        raise HttpError(f"POST {path}: expected a JSON object per event, got {payload[:100]!r}")
+    if "error" in event:
+        raise HttpError(f"POST {path}: server error: {event['error']}")
+    return event
+
+
+def stream_sse(
+    url: str, path: str, body: dict[str, Any], *, timeout_s: float
+) -> Iterator[dict[str, Any]]:
+    """POST `body` and yield each `data:` event's JSON as it arrives (`[DONE]` ends it)."""
+    for text in _stream_lines(url, path, body, timeout_s, "text/event-stream"):
+        if not text.startswith("data:"):
+            continue  # blank separators, comments, `event:` lines
+        payload = text[len("data:") :].strip()
+        if payload == "[DONE]":
+            return
+        yield _event(path, payload)
+
+
+def stream_ndjson(
+    url: str, path: str, body: dict[str, Any], *, timeout_s: float
+) -> Iterator[dict[str, Any]]:
+    """POST `body` and yield each line's JSON object as it arrives (Ollama's streaming)."""
+    for text in _stream_lines(url, path, body, timeout_s, "application/x-ndjson"):
+        if text:
+            yield _event(path, text)

@@ -14,7 +14,7 @@ from typing import Any
 
 from jobs.result import EngineInfo, Measurement, Status
 from jobs.spec import JobSpec
-from worker.engines.base import Engine, EngineOutcome, RunTarget, register
+from worker.engines.base import Engine, EngineOutcome, RunTarget, local_files, register
 from worker.engines.process import run_bounded
 
 # stderr lines that mean the model never got to run (llama.cpp's own wording).
@@ -77,10 +77,11 @@ class LlamaBench(Engine):
 
     @staticmethod
     def argv(job: JobSpec, target: RunTarget) -> list[str]:
+        binary, model = local_files(target)
         work = job.workload
         depth = max(0, job.context - work.prompt_tokens - work.gen_tokens)
         argv = [
-            str(target.binary), "-m", str(target.model_path),
+            str(binary), "-m", str(model),
             "-p", str(work.prompt_tokens), "-n", str(work.gen_tokens), "-d", str(depth),
             "-r", str(job.repetitions), "-o", "json",
         ]  # fmt: skip

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 import time
 from typing import Any
 
 from jobs.result import EngineInfo, Measurement, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
-from worker.engines.base import Engine, EngineOutcome, RunTarget, register
+from worker.engines.base import Engine, EngineOutcome, RunTarget, local_files, register
 from worker.engines.http_stream import HttpError, get_json, post_json, stream_sse
 from worker.engines.server_process import ServerProcess, free_port
+from worker.engines.timing import StreamClock
 
 # Log lines that mean the model never got to serve (llama.cpp's own wording).
 _LOAD_FAILURE = re.compile(
@@ -72,8 +72,9 @@ class LlamaServer(Engine):
             return EngineOutcome(status, info, error=f"{why}: {exc}\n{tail}", argv=server.argv)
 
     def argv(self, job: JobSpec, target: RunTarget, port: int) -> list[str]:
+        binary, model = local_files(target)
         argv = [
-            str(target.binary), "-m", str(target.model_path),
+            str(binary), "-m", str(model),
             "--host", "127.0.0.1", "--port", str(port),
             "-c", str(job.context), "-np", "1", "--no-webui",
         ]  # fmt: skip
@@ -166,45 +167,26 @@ def _request(
         "seed": 42,
         "ignore_eos": True,
     }
-    sent = time.monotonic()
-    token_times: list[float] = []
+    clock = StreamClock.start()
     final: dict[str, Any] = {}
     for event in stream_sse(url, "/completion", body, timeout_s=timeout_s):
-        now = time.monotonic()
         if event.get("stop"):
             final = event
             break
-        token_times.append(now)
-    done = time.monotonic()
-    if not token_times:
+        clock.token()  # llama-server streams one event per token
+    clock.finish()
+    if not clock.token_times:
         raise ValueError(f"no token streamed (final event: {json.dumps(final)[:300]})")
     timings = final.get("timings", {})
-    ttft = token_times[0] - sent
-    gaps = [b - a for a, b in zip(token_times, token_times[1:], strict=False)]
-    decode_s = token_times[-1] - token_times[0]
     prompt_n = int(timings.get("prompt_n", final.get("tokens_evaluated", 0)))
-    sample = RequestSample(
+    generated = len(clock.token_times)
+    sample = clock.sample(
         prompt_tokens=prompt_n,
-        gen_tokens=len(token_times),
-        ttft_s=ttft,
-        e2e_s=done - sent,
-        decode_tokens_per_s=(len(token_times) - 1) / decode_s if decode_s > 0 else None,
-        itl_s=_percentiles(gaps),
+        gen_tokens=generated,
         server_timings={k: v for k, v in timings.items() if isinstance(v, int | float)},
         cached_prompt=int(timings.get("cache_n", 0)) > 0,
     )
-    windows = [
-        PhaseWindow(phase="prefill", start_s=sent, end_s=token_times[0], tokens=prompt_n),
-        PhaseWindow(phase="decode", start_s=token_times[0], end_s=done, tokens=len(token_times)),
-    ]
-    return sample, windows
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if len(values) < 2:
-        return {}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": cuts[49], "p90": cuts[89], "p99": cuts[98]}
+    return sample, clock.windows(prompt_n, generated)
 
 
 def _measurements(samples: list[RequestSample], job: JobSpec) -> list[Measurement]:

@@ -1,0 +1,85 @@
+"""A local stand-in for Ollama (which cannot be installed here), serving the payload shapes its
+documentation gives (see tests/fixtures/ollama/README.md). It streams at a fixed pace so that
+client timing has something real to measure, and computes its durations from that pace.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ollama"
+TOKEN_INTERVAL_S = 0.002
+PREFILL_S = 0.01
+
+
+def _handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def _json(self, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/api/version":
+                self._json({"version": "0.12.6"})
+            elif self.path == "/api/ps":
+                ps = json.loads((FIXTURES / "ps.json").read_text())
+                ps["models"][0]["size_vram"] = state["size_vram"]
+                self._json(ps)
+            else:
+                self.send_error(404)
+
+        def do_POST(self) -> None:  # noqa: N802
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["requests"].append(request)
+            n = int(request["options"]["num_predict"])
+            prompt_n = len(request["prompt"].split())
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.end_headers()
+            time.sleep(PREFILL_S)
+            for _ in range(n):
+                chunk = {"model": request["model"], "created_at": "2025-10-17T23:14:07Z",
+                         "response": " word", "done": False}  # fmt: skip
+                self.wfile.write(json.dumps(chunk).encode() + b"\n")
+                self.wfile.flush()
+                time.sleep(TOKEN_INTERVAL_S)
+            final = json.loads((FIXTURES / "final_chunk.json").read_text())
+            final.update(
+                model=request["model"],
+                prompt_eval_count=prompt_n,
+                prompt_eval_duration=int(PREFILL_S * 1e9),
+                eval_count=n,
+                eval_duration=int(n * TOKEN_INTERVAL_S * 1e9),
+                load_duration=final["load_duration"] if len(state["requests"]) == 1 else 40_000,
+            )
+            self.wfile.write(json.dumps(final).encode() + b"\n")
+
+    return Handler
+
+
+@contextmanager
+def replay_ollama(size_vram: int = 5137025024) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(base URL, state) of a replaying Ollama on a free loopback port."""
+    state: dict[str, Any] = {"requests": [], "size_vram": size_vram}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()

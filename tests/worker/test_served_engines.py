@@ -1,0 +1,110 @@
+"""Engines behind a URL: Ollama (documented payloads, replayed) and OpenAI-compatible servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.result import Status
+from jobs.spec import JobSpec, Workload
+from tests.worker.replay_servers import PREFILL_S, TOKEN_INTERVAL_S, replay_ollama
+from worker.engines import RunTarget, get_engine
+
+
+def _job(engine: str, backend: str = "rocm", **work: object) -> JobSpec:
+    return JobSpec(
+        campaign="t",
+        host="box",
+        engine=engine,
+        model="tiny:q8_0",
+        backend=backend,
+        context=4096,
+        workload=Workload(**{"prompt_tokens": 32, "gen_tokens": 20, **work}),  # type: ignore[arg-type]
+        repetitions=3,
+    )
+
+
+def test_ollama_request_options_timings_and_offload() -> None:
+    with replay_ollama() as (url, state):
+        outcome = get_engine("ollama").run(
+            _job("ollama"), RunTarget(None, None, 60, url=url, served_model="tiny:q8_0")
+        )
+    assert outcome.status is Status.OK, outcome.error
+    sent = state["requests"]
+    assert len(sent) == 4  # one warm-up + 3 measured
+    assert all(r["options"]["num_ctx"] == 4096 and r["options"]["num_predict"] == 20 for r in sent)
+    assert "num_gpu" not in sent[0]["options"]  # a GPU backend: Ollama decides the offload
+    assert len({r["prompt"] for r in sent}) == 4  # unique prefixes: no prompt-cache hits
+    # nanosecond durations become seconds and rates
+    assert outcome.load_time_s == pytest.approx(0.101397084)
+    pp = next(m for m in outcome.measurements if m.test == "pp")
+    for rate, sample in zip(pp.samples_ts, outcome.requests, strict=True):
+        assert rate == pytest.approx(sample.prompt_tokens / PREFILL_S)
+    for r in outcome.requests:
+        assert r.gen_tokens == 20
+        assert r.ttft_s >= PREFILL_S  # the client cannot see a token before the server sends it
+        assert r.decode_tokens_per_s is not None
+        assert r.decode_tokens_per_s < 1 / TOKEN_INTERVAL_S  # paced by the server's stream
+    details = outcome.engine.details
+    assert details["version"] == "0.12.6"
+    assert details["partial_offload"] is False and details["gpu_fraction"] == 1.0
+
+
+def test_ollama_partial_and_cpu_only_offload_are_recorded() -> None:
+    with replay_ollama(size_vram=2_000_000_000) as (url, _):
+        partial = get_engine("ollama").run(
+            _job("ollama"), RunTarget(None, None, 60, url=url, served_model="tiny:q8_0")
+        )
+    assert partial.status is Status.OK
+    assert partial.engine.details["partial_offload"] is True
+    assert partial.engine.details["gpu_fraction"] == pytest.approx(2_000_000_000 / 5137025024)
+
+    with replay_ollama(size_vram=0) as (url, state):
+        cpu_only = get_engine("ollama").run(
+            _job("ollama"), RunTarget(None, None, 60, url=url, served_model="tiny:q8_0")
+        )
+    assert cpu_only.status is Status.ERROR
+    assert cpu_only.error and "entirely on the CPU" in cpu_only.error
+
+    with replay_ollama(size_vram=0) as (url, state):
+        asked_cpu = get_engine("ollama").run(
+            _job("ollama", backend="cpu"),
+            RunTarget(None, None, 60, url=url, served_model="tiny:q8_0"),
+        )
+    assert asked_cpu.status is Status.OK
+    assert state["requests"][0]["options"]["num_gpu"] == 0
+
+
+def test_a_server_that_is_not_there_is_an_error_result() -> None:
+    target = RunTarget(None, None, 5, url="http://127.0.0.1:1", served_model="x")
+    for engine in ("ollama", "openai"):
+        outcome = get_engine(engine).run(_job(engine), target)
+        assert outcome.status is Status.ERROR
+        assert outcome.error and "http://127.0.0.1:1" in outcome.error
+
+
+def test_openai_route_of_a_real_llama_server_reports_usage_and_timings(
+    llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    from worker.engines.server_process import ServerProcess, free_port
+
+    argv = [str(llama_bin / "llama-server"), "-m", str(tiny_models["tiny:q8_0"]),
+            "--host", "127.0.0.1", "--port", str(free_port()), "-c", "2048", "-t", "1"]  # fmt: skip
+    server = ServerProcess(argv)
+    server.start()
+    try:
+        assert server.wait_ready(60), server.log_tail()
+        outcome = get_engine("openai").run(
+            _job("openai", backend="cpu", prompt_text="Write a haiku about boxes"),
+            RunTarget(None, None, 60, url=server.url + "/v1", served_model="tiny"),
+        )
+    finally:
+        server.stop()
+    assert outcome.status is Status.OK, outcome.error
+    for r in outcome.requests:
+        assert r.gen_tokens == 20  # usage.completion_tokens
+        assert r.prompt_tokens > 5  # the chat template wraps the text
+        assert r.server_timings["predicted_n"] == 20  # llama-server's own timings kept
+        assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s
+    assert outcome.engine.details["served_models"]

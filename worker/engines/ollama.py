@@ -1,0 +1,96 @@
+"""Ollama (`/api/generate`, streamed NDJSON): durations come back in nanoseconds in the final
+chunk (`load_duration`, `prompt_eval_count/_duration`, `eval_count/_duration`), and `/api/ps`
+says how much of the model sits in GPU memory (`size_vram < size`: partly on the CPU).
+Docs: docs.ollama.com/api/generate, docs.ollama.com/api/usage, docs.ollama.com/api/ps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.result import RequestSample
+from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow
+from worker.engines.base import RunTarget, register
+from worker.engines.http_stream import get_json, stream_ndjson
+from worker.engines.served import ServedEngine
+from worker.engines.timing import StreamClock
+
+_NS = 1e9
+
+
+@register("ollama")
+class Ollama(ServedEngine):
+    def request(
+        self, job: JobSpec, target: RunTarget, prompt: str
+    ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
+        assert target.url is not None
+        options: dict[str, Any] = {
+            "num_ctx": job.context,
+            "num_predict": job.workload.gen_tokens,
+            "temperature": 0,
+            "seed": 42,
+        }
+        if job.backend == "cpu":
+            options["num_gpu"] = 0  # layers on the GPU: none
+        body = {
+            "model": target.served_model,
+            "prompt": prompt,
+            "raw": True,  # no chat template: the prompt is exactly what we measure
+            "stream": True,
+            "options": options,
+        }
+        clock = StreamClock.start()
+        final: dict[str, Any] = {}
+        for chunk in stream_ndjson(target.url, "/api/generate", body, timeout_s=job.timeout_s):
+            if chunk.get("done"):
+                final = chunk
+                break
+            if chunk.get("response"):
+                clock.token()
+        clock.finish()
+        if not final:
+            raise ValueError("the stream ended without its final `done` chunk")
+        prompt_n = int(final.get("prompt_eval_count", 0))
+        gen_n = int(final.get("eval_count", len(clock.token_times)))
+        timings = {k: float(v) for k, v in final.items() if k.endswith(("_duration", "_count"))}
+        sample = clock.sample(
+            prompt_tokens=prompt_n,
+            gen_tokens=gen_n,
+            server_timings=timings,
+            cached_prompt=int(final.get("prompt_eval_cached_count", 0)) > 0,
+        )
+        return sample, clock.windows(prompt_n, gen_n), final
+
+    def prefill_rate(self, sample: RequestSample) -> float | None:
+        duration = sample.server_timings.get("prompt_eval_duration", 0.0)
+        return sample.prompt_tokens / (duration / _NS) if duration > 0 else None
+
+    def load_time_s(self, first_payload: dict[str, Any]) -> float | None:
+        ns = first_payload.get("load_duration")
+        return float(ns) / _NS if ns else None
+
+    def details(self, job: JobSpec, target: RunTarget) -> tuple[dict[str, Any], str | None]:
+        assert target.url is not None
+        version = get_json(target.url, "/api/version", timeout_s=10).get("version")
+        running = get_json(target.url, "/api/ps", timeout_s=10).get("models", [])
+        entry = next(
+            (m for m in running if target.served_model in (m.get("name"), m.get("model"))), None
+        )
+        details: dict[str, Any] = {"version": version}
+        if entry is None:
+            return details, None
+        size, size_vram = int(entry.get("size", 0)), int(entry.get("size_vram", 0))
+        details.update(
+            size_bytes=size,
+            size_vram_bytes=size_vram,
+            gpu_fraction=size_vram / size if size else None,
+            partial_offload=0 < size_vram < size,
+            model_details=entry.get("details", {}),
+        )
+        if job.backend != "cpu" and size_vram == 0:
+            return details, (
+                f"ollama ran {target.served_model} entirely on the CPU (size_vram 0) but the job "
+                f"asks for backend {job.backend}"
+            )
+        return details, None

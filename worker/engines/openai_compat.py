@@ -1,0 +1,70 @@
+"""Any OpenAI-compatible server (vLLM, SGLang, llama-swap, llama-server's /v1): streamed
+`/chat/completions` with `stream_options.include_usage`, so the last chunk carries the token
+counts. Servers that add their own timing to that chunk (llama-server's `timings`) have it kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.result import RequestSample
+from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow
+from worker.engines.base import RunTarget, register
+from worker.engines.http_stream import get_json, stream_sse
+from worker.engines.served import ServedEngine
+from worker.engines.timing import StreamClock
+
+
+@register("openai")
+class OpenAICompatible(ServedEngine):
+    def request(
+        self, job: JobSpec, target: RunTarget, prompt: str
+    ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
+        assert target.url is not None
+        body = {
+            "model": target.served_model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": job.workload.gen_tokens,
+            "temperature": 0,
+            "seed": 42,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        clock = StreamClock.start()
+        usage: dict[str, Any] = {}
+        last: dict[str, Any] = {}
+        for chunk in stream_sse(target.url, "/chat/completions", body, timeout_s=job.timeout_s):
+            for choice in chunk.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    clock.token()
+            if chunk.get("usage"):
+                usage, last = chunk["usage"], chunk
+        clock.finish()
+        if not usage:
+            raise ValueError("no usage in the stream: the server ignored include_usage")
+        prompt_n = int(usage.get("prompt_tokens", 0))
+        gen_n = int(usage.get("completion_tokens", len(clock.token_times)))
+        timings = {
+            k: float(v)
+            for k, v in (last.get("timings") or {}).items()
+            if isinstance(v, int | float)
+        }
+        sample = clock.sample(
+            prompt_tokens=prompt_n,
+            gen_tokens=gen_n,
+            server_timings=timings,
+            cached_prompt=int(timings.get("cache_n", 0)) > 0
+            or int((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)) > 0,
+        )
+        return sample, clock.windows(prompt_n, gen_n), last
+
+    def prefill_rate(self, sample: RequestSample) -> float | None:
+        # Only a server that reports its own prefill timing (llama-server) separates it.
+        rate = sample.server_timings.get("prompt_per_second")
+        return float(rate) if rate else None
+
+    def details(self, job: JobSpec, target: RunTarget) -> tuple[dict[str, Any], str | None]:
+        assert target.url is not None
+        listed = get_json(target.url, "/models", timeout_s=10).get("data", [])
+        return {"served_models": [m.get("id") for m in listed]}, None

@@ -1,0 +1,101 @@
+"""Engines that talk to an inference server someone else runs (Ollama, any OpenAI-compatible
+server): the worker config names its `url` and the served model ids; the adapter streams
+requests, times them on the client, and keeps whatever the server says about itself.
+
+A subclass implements `request` (one streamed request) and may add `details` (what the server
+reports about the loaded model and runtime).
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import abstractmethod
+from typing import Any
+
+from jobs.result import EngineInfo, Measurement, RequestSample, Status
+from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow
+from worker.engines.base import Engine, EngineOutcome, RunTarget
+from worker.engines.http_stream import HttpError
+
+# Words that most tokenizers keep whole, so N words are close to N tokens; the server's own
+# prompt token count is what gets recorded.
+_WORDS = (
+    "the of and to in is that it was for on are as with his they at be this from have or by one "
+    "had not but what all were when we there can an your which their said if do will each about "
+    "how up out them then she many some so these would other into has more her two like him see"
+).split()
+
+
+def synthetic_prompt(n_tokens: int, nonce: int) -> str:
+    """About `n_tokens` tokens of plain text; `nonce` makes each request's prefix unique, so no
+    server answers a repetition from its prompt cache."""
+    words = list(itertools.islice(itertools.cycle(_WORDS), max(1, n_tokens - 4)))
+    return f"Run {nonce}: " + " ".join(words)
+
+
+class ServedEngine(Engine):
+    """Base for engines behind a URL; `backend` is a label checked against the server runtime."""
+
+    @abstractmethod
+    def request(
+        self, job: JobSpec, target: RunTarget, prompt: str
+    ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
+        """One streamed request: its timing, phase windows, and the final server payload."""
+
+    def details(self, job: JobSpec, target: RunTarget) -> tuple[dict[str, Any], str | None]:
+        """What the server reports (model, runtime, memory); and a problem that fails the job."""
+        return {}, None
+
+    def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
+        info = EngineInfo(name=self.name, backend=job.backend, binary=target.url or "")
+        if target.url is None or target.served_model is None:
+            return EngineOutcome(Status.ERROR, info, error=f"{self.name} needs `url` and `models`")
+        work = job.workload
+        nonce = itertools.count(1)
+        samples: list[RequestSample] = []
+        phases: list[PhaseWindow] = []
+        first_payload: dict[str, Any] = {}
+        try:
+            for i in range(work.warmup_runs + job.repetitions):
+                prompt = work.prompt_text or synthetic_prompt(work.prompt_tokens, next(nonce))
+                sample, windows, payload = self.request(job, target, prompt)
+                if i == 0:
+                    first_payload = payload
+                if i >= work.warmup_runs:
+                    samples.append(sample)
+                    phases += windows
+            details, problem = self.details(job, target)
+        except (HttpError, OSError, ValueError, KeyError) as exc:
+            return EngineOutcome(Status.ERROR, info, error=f"{self.name} at {target.url}: {exc}")
+        info = info.model_copy(update={"details": details})
+        if problem:
+            return EngineOutcome(Status.ERROR, info, error=problem, requests=samples)
+        return EngineOutcome(
+            Status.OK,
+            info,
+            measurements=measurements(samples, self.prefill_rate),
+            phases=phases,
+            requests=samples,
+            load_time_s=self.load_time_s(first_payload),
+        )
+
+    def prefill_rate(self, sample: RequestSample) -> float | None:
+        """Prompt tokens/s as the server measured it, or None (the client cannot separate it)."""
+        return None
+
+    def load_time_s(self, first_payload: dict[str, Any]) -> float | None:
+        return None
+
+
+def measurements(samples: list[RequestSample], prefill_rate: Any) -> list[Measurement]:
+    pp = [r for r in (prefill_rate(s) for s in samples) if r]
+    tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
+    out = []
+    if pp and samples:
+        out.append(Measurement(test="pp", n_prompt=samples[0].prompt_tokens, n_gen=0,
+                               samples_ts=pp))  # fmt: skip
+    if tg and samples:
+        out.append(Measurement(test="tg", n_prompt=0, n_gen=samples[0].gen_tokens,
+                               samples_ts=tg))  # fmt: skip
+    return out
