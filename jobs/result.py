@@ -48,6 +48,7 @@ class RequestSample(BaseModel):
     prompt_tokens: int
     gen_tokens: int
     ttft_s: float  # request sent -> first token received
+    ttft_source: Literal["client", "server"] = "client"  # server: the engine's own figure
     e2e_s: float  # request sent -> stream closed
     decode_tokens_per_s: float | None  # (tokens - 1) / (last token - first token)
     itl_s: dict[str, float] = Field(default_factory=dict)  # inter-token latency p50/p90/p99

@@ -1,6 +1,7 @@
-"""A local stand-in for Ollama (which cannot be installed here), serving the payload shapes its
-documentation gives (see tests/fixtures/ollama/README.md). It streams at a fixed pace so that
-client timing has something real to measure, and computes its durations from that pace.
+"""Local stand-ins for Ollama and LM Studio (which cannot be installed here), serving the payload
+shapes their documentation gives (see tests/fixtures/ollama/ and tests/fixtures/lmstudio/). They
+answer at a fixed pace so that client timing has something real to measure, and compute their
+own figures from that pace.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ollama"
+LMSTUDIO = FIXTURES.parent / "lmstudio"
 TOKEN_INTERVAL_S = 0.002
 PREFILL_S = 0.01
 
@@ -76,6 +78,66 @@ def replay_ollama(size_vram: int = 5137025024) -> Iterator[tuple[str, dict[str, 
     """(base URL, state) of a replaying Ollama on a free loopback port."""
     state: dict[str, Any] = {"requests": [], "size_vram": size_vram}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _lmstudio_handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _json(self, body: Any, status: int = 200) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # noqa: N802
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["calls"].append((self.path, request))
+            if self.path == "/api/v1/models/load":
+                if request["model"] not in state["models"]:
+                    self._json({"error": {"message": f"model {request['model']} not found"}}, 404)
+                    return
+                answer = json.loads((LMSTUDIO / "load.json").read_text())
+                answer["config"]["context_length"] = request["config"]["context_length"]
+                answer["model_instance_id"] = request["model"]
+                self._json(answer)
+            elif self.path == "/api/v1/models/unload":
+                self._json({"instance_id": request["instance_id"]})
+            elif self.path == "/api/v0/chat/completions":
+                n = int(request["max_tokens"])
+                time.sleep(PREFILL_S + n * TOKEN_INTERVAL_S)
+                answer = json.loads((LMSTUDIO / "chat_completion.json").read_text())
+                answer["usage"]["completion_tokens"] = n
+                answer["stats"].update(
+                    time_to_first_token=PREFILL_S,
+                    generation_time=n * TOKEN_INTERVAL_S,
+                    tokens_per_second=1 / TOKEN_INTERVAL_S,
+                )
+                answer["runtime"]["name"] = state["runtime"]
+                self._json(answer)
+            else:
+                self.send_error(404)
+
+    return Handler
+
+
+@contextmanager
+def replay_lmstudio(
+    runtime: str = "llama.cpp-linux-x86_64-vulkan-avx2",
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(base URL, state) of a replaying LM Studio serving the model key `tiny-q8_0`."""
+    state: dict[str, Any] = {"calls": [], "runtime": runtime, "models": {"tiny-q8_0"}}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _lmstudio_handler(state))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

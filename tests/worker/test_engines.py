@@ -11,7 +11,7 @@ import pytest
 
 from jobs.result import Status
 from jobs.spec import JobSpec, Workload
-from tests.worker.replay_servers import replay_ollama
+from tests.worker.replay_servers import replay_lmstudio, replay_ollama
 from worker.engines import RunTarget, close_engines, get_engine, registered
 from worker.engines.llama_bench import LlamaBench
 from worker.engines.server_process import ServerProcess, free_port
@@ -23,6 +23,7 @@ ENGINE_KINDS = {
     "llama-server": "binary",
     "openai": "llama-server /v1",
     "ollama": "replay",
+    "lmstudio": "replay",
 }
 
 
@@ -32,7 +33,7 @@ def _job(engine: str = "llama-bench", context: int = 256, repetitions: int = 2) 
         host="box",
         engine=engine,
         model="tiny:q8_0",
-        backend="cpu",
+        backend="vulkan" if engine == "lmstudio" else "cpu",  # the stand-in's runtime
         context=context,
         workload=Workload(prompt_tokens=32, gen_tokens=16),
         repetitions=repetitions,
@@ -50,9 +51,12 @@ def _target(engine: str, llama_bin: Path, model: Path, pids: list[int]) -> Itera
     kind = ENGINE_KINDS[engine]
     if kind == "binary":
         yield RunTarget(llama_bin / engine, model, 120, 1, pids.append)
-    elif kind == "replay":
+    elif kind == "replay" and engine == "ollama":
         with replay_ollama() as (url, _state):
             yield RunTarget(None, None, 120, url=url, served_model="tiny:q8_0")
+    elif kind == "replay":
+        with replay_lmstudio() as (url, _state):
+            yield RunTarget(None, None, 120, url=url, served_model="tiny-q8_0")
     else:
         argv = [str(llama_bin / "llama-server"), "-m", str(model), "--host", "127.0.0.1",
                 "--port", str(free_port()), "-c", "1024", "-t", "1"]  # fmt: skip

@@ -108,3 +108,51 @@ def test_openai_route_of_a_real_llama_server_reports_usage_and_timings(
         assert r.server_timings["predicted_n"] == 20  # llama-server's own timings kept
         assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s
     assert outcome.engine.details["served_models"]
+
+
+def test_lmstudio_loads_with_the_context_reuses_and_reloads() -> None:
+    from tests.worker.replay_servers import replay_lmstudio
+
+    engine = get_engine("lmstudio")
+    with replay_lmstudio() as (url, state):
+        target = RunTarget(None, None, 60, url=url, served_model="tiny-q8_0")
+        first = engine.run(_job("lmstudio", backend="vulkan"), target)
+        again = engine.run(_job("lmstudio", backend="vulkan"), target)
+        bigger = engine.run(
+            _job("lmstudio", backend="vulkan").model_copy(update={"context": 8192}), target
+        )
+        engine.close()
+    assert first.status is Status.OK, first.error
+    assert first.load_time_s == pytest.approx(9.099) and again.load_time_s is None
+    paths = [path for path, _ in state["calls"]]
+    assert paths.count("/api/v1/models/load") == 2  # reused once, reloaded for the new context
+    assert paths.count("/api/v1/models/unload") == 2  # before the reload, and at close
+    loads = [body for path, body in state["calls"] if path == "/api/v1/models/load"]
+    assert [b["config"]["context_length"] for b in loads] == [4096, 8192]
+    assert bigger.status is Status.OK
+    for r in first.requests:
+        assert r.ttft_source == "server" and r.ttft_s == pytest.approx(PREFILL_S)
+        assert r.gen_tokens == 20
+        assert r.decode_tokens_per_s == pytest.approx(1 / TOKEN_INTERVAL_S)
+        assert r.e2e_s >= PREFILL_S + 20 * TOKEN_INTERVAL_S
+    assert first.engine.details["runtime"]["name"] == "llama.cpp-linux-x86_64-vulkan-avx2"
+
+
+def test_lmstudio_on_another_runtime_or_a_missing_model_fails_clearly() -> None:
+    from tests.worker.replay_servers import replay_lmstudio
+
+    engine = get_engine("lmstudio")
+    with replay_lmstudio() as (url, _state):
+        wrong = engine.run(
+            _job("lmstudio", backend="rocm"),
+            RunTarget(None, None, 60, url=url, served_model="tiny-q8_0"),
+        )
+        missing = engine.run(
+            _job("lmstudio", backend="vulkan"),
+            RunTarget(None, None, 60, url=url, served_model="glm-4.7-flash"),
+        )
+        engine.close()
+    assert wrong.status is Status.ERROR
+    assert wrong.error and "not a rocm one" in wrong.error and "lms runtime select" in wrong.error
+    assert missing.status is Status.LOAD_FAILED
+    assert missing.error and "cannot load glm-4.7-flash" in missing.error

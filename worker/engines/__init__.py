@@ -5,6 +5,7 @@ from __future__ import annotations
 from worker.engines import (  # noqa: F401  (each registers itself)
     llama_bench,
     llama_server,
+    lmstudio,
     ollama,
     openai_compat,
 )

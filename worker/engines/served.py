@@ -47,6 +47,12 @@ class ServedEngine(Engine):
         """What the server reports (model, runtime, memory); and a problem that fails the job."""
         return {}, None
 
+    def failed(
+        self, job: JobSpec, target: RunTarget, error: str, *, load_failed: bool = False
+    ) -> EngineOutcome:
+        info = EngineInfo(name=self.name, backend=job.backend, binary=target.url or "")
+        return EngineOutcome(Status.LOAD_FAILED if load_failed else Status.ERROR, info, error=error)
+
     def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
         info = EngineInfo(name=self.name, backend=job.backend, binary=target.url or "")
         if target.url is None or target.served_model is None:

@@ -1,0 +1,143 @@
+"""LM Studio (port 1234), the app many of our users benchmark with by hand today.
+
+- Load: `POST /api/v1/models/load` with `config.context_length` (LM Studio 0.4+), which answers
+  `model_instance_id` and `load_time_seconds`; a loaded instance with another context is
+  unloaded first (`POST /api/v1/models/unload`), one with the same context is reused.
+- Measure: `POST /api/v0/chat/completions` (not streamed), whose answer carries LM Studio's own
+  `stats` (`time_to_first_token` s, `tokens_per_second`, `generation_time` s, `stop_reason`),
+  `usage`, `model_info` (arch, quant, format, context_length) and `runtime` (name, version).
+  TTFT is therefore LM Studio's measurement (`ttft_source: server`): what its UI shows.
+- The runtime name says which llama.cpp build ran (`...-vulkan-...`, `...-rocm-...`); a job
+  whose backend is not in it fails instead of being recorded under the wrong backend.
+Docs: lmstudio.ai/docs/developer/rest (v1 load/unload) and /rest/endpoints (v0).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jobs.result import RequestSample
+from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow
+from worker.engines.base import EngineOutcome, RunTarget, register
+from worker.engines.http_stream import HttpError, post_json
+from worker.engines.served import ServedEngine
+
+_LOAD_TIMEOUT_S = 1200.0
+
+
+@register("lmstudio")
+class LMStudio(ServedEngine):
+    def __init__(self) -> None:
+        # (url, model key, instance id, context) of the instance this worker loaded
+        self._instance: tuple[str, str, str, int] | None = None
+        self._load_time_s: float | None = None
+        self._last_runtime: dict[str, Any] = {}
+
+    def close(self) -> None:
+        if self._instance is not None:
+            url, _model, instance_id, _context = self._instance
+            try:
+                post_json(url, "/api/v1/models/unload", {"instance_id": instance_id}, timeout_s=60)
+            except OSError:
+                pass  # the app may be gone; nothing of ours is left running
+        self._instance = None
+
+    def prepare(self, job: JobSpec, target: RunTarget) -> str:
+        """Load the model with the job's context (or reuse it); return the instance id."""
+        assert target.url is not None and target.served_model is not None
+        wanted = (target.url, target.served_model, job.context)
+        if self._instance is not None:
+            url, model, instance_id, context = self._instance
+            if (url, model, context) == wanted:
+                self._load_time_s = None
+                return instance_id
+            self.close()
+        body = {"model": target.served_model, "config": {"context_length": job.context}}
+        loaded = post_json(target.url, "/api/v1/models/load", body, timeout_s=_LOAD_TIMEOUT_S)
+        instance_id = str(loaded["model_instance_id"])
+        self._instance = (target.url, target.served_model, instance_id, job.context)
+        self._load_time_s = float(loaded.get("load_time_seconds", 0.0)) or None
+        return instance_id
+
+    def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
+        if target.url is not None and target.served_model is not None:
+            try:
+                instance = self.prepare(job, target)
+            except HttpError as exc:  # LM Studio answered, and refused to load it
+                return self.failed(job, target, f"cannot load {target.served_model}: {exc}",
+                                   load_failed=True)  # fmt: skip
+            except (OSError, KeyError, ValueError) as exc:
+                return self.failed(job, target, f"cannot load {target.served_model}: {exc}")
+            target = RunTarget(
+                None, None, target.timeout_s, target.threads, target.on_process,
+                url=target.url, served_model=instance,
+            )  # fmt: skip
+        return super().run(job, target)
+
+    def request(
+        self, job: JobSpec, target: RunTarget, prompt: str
+    ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
+        assert target.url is not None
+        body = {
+            "model": target.served_model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": job.workload.gen_tokens,
+            "temperature": 0,
+            "seed": 42,
+            "stream": False,
+        }
+        sent = time.monotonic()
+        answer = post_json(target.url, "/api/v0/chat/completions", body, timeout_s=job.timeout_s)
+        done = time.monotonic()
+        stats, usage = answer["stats"], answer.get("usage", {})
+        self._last_runtime = {
+            "runtime": answer.get("runtime", {}),
+            "model_info": answer.get("model_info", {}),
+        }
+        ttft = float(stats["time_to_first_token"])
+        prompt_n = int(usage.get("prompt_tokens", 0))
+        gen_n = int(usage.get("completion_tokens", 0))
+        sample = RequestSample(
+            prompt_tokens=prompt_n,
+            gen_tokens=gen_n,
+            ttft_s=ttft,
+            ttft_source="server",
+            e2e_s=done - sent,
+            decode_tokens_per_s=float(stats["tokens_per_second"]),
+            server_timings={k: float(v) for k, v in stats.items() if isinstance(v, int | float)},
+        )
+        # LM Studio's own timeline of the request, placed at its end on our clock.
+        gen_s = float(stats.get("generation_time", 0.0))
+        first = done - gen_s
+        windows = [
+            PhaseWindow(
+                phase="prefill", start_s=max(sent, first - ttft), end_s=first, tokens=prompt_n
+            ),  # fmt: skip
+            PhaseWindow(phase="decode", start_s=first, end_s=done, tokens=gen_n),
+        ]
+        return sample, windows, answer
+
+    def prefill_rate(self, sample: RequestSample) -> float | None:
+        # LM Studio reports no prefill speed of its own; prompt / TTFT is its best estimate
+        # and is what its UI implies, so it is kept, and labelled, in the details.
+        return sample.prompt_tokens / sample.ttft_s if sample.ttft_s > 0 else None
+
+    def load_time_s(self, first_payload: dict[str, Any]) -> float | None:
+        return self._load_time_s
+
+    def details(self, job: JobSpec, target: RunTarget) -> tuple[dict[str, Any], str | None]:
+        runtime = self._last_runtime.get("runtime", {})
+        details = {
+            **self._last_runtime,
+            "instance_id": target.served_model,
+            "pp_source": "prompt_tokens / LM Studio time_to_first_token (an estimate)",
+        }
+        name = str(runtime.get("name", ""))
+        if job.backend != "cpu" and job.backend not in name.lower():
+            return details, (
+                f"LM Studio ran runtime {name!r}, not a {job.backend} one: select it with "
+                f"`lms runtime select` on this box, or submit the job as that backend"
+            )
+        return details, None
