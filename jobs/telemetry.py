@@ -68,5 +68,9 @@ class Telemetry(BaseModel):
     phases: list[PhaseSummary] = Field(default_factory=list)
     # Downsampled series for charts: "t_s" plus one list per metric, same length, None = gap.
     series: dict[str, list[float | None]] = Field(default_factory=dict)
+    # The power metric integrated into each phase's energy_j: "power_w" (GPU board, or APU
+    # package per SourceStatus.power_includes_cpu) before "package_power_w" (RAPL); None = no
+    # power source.
+    energy_metric: str | None = None
     sampler_cpu_s: float = 0.0  # CPU time the sampler itself used
     sampler_cpu_pct: float = 0.0  # of one core, over the sampled duration
