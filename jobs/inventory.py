@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.facts import HostFacts
 from jobs.protocol import ONLINE_WITHIN_S
 from jobs.version import SCHEMA_VERSION
 
@@ -34,6 +35,7 @@ class WorkerInventory(BaseModel):
     last_seen: float
     clock_skew_s: float | None = None  # broker clock minus this box's clock, at start
     stopped: bool = False  # the agent shut down cleanly (a crash leaves this False)
+    facts: HostFacts | None = None  # what the agent detected on the box at start
 
     def online(self, now: float) -> bool:
         """Alive: not stopped, and seen within a few heartbeats (`now` on the broker's clock)."""

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.facts import HostFacts
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow, Telemetry
 from jobs.version import SCHEMA_VERSION
@@ -96,6 +97,7 @@ class RunResult(BaseModel):
     telemetry: Telemetry | None = None
     requests: list[RequestSample] = Field(default_factory=list)  # server engines, per request
     load_time_s: float | None = None  # set when this job loaded the model (not a warm server)
+    host_facts: HostFacts | None = None  # the box's fingerprint when the job ran
 
     def measurement(self, test: str) -> Measurement | None:
         return next((m for m in self.measurements if m.test == test), None)

@@ -7,7 +7,8 @@ from importlib import metadata
 # Wire/schema version of JobSpec, RunResult and WorkerInventory. Bump on any change a reader
 # must know about, and note it here.
 # History:
-#   1 - first version: llama-bench jobs, per-repetition samples, declared host facts.
+#   1 - first version: llama-bench, llama-server and served engines, per-repetition samples,
+#       request timing, telemetry, declared and detected host facts.
 SCHEMA_VERSION = 1
 
 try:

@@ -22,6 +22,7 @@ from jobs.protocol import redact_url
 from orchestrator import status as status_mod
 from orchestrator.broker import connect
 from orchestrator.errors import OrchError
+from orchestrator.hosts import render_hosts
 from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.report import FORMATS, build_pivot, render
 from orchestrator.store import Store, default_store_path
@@ -163,6 +164,13 @@ def status_cmd(ctx: click.Context, campaign: str | None, broker: str | None) -> 
     if client is not None:
         store.collect(client)
     click.echo(status_mod.render_status(store, client, campaign))
+
+
+@cli.command("hosts")
+@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help=BROKER_HELP)
+def hosts_cmd(broker: str) -> None:
+    """Every registered box: state, queue, declared and detected facts (fingerprint)."""
+    click.echo(render_hosts(connect(broker)))
 
 
 @cli.command("report")

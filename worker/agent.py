@@ -30,6 +30,7 @@ from kombu.entity import Exchange, Queue
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.facts import HostFacts
 from jobs.inventory import WorkerInventory
 from jobs.paths import orch_home
 from jobs.protocol import (
@@ -44,7 +45,8 @@ from jobs.spec import host_of_queue
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.engines import close_engines
-from worker.errors import QueueBusyError
+from worker.errors import ConfigError, QueueBusyError
+from worker.facts import conflicts, detect_host_facts
 from worker.runner import execute, flush_spool
 
 log = logging.getLogger("orch.worker")
@@ -71,6 +73,7 @@ class Agent:
             retry_on_error=[redis_lib.ConnectionError, redis_lib.TimeoutError],
         )
         self.spool = orch_home() / "spool" / config.host
+        self.facts: HostFacts | None = None
         self.instance_id = uuid.uuid4().hex
         self.started_at = time.time()
         self.clock_skew_s: float | None = None
@@ -80,8 +83,32 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def detect(self) -> HostFacts:
+        """Fingerprint the box; refuse to run mislabelled benchmarks (declared != detected)."""
+        binaries = {
+            f"{engine}/{backend}": path
+            for engine, ec in self.config.engines.items()
+            for backend, path in ec.backends.items()
+            if path is not None
+        }
+        facts = detect_host_facts(
+            self.config.facts_root, binaries=binaries, models=self.config.models,
+            cache_dir=orch_home() / "facts",
+        )  # fmt: skip
+        problems = conflicts(self.config.declared_facts(), facts)
+        if problems and self.config.check_declared:
+            raise ConfigError(
+                f"refusing to consume {self.config.queue}: "
+                + "; ".join(problems)
+                + ". Fix `declared:` in the config (or reboot into the declared setting)."
+            )
+        for problem in problems:
+            log.warning("declared fact disagrees (check_declared is off): %s", problem)
+        return facts
+
     def run(self, lease_wait_s: float = 2.5 * LEASE_TTL_S) -> None:
         """Block consuming jobs until the worker is told to stop (SIGTERM/SIGINT)."""
+        self.facts = self.detect()
         self.acquire_lease(lease_wait_s)
         try:
             self.check_clock()
@@ -188,6 +215,7 @@ class Agent:
             started_at=self.started_at,
             last_seen=self._broker_now(),
             clock_skew_s=self.clock_skew_s,
+            facts=self.facts,
         )
 
     def _announce_stop(self) -> None:
@@ -240,12 +268,12 @@ class Agent:
     def _make_app(self) -> Celery:
         app = Celery("orch-worker", broker=self.broker_url, set_as_current=False)
         app.conf.update(celery_settings())
-        config, redis, spool = self.config, self.redis, self.spool
+        config, redis, spool, agent = self.config, self.redis, self.spool, self
 
         @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
         def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
             try:
-                result = execute(payload, config, redis, spool)
+                result = execute(payload, config, redis, spool, agent.facts)
             except redis_lib.RedisError as exc:
                 # Celery acknowledges a failed task; a broker hiccup must not drop the job.
                 log.error("broker error before the job ran, re-queueing it: %s", exc)

@@ -80,6 +80,11 @@ class WorkerConfig(BaseModel):
     max_job_timeout_s: PositiveInt = Field(default=MAX_JOB_TIMEOUT_S, le=MAX_JOB_TIMEOUT_S)
     # Threads for CPU engines; None lets the engine choose.
     threads: PositiveInt | None = None
+    # Refuse to run when a declared fact (vram_split, power_limit_w, platform_profile) disagrees
+    # with what the box reports. Turn off only where detection is known to be wrong.
+    check_declared: bool = True
+    # Where /sys and /proc are read from: `/`, or e.g. `/host` in a container that mounts them.
+    facts_root: Path = Path("/")
 
     @property
     def configuration(self) -> dict[str, str]:
@@ -157,3 +162,4 @@ def _resolve_paths(config: WorkerConfig, base: Path) -> None:
             for name, binary in engine.backends.items()
         }
     config.models = {name: resolve(file) for name, file in config.models.items()}
+    config.facts_root = resolve(config.facts_root)

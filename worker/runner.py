@@ -24,6 +24,7 @@ from typing import Any
 import redis as redis_lib
 from pydantic import ValidationError
 
+from jobs.facts import HostFacts
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
 from jobs.result import EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
@@ -40,7 +41,11 @@ _PUSH_RETRY_S = (1, 2, 4, 8, 15, 30, 60, 60, 60, 60, 60, 60, 60, 60)
 
 
 def execute(
-    payload: dict[str, Any], config: WorkerConfig, redis: Any, spool: Path | None = None
+    payload: dict[str, Any],
+    config: WorkerConfig,
+    redis: Any,
+    spool: Path | None = None,
+    facts: HostFacts | None = None,
 ) -> RunResult | None:
     """Run `payload` (a JobSpec as JSON) and push its RunResult; None when nothing ran.
 
@@ -89,7 +94,9 @@ def execute(
             EngineInfo(name=job.engine, backend=job.backend, binary=str(target.binary)),
             error=f"engine adapter crashed: {exc!r}",
         )
-    result = _result(job, config, attempt, started, outcome)
+    result = _result(job, config, attempt, started, outcome).model_copy(
+        update={"host_facts": facts}
+    )
     log.info("job %s finished: %s", job.job_id, result.status.value)
     return push(redis, result, spool)
 

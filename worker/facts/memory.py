@@ -1,0 +1,40 @@
+"""System RAM from /proc/meminfo.
+
+MemTotal is what the OS got: on an APU the BIOS carve-out is already gone from it (a 128 GB
+Strix Halo box with a 96G carve-out reports about 31 GiB), which is why it is recorded beside
+`vram_split` and not instead of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker.facts._common import FactLog, read_text
+
+MEMINFO = "proc/meminfo"
+_UNITS = {"kB": 1024, "": 1}  # the kernel writes "kB" and means KiB; counters have no unit
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """`MemTotal:  131072000 kB` -> {"MemTotal": 134217728000} (bytes)."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if not sep or not parts or not parts[0].isdigit():
+            continue
+        unit = parts[1] if len(parts) > 1 else ""
+        if unit in _UNITS:
+            values[key.strip()] = int(parts[0]) * _UNITS[unit]
+    return values
+
+
+def read_ram_bytes(root: Path, log: FactLog) -> int | None:
+    text = read_text(root / MEMINFO)
+    if text is None:
+        log.note("ram_bytes: /proc/meminfo is missing or unreadable")
+        return None
+    total = parse_meminfo(text).get("MemTotal")
+    if total is None:
+        log.note("ram_bytes: /proc/meminfo has no MemTotal line")
+    return total
