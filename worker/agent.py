@@ -108,6 +108,10 @@ class Agent:
 
     def run(self, lease_wait_s: float = 2.5 * LEASE_TTL_S) -> None:
         """Block consuming jobs until the worker is told to stop (SIGTERM/SIGINT)."""
+        if threading.current_thread() is threading.main_thread():
+            # Until Celery installs its own handlers, a SIGTERM must still unwind through the
+            # `finally` below (lease released, inventory marked stopped), not kill us outright.
+            signal.signal(signal.SIGTERM, _exit_on_signal)
         self.facts = self.detect()
         self.acquire_lease(lease_wait_s)
         try:
@@ -281,3 +285,7 @@ class Agent:
             return None if result is None else {"job_id": result.job_id, "status": result.status}
 
         return app
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -85,6 +85,8 @@ class WorkerConfig(BaseModel):
     check_declared: bool = True
     # Where /sys and /proc are read from: `/`, or e.g. `/host` in a container that mounts them.
     facts_root: Path = Path("/")
+    # Telemetry sampled around every run (GPU busy, VRAM/GTT, power, CPU, RSS); 0 turns it off.
+    telemetry_interval_s: float = Field(default=0.1, ge=0, le=10)
 
     @property
     def configuration(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ Delivery is at-least-once (acks_late), so `execute` is written to be re-run safe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -28,9 +29,11 @@ from jobs.facts import HostFacts
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
 from jobs.result import EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
+from jobs.telemetry import Telemetry
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.engines import EngineOutcome, RunTarget, get_engine
+from worker.telemetry import Sampler
 
 log = logging.getLogger("orch.worker")
 
@@ -76,29 +79,46 @@ def execute(
         return push(redis, _error_result(job, config, attempt, problem, started), spool)
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
-    ec = config.engines[job.engine]
-    target = RunTarget(
-        binary=ec.backends[job.backend],
-        model_path=config.models.get(job.model) if ec.url is None else None,
-        timeout_s=min(job.timeout_s, config.max_job_timeout_s),
-        threads=config.threads,
-        url=ec.url,
-        served_model=ec.models.get(job.model),
-    )
-    try:
-        outcome = get_engine(job.engine).run(job, target)
-    except Exception as exc:  # an adapter bug must become a result, not a lost job
-        log.exception("engine adapter %s crashed on job %s", job.engine, job.job_id)
-        outcome = EngineOutcome(
-            Status.ERROR,
-            EngineInfo(name=job.engine, backend=job.backend, binary=str(target.binary)),
-            error=f"engine adapter crashed: {exc!r}",
-        )
+    outcome, telemetry = _measure(job, config)
     result = _result(job, config, attempt, started, outcome).model_copy(
-        update={"host_facts": facts}
+        update={"host_facts": facts, "telemetry": telemetry}
     )
     log.info("job %s finished: %s", job.job_id, result.status.value)
     return push(redis, result, spool)
+
+
+def _measure(job: JobSpec, config: WorkerConfig) -> tuple[EngineOutcome, Telemetry | None]:
+    """Run the engine inside the telemetry sampler; phases come back relative to its start."""
+    engine = get_engine(job.engine)  # first: it stops other engines' warm servers
+    with contextlib.ExitStack() as stack:
+        sampler = None
+        if config.telemetry_interval_s > 0:
+            sampler = stack.enter_context(
+                Sampler(interval_s=config.telemetry_interval_s, root=config.facts_root)
+            )
+        ec = config.engines[job.engine]
+        target = RunTarget(
+            binary=ec.backends[job.backend],
+            model_path=config.models.get(job.model) if ec.url is None else None,
+            timeout_s=min(job.timeout_s, config.max_job_timeout_s),
+            threads=config.threads,
+            on_process=sampler.watch if sampler is not None else (lambda _pid: None),
+            url=ec.url,
+            served_model=ec.models.get(job.model),
+        )
+        try:
+            outcome = engine.run(job, target)
+        except Exception as exc:  # an adapter bug must become a result, not a lost job
+            log.exception("engine adapter %s crashed on job %s", job.engine, job.job_id)
+            outcome = EngineOutcome(
+                Status.ERROR,
+                EngineInfo(name=job.engine, backend=job.backend, binary=str(target.binary)),
+                error=f"engine adapter crashed: {exc!r}",
+            )
+    if sampler is None:
+        return outcome, None
+    outcome.phases = sampler.to_relative(outcome.phases)
+    return outcome, sampler.summarize(outcome.phases)
 
 
 def _refuse_invalid(

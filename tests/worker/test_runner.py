@@ -10,7 +10,8 @@ import pytest
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY
 from jobs.result import RunResult, Status
 from jobs.spec import JobSpec, Workload
-from worker.config import WorkerConfig
+from worker.config import EngineConfig, WorkerConfig
+from worker.engines import close_engines
 from worker.runner import execute
 
 pytestmark = pytest.mark.integration
@@ -160,3 +161,38 @@ def _result_for(config: WorkerConfig) -> RunResult:
         job_id=job.job_id, campaign=job.campaign, host=config.host, queue=config.queue,
         attempt=1, status=Status.OK, started_at=now, finished_at=now, worker_version="t", job=job,
     )  # fmt: skip
+
+
+def test_a_real_run_stores_psutil_telemetry_split_by_phase(
+    config: WorkerConfig, redis_client: Any, llama_bin: Path
+) -> None:
+    server_config = config.model_copy(
+        update={
+            "engines": {
+                **config.engines,
+                "llama-server": EngineConfig(backends={"cpu": llama_bin / "llama-server"}),
+            }
+        }
+    )
+    payload = _payload()
+    payload = JobSpec.model_validate(
+        {**payload, "engine": "llama-server", "job_id": "", "context": 2048,
+         "workload": {"prompt_tokens": 512, "gen_tokens": 32}}
+    ).model_dump(mode="json")  # fmt: skip
+    try:
+        result = execute(payload, server_config, redis_client)
+    finally:
+        close_engines()
+    assert result is not None and result.status is Status.OK, result and result.error
+    telemetry = result.telemetry
+    assert telemetry is not None and telemetry.samples >= 2
+    psutil_status = next(s for s in telemetry.sources if s.name == "psutil")
+    assert psutil_status.available
+    # every source that is absent here says why, instead of failing the job
+    assert all(s.available or s.detail for s in telemetry.sources)
+    assert [p.phase for p in telemetry.phases] == ["prefill", "decode"] * 2
+    assert all(0 <= p.start_s <= p.end_s for p in telemetry.phases)  # relative to sampling
+    run_rss = [p.metrics["rss_bytes"] for p in telemetry.phases if "rss_bytes" in p.metrics]
+    assert run_rss and all(m.peak is None or m.peak > 0 for m in run_rss)
+    assert len(telemetry.series["t_s"]) == len(telemetry.series["rss_bytes"]) >= 2
+    assert 0 <= telemetry.sampler_cpu_pct < 100
