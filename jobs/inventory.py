@@ -24,6 +24,7 @@ class WorkerInventory(BaseModel):
     engines: dict[str, list[str]] = Field(default_factory=dict)  # engine -> backends
     models: list[str] = Field(default_factory=list)  # the box's model files (binary engines)
     engine_models: dict[str, list[str]] = Field(default_factory=dict)  # server engines' models
+    images: list[str] = Field(default_factory=list)  # what `workload.image` may name
 
     def models_for(self, engine: str) -> list[str]:
         return self.engine_models.get(engine, self.models)

@@ -52,6 +52,9 @@ class Workload(BaseModel):
     # A fixed prompt (e.g. "编写一个科技公司的官网的HTML") instead of `prompt_tokens` synthetic
     # tokens; server engines only (llama-bench measures synthetic prompts).
     prompt_text: str | None = Field(default=None, min_length=1)
+    # Vision models: the name of an image in the worker config's `images` (sent with the prompt,
+    # base64, by the engines that take images: lmstudio, ollama, openai).
+    image: Name | None = None
     # Server engines: requests sent (and not counted) before the measured ones.
     warmup_runs: int = Field(default=1, ge=0)
 

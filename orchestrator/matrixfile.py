@@ -118,6 +118,12 @@ def _workload_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
     problems: list[tuple[Path_, str]] = []
     engines = set(matrix.matrix.engine or [matrix.engine])
     engines |= {e.engine for e in matrix.include if e.engine}
+    without_images = sorted(engines & {"llama-bench", "llama-server"})
+    if matrix.workload.image is not None and without_images:
+        problems.append(
+            (("workload", "image"), f"{', '.join(without_images)} cannot send an image: use "
+             "lmstudio, ollama or openai for vision models")
+        )  # fmt: skip
     if matrix.workload.prompt_text is not None and "llama-bench" in engines:
         problems.append(
             (("workload", "prompt_text"), "llama-bench measures synthetic prompts only: "

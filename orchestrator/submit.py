@@ -107,6 +107,13 @@ def check_against_fleet(mf: MatrixFile, jobs: list[JobSpec], fleet: Fleet) -> li
                 f"{where('backend', job.backend)}: host {job.host} has no "
                 f"{job.backend!r} backend for {job.engine} (it has: {have})"
             )
+        image = job.workload.image
+        if image is not None and image not in inv.images:
+            have = ", ".join(inv.images) or "none"
+            problems.append(
+                f"{mf.where(('workload', 'image'))}: host {job.host} has no image "
+                f"{image!r} (it has: {have}; add it under `images:` in its config)"
+            )
         if job.model not in inv.models_for(job.engine):
             have = ", ".join(inv.models_for(job.engine)) or "none"
             problems.append(

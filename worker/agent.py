@@ -210,6 +210,7 @@ class Agent:
             declared=self.config.declared_facts(),
             engines={name: sorted(ec.backends) for name, ec in self.config.engines.items()},
             models=sorted(self.config.models),
+            images=sorted(self.config.images),
             engine_models={
                 name: sorted(ec.models) for name, ec in self.config.engines.items() if ec.url
             },

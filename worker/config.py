@@ -76,6 +76,8 @@ class WorkerConfig(BaseModel):
     declared: DeclaredFacts = DeclaredFacts()
     engines: dict[Name, EngineConfig] = Field(default_factory=dict)
     models: dict[str, Path] = Field(default_factory=dict)
+    # Images a vision workload may name (`workload.image`): name -> file on this box.
+    images: dict[Name, Path] = Field(default_factory=dict)
     # Upper bound for any job on this box; a job's own timeout_s is capped by it.
     max_job_timeout_s: PositiveInt = Field(default=MAX_JOB_TIMEOUT_S, le=MAX_JOB_TIMEOUT_S)
     # Threads for CPU engines; None lets the engine choose.
@@ -145,7 +147,7 @@ def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
         if binary is not None and not binary.is_file()
     ] + [
         f"{path}: models.{name}: {file} does not exist"
-        for name, file in config.models.items()
+        for name, file in {**config.models, **config.images}.items()
         if not file.is_file()
     ]
     if missing:
@@ -164,4 +166,5 @@ def _resolve_paths(config: WorkerConfig, base: Path) -> None:
             for name, binary in engine.backends.items()
         }
     config.models = {name: resolve(file) for name, file in config.models.items()}
+    config.images = {name: resolve(file) for name, file in config.images.items()}
     config.facts_root = resolve(config.facts_root)

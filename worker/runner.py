@@ -105,6 +105,7 @@ def _measure(job: JobSpec, config: WorkerConfig) -> tuple[EngineOutcome, Telemet
             on_process=sampler.watch if sampler is not None else (lambda _pid: None),
             url=ec.url,
             served_model=ec.models.get(job.model),
+            image=config.images.get(job.workload.image) if job.workload.image else None,
         )
         try:
             outcome = engine.run(job, target)
@@ -163,6 +164,10 @@ def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
     if job.backend not in engine.backends:
         have = ", ".join(sorted(engine.backends))
         return f"backend {job.backend!r} of {job.engine} is not configured (have: {have})"
+    image = job.workload.image
+    if image is not None and image not in config.images:
+        have = ", ".join(sorted(config.images)) or "none"
+        return f"image {image!r} is not configured on {config.host} (have: {have})"
     have_models = config.models_for(job.engine)
     if job.model not in have_models:
         return f"model {job.model!r} is not configured (have: {', '.join(have_models)})"

@@ -417,3 +417,12 @@ def test_prompt_text_is_refused_for_llama_bench(tmp_path: Path) -> None:
     path = _write(tmp_path, text)
     [problem] = _problems(path)
     assert problem.startswith(f"{path}:4: workload.prompt_text: llama-bench measures synthetic")
+
+
+def test_an_image_workload_is_refused_for_engines_without_images(tmp_path: Path) -> None:
+    text = EXAMPLE.replace(
+        "workload: {prompt_tokens: 64, gen_tokens: 32}",
+        "workload: {prompt_text: 'What is in this picture?', image: cat, gen_tokens: 32}",
+    )
+    problems = _problems(_write(tmp_path, text))
+    assert any("workload.image: llama-bench cannot send an image" in p for p in problems)

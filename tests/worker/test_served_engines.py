@@ -156,3 +156,45 @@ def test_lmstudio_on_another_runtime_or_a_missing_model_fails_clearly() -> None:
     assert wrong.error and "not a rocm one" in wrong.error and "lms runtime select" in wrong.error
     assert missing.status is Status.LOAD_FAILED
     assert missing.error and "cannot load glm-4.7-flash" in missing.error
+
+
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def test_a_vision_workload_sends_the_image_to_each_engine_that_takes_one(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from tests.worker.replay_servers import replay_lmstudio
+
+    image = tmp_path / "cat.png"
+    image.write_bytes(PNG_1PX)
+    b64 = base64.b64encode(PNG_1PX).decode()
+
+    with replay_ollama() as (url, state):
+        out = get_engine("ollama").run(
+            _job("ollama", image="cat"),
+            RunTarget(None, None, 60, url=url, served_model="tiny:q8_0", image=image),
+        )
+    assert out.status is Status.OK, out.error
+    assert all(r["images"] == [b64] for r in state["requests"])
+
+    with replay_lmstudio() as (url, state):
+        engine = get_engine("lmstudio")
+        out = engine.run(
+            _job("lmstudio", backend="vulkan", image="cat"),
+            RunTarget(None, None, 60, url=url, served_model="tiny-q8_0", image=image),
+        )
+        engine.close()
+    assert out.status is Status.OK, out.error
+    chats = [body for path, body in state["calls"] if path == "/api/v0/chat/completions"]
+    for body in chats:
+        [message] = body["messages"]
+        assert message["content"][1] == {
+            "type": "image_url",
+            "image_url": {"url": f"data:image/png;base64,{b64}"},
+        }
+    assert json.dumps(chats[0]).count(b64) == 1

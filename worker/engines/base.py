@@ -39,6 +39,7 @@ class RunTarget:
     on_process: Callable[[int], None] = _ignore_pid
     url: str | None = None  # server engines: the running server
     served_model: str | None = None  # server engines: the model's id on that server
+    image: Path | None = None  # vision workloads: the image file the job names
 
 
 @dataclass

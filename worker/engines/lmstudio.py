@@ -14,6 +14,7 @@ Docs: lmstudio.ai/docs/developer/rest (v1 load/unload) and /rest/endpoints (v0).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import EngineOutcome, RunTarget, register
 from worker.engines.http_stream import HttpError, post_json
-from worker.engines.served import ServedEngine
+from worker.engines.served import ServedEngine, user_message
 
 _LOAD_TIMEOUT_S = 1200.0
 
@@ -70,10 +71,7 @@ class LMStudio(ServedEngine):
                                    load_failed=True)  # fmt: skip
             except (OSError, KeyError, ValueError) as exc:
                 return self.failed(job, target, f"cannot load {target.served_model}: {exc}")
-            target = RunTarget(
-                None, None, target.timeout_s, target.threads, target.on_process,
-                url=target.url, served_model=instance,
-            )  # fmt: skip
+            target = dataclasses.replace(target, served_model=instance)
         return super().run(job, target)
 
     def request(
@@ -82,7 +80,7 @@ class LMStudio(ServedEngine):
         assert target.url is not None
         body = {
             "model": target.served_model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": [user_message(prompt, target.image)],
             "max_tokens": job.workload.gen_tokens,
             "temperature": 0,
             "seed": 42,

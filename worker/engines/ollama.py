@@ -6,6 +6,7 @@ Docs: docs.ollama.com/api/generate, docs.ollama.com/api/usage, docs.ollama.com/a
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from jobs.result import RequestSample
@@ -33,13 +34,15 @@ class Ollama(ServedEngine):
         }
         if job.backend == "cpu":
             options["num_gpu"] = 0  # layers on the GPU: none
-        body = {
+        body: dict[str, Any] = {
             "model": target.served_model,
             "prompt": prompt,
             "raw": True,  # no chat template: the prompt is exactly what we measure
             "stream": True,
             "options": options,
         }
+        if target.image is not None:
+            body["images"] = [base64.b64encode(target.image.read_bytes()).decode()]
         clock = StreamClock.start()
         final: dict[str, Any] = {}
         for chunk in stream_ndjson(target.url, "/api/generate", body, timeout_s=job.timeout_s):

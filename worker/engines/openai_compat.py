@@ -12,7 +12,7 @@ from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import RunTarget, register
 from worker.engines.http_stream import get_json, stream_sse
-from worker.engines.served import ServedEngine
+from worker.engines.served import ServedEngine, user_message
 from worker.engines.timing import StreamClock
 
 
@@ -24,7 +24,7 @@ class OpenAICompatible(ServedEngine):
         assert target.url is not None
         body = {
             "model": target.served_model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": [user_message(prompt, target.image)],
             "max_tokens": job.workload.gen_tokens,
             "temperature": 0,
             "seed": 42,

@@ -8,8 +8,11 @@ reports about the loaded model and runtime).
 
 from __future__ import annotations
 
+import base64
 import itertools
+import mimetypes
 from abc import abstractmethod
+from pathlib import Path
 from typing import Any
 
 from jobs.result import EngineInfo, Measurement, RequestSample, Status
@@ -25,6 +28,25 @@ _WORDS = (
     "had not but what all were when we there can an your which their said if do will each about "
     "how up out them then she many some so these would other into has more her two like him see"
 ).split()
+
+
+def image_data_url(path: Path) -> str:
+    """`data:image/png;base64,...`: how OpenAI-style APIs take a local image."""
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def user_message(prompt: str, image: Path | None) -> dict[str, Any]:
+    """An OpenAI chat message: plain text, or text plus the image as a data URL."""
+    if image is None:
+        return {"role": "user", "content": prompt}
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": prompt},
+            {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+        ],
+    }
 
 
 def synthetic_prompt(n_tokens: int, nonce: int) -> str:
