@@ -96,8 +96,18 @@ def _axes(row: JobRow) -> dict[str, Any]:
         "backend": spec.backend,
         "context": spec.context,
         "vram_split": spec.configuration.get("vram_split", "-"),
-        "workload": f"{spec.workload.prompt_tokens}+{spec.workload.gen_tokens}",
+        "workload": _workload_label(spec),
     }
+
+
+def _workload_label(spec: Any) -> str:
+    work = spec.workload
+    if work.prompt_text:
+        text = work.prompt_text if len(work.prompt_text) <= 24 else work.prompt_text[:23] + "…"
+        prompt = f'"{text}"'
+    else:
+        prompt = str(work.prompt_tokens)
+    return f"{prompt}+{work.gen_tokens}" + (f" +image {work.image}" if work.image else "")
 
 
 def build_pivot(campaign: str, rows: list[JobRow]) -> Pivot:
@@ -151,9 +161,10 @@ def render(pivot: Pivot, fmt: str) -> str:
     constants = ", ".join(f"{_AXIS_TITLES.get(k, k)} {v}" for k, v in pivot.constant_axes.items())
     legend = (
         "tg = text generation, pp = prompt processing: tokens/s, median ± MAD over n "
-        "repetitions (llama-bench: the KV cache is pre-filled to context - prompt - gen tokens, "
-        "so a run ends at the row's context; llama-server: pp from the server's prefill "
-        "timing, tg and ttft, time to first token, measured by the client)."
+        "repetitions. llama-bench: the KV cache is pre-filled to context - prompt - gen tokens, "
+        "so a run ends at the row's context. Server engines: ttft (time to first token) and tg "
+        "measured by the client, pp from the server's own prefill timing; lmstudio: ttft and tg "
+        "are LM Studio's own figures and pp is an estimate (prompt tokens / ttft)."
     )
     if fmt == "md":
         out = [f"### {pivot.campaign}", ""]

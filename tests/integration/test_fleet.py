@@ -152,5 +152,5 @@ def test_both_engines_through_real_workers_report_ttft_tg_and_pp(
         for r in job.result.requests:
             # client TTFT agrees with the server's own prefill time (see test_llama_server)
             assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s
-            assert r.ttft_s <= r.server_timings["prompt_ms"] / 1000 + 0.1
+            assert r.ttft_s <= r.server_timings["prompt_ms"] / 1000 + 0.5
         assert job.result.load_time_s is not None  # each context is its own server group

@@ -350,7 +350,7 @@ def test_markdown_is_a_github_pipe_table_with_legend() -> None:
     assert any(
         line.startswith(
             "tg = text generation, pp = prompt processing: tokens/s, median ± MAD over n "
-            "repetitions (llama-bench: the KV cache is pre-filled to context - prompt - gen"
+            "repetitions. llama-bench: the KV cache is pre-filled to context - prompt - gen"
         )
         for line in lines
     )

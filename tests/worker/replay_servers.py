@@ -46,6 +46,12 @@ def _handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if request.get("keep_alive") == 0 and "prompt" not in request:
+                # the documented unload call: {"model", "keep_alive": 0}
+                state["unloaded"].append(request["model"])
+                self._json({"model": request["model"], "created_at": "2025-10-17T23:14:07Z",
+                            "response": "", "done": True, "done_reason": "unload"})  # fmt: skip
+                return
             state["requests"].append(request)
             n = int(request["options"]["num_predict"])
             prompt_n = len(request["prompt"].split())
@@ -76,7 +82,7 @@ def _handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def replay_ollama(size_vram: int = 5137025024) -> Iterator[tuple[str, dict[str, Any]]]:
     """(base URL, state) of a replaying Ollama on a free loopback port."""
-    state: dict[str, Any] = {"requests": [], "size_vram": size_vram}
+    state: dict[str, Any] = {"requests": [], "size_vram": size_vram, "unloaded": []}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -110,6 +116,7 @@ def _lmstudio_handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
                 answer = json.loads((LMSTUDIO / "load.json").read_text())
                 answer["config"]["context_length"] = request["config"]["context_length"]
                 answer["model_instance_id"] = request["model"]
+                state["context"] = request["config"]["context_length"]
                 self._json(answer)
             elif self.path == "/api/v1/models/unload":
                 self._json({"instance_id": request["instance_id"]})
@@ -124,6 +131,7 @@ def _lmstudio_handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
                     tokens_per_second=1 / TOKEN_INTERVAL_S,
                 )
                 answer["runtime"]["name"] = state["runtime"]
+                answer["model_info"]["context_length"] = state.get("context", 4096)
                 self._json(answer)
             else:
                 self.send_error(404)

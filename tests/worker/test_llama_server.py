@@ -54,8 +54,9 @@ def test_client_ttft_agrees_with_the_server_timing(
         assert not r.cached_prompt
         server_prefill_s = r.server_timings["prompt_ms"] / 1000
         # Tolerance: the client's TTFT is the server's prefill plus one decode step plus
-        # loopback HTTP; it can never be shorter, and on this box is within 100 ms of it.
-        assert server_prefill_s <= r.ttft_s <= server_prefill_s + 0.1
+        # loopback HTTP; it can never be shorter, and is within 0.5 s of it even on a
+        # loaded 2-core CI box (a few ms when idle).
+        assert server_prefill_s <= r.ttft_s <= server_prefill_s + 0.5
         assert r.ttft_s < r.e2e_s
         assert set(r.itl_s) == {"p50", "p90", "p99"}
         assert r.itl_s["p50"] <= r.itl_s["p90"] <= r.itl_s["p99"]

@@ -30,6 +30,8 @@ def test_ollama_request_options_timings_and_offload() -> None:
         outcome = get_engine("ollama").run(
             _job("ollama"), RunTarget(None, None, 60, url=url, served_model="tiny:q8_0")
         )
+        get_engine("llama-bench")  # another engine is next: Ollama is asked to unload the model
+        assert state["unloaded"] == ["tiny:q8_0"]
     assert outcome.status is Status.OK, outcome.error
     sent = state["requests"]
     assert len(sent) == 4  # one warm-up + 3 measured
@@ -45,7 +47,8 @@ def test_ollama_request_options_timings_and_offload() -> None:
         assert r.gen_tokens == 20
         assert r.ttft_s >= PREFILL_S  # the client cannot see a token before the server sends it
         assert r.decode_tokens_per_s is not None
-        assert r.decode_tokens_per_s < 1 / TOKEN_INTERVAL_S  # paced by the server's stream
+        # paced by the server's stream (margin: a late first read can shorten the span)
+        assert r.decode_tokens_per_s < 1.2 / TOKEN_INTERVAL_S
     details = outcome.engine.details
     assert details["version"] == "0.12.6"
     assert details["partial_offload"] is False and details["gpu_fraction"] == 1.0

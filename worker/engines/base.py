@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from jobs.telemetry import PhaseWindow
 
 def _ignore_pid(_pid: int) -> None:
     return None
+
+
+log = logging.getLogger("orch.worker")
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def get_engine(name: str) -> Engine:
     so that nothing else holds the GPU or the CPU while this engine measures."""
     for other, instance in list(_INSTANCES.items()):
         if other != name:
-            instance.close()
+            _close_quietly(other, instance)
     try:
         if name not in _INSTANCES:
             _INSTANCES[name] = _REGISTRY[name]()
@@ -110,8 +114,16 @@ def get_engine(name: str) -> Engine:
 
 
 def close_engines() -> None:
-    for instance in _INSTANCES.values():
+    for name, instance in _INSTANCES.items():
+        _close_quietly(name, instance)
+
+
+def _close_quietly(name: str, instance: Engine) -> None:
+    """A server that cannot be told to unload must not cost the next job, or the shutdown."""
+    try:
         instance.close()
+    except Exception:
+        log.exception("engine %s failed to release what it kept running", name)
 
 
 def registered() -> list[str]:

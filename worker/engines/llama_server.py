@@ -50,6 +50,8 @@ class LlamaServer(Engine):
         self._server, self._group, self._load_time_s = None, None, None
 
     def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
+        # One deadline for everything the job does: load, tokenizing, warm-up, repetitions.
+        deadline = time.monotonic() + target.timeout_s
         info = EngineInfo(name=self.name, backend=job.backend, binary=str(target.binary))
         group = (str(target.binary), str(target.model_path), job.context, target.threads,
                  job.backend)  # fmt: skip
@@ -62,7 +64,7 @@ class LlamaServer(Engine):
         assert server is not None
         target.on_process(server.pid)
         try:
-            return self._measure(job, server, info, fresh_load)
+            return self._measure(job, server, info, fresh_load, deadline, target.timeout_s)
         except (HttpError, OSError, ValueError, KeyError) as exc:
             tail = server.log_tail()
             alive = server.alive()
@@ -93,6 +95,7 @@ class LlamaServer(Engine):
         try:
             server.start()
         except OSError as exc:
+            server.stop()  # closes its log file
             return EngineOutcome(Status.ERROR, info, error=f"cannot start: {exc}", argv=argv)
         target.on_process(server.pid)
         ready = server.wait_ready(min(_LOAD_TIMEOUT_S, target.timeout_s))
@@ -111,22 +114,28 @@ class LlamaServer(Engine):
         return None
 
     def _measure(
-        self, job: JobSpec, server: ServerProcess, info: EngineInfo, fresh_load: bool
+        self,
+        job: JobSpec,
+        server: ServerProcess,
+        info: EngineInfo,
+        fresh_load: bool,
+        deadline: float,
+        timeout_s: float,
     ) -> EngineOutcome:
         work = job.workload
         prompt: str | list[int] = work.prompt_text or _prompt_tokens(server.url, work.prompt_tokens)
-        deadline = time.monotonic() + job.timeout_s
-        for _ in range(work.warmup_runs):
-            _request(server.url, prompt, work.gen_tokens, job.timeout_s)
         samples: list[RequestSample] = []
         phases: list[PhaseWindow] = []
-        for _ in range(job.repetitions):
-            if time.monotonic() > deadline:
-                return EngineOutcome(Status.TIMEOUT, info, error=f"past {job.timeout_s} s",
-                                     argv=server.argv)  # fmt: skip
-            sample, windows = _request(server.url, prompt, work.gen_tokens, job.timeout_s)
-            samples.append(sample)
-            phases += windows
+        try:
+            for _ in range(work.warmup_runs):
+                _request(server.url, prompt, work.gen_tokens, deadline)
+            for _ in range(job.repetitions):
+                sample, windows = _request(server.url, prompt, work.gen_tokens, deadline)
+                samples.append(sample)
+                phases += windows
+        except TimeoutError as exc:
+            return EngineOutcome(Status.TIMEOUT, info, error=f"{exc} ({timeout_s:.0f} s)",
+                                 argv=server.argv)  # fmt: skip
         props = get_json(server.url, "/props", timeout_s=10)
         details = {
             "build_info": props.get("build_info"),
@@ -156,7 +165,7 @@ def _prompt_tokens(url: str, n: int) -> list[int]:
 
 
 def _request(
-    url: str, prompt: str | list[int], gen_tokens: int, timeout_s: float
+    url: str, prompt: str | list[int], gen_tokens: int, deadline: float
 ) -> tuple[RequestSample, list[PhaseWindow]]:
     body = {
         "prompt": prompt,
@@ -167,19 +176,21 @@ def _request(
         "seed": 42,
         "ignore_eos": True,
     }
-    clock = StreamClock.start()
+    clock = StreamClock.start(deadline)
     final: dict[str, Any] = {}
-    for event in stream_sse(url, "/completion", body, timeout_s=timeout_s):
+    for event in stream_sse(url, "/completion", body, timeout_s=clock.remaining_s()):
         if event.get("stop"):
             final = event
             break
-        clock.token()  # llama-server streams one event per token
+        clock.token(event.get("tokens_predicted"))
     clock.finish()
+    if not final:
+        raise ValueError("the stream ended without its final `stop` event")
     if not clock.token_times:
         raise ValueError(f"no token streamed (final event: {json.dumps(final)[:300]})")
     timings = final.get("timings", {})
     prompt_n = int(timings.get("prompt_n", final.get("tokens_evaluated", 0)))
-    generated = len(clock.token_times)
+    generated = int(timings.get("predicted_n", final.get("tokens_predicted", 0)))
     sample = clock.sample(
         prompt_tokens=prompt_n,
         gen_tokens=generated,

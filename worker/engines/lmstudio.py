@@ -18,7 +18,7 @@ import dataclasses
 import time
 from typing import Any
 
-from jobs.result import RequestSample
+from jobs.result import RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import EngineOutcome, RunTarget, register
@@ -37,13 +37,13 @@ class LMStudio(ServedEngine):
         self._last_runtime: dict[str, Any] = {}
 
     def close(self) -> None:
-        if self._instance is not None:
-            url, _model, instance_id, _context = self._instance
+        instance, self._instance = self._instance, None
+        if instance is not None:
+            url, _model, instance_id, _context = instance
             try:
                 post_json(url, "/api/v1/models/unload", {"instance_id": instance_id}, timeout_s=60)
-            except OSError:
-                pass  # the app may be gone; nothing of ours is left running
-        self._instance = None
+            except (OSError, HttpError):
+                pass  # already unloaded (by the user, by a TTL) or the app is gone
 
     def prepare(self, job: JobSpec, target: RunTarget) -> str:
         """Load the model with the job's context (or reuse it); return the instance id."""
@@ -72,10 +72,13 @@ class LMStudio(ServedEngine):
             except (OSError, KeyError, ValueError) as exc:
                 return self.failed(job, target, f"cannot load {target.served_model}: {exc}")
             target = dataclasses.replace(target, served_model=instance)
-        return super().run(job, target)
+        outcome = super().run(job, target)
+        if outcome.status is not Status.OK:
+            self.close()  # do not trust (or keep holding) an instance a failed job used
+        return outcome
 
     def request(
-        self, job: JobSpec, target: RunTarget, prompt: str
+        self, job: JobSpec, target: RunTarget, prompt: str, deadline: float
     ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
         assert target.url is not None
         body = {
@@ -87,7 +90,10 @@ class LMStudio(ServedEngine):
             "stream": False,
         }
         sent = time.monotonic()
-        answer = post_json(target.url, "/api/v0/chat/completions", body, timeout_s=job.timeout_s)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no time left for another request")
+        answer = post_json(target.url, "/api/v0/chat/completions", body, timeout_s=remaining)
         done = time.monotonic()
         stats, usage = answer["stats"], answer.get("usage", {})
         self._last_runtime = {
@@ -133,6 +139,12 @@ class LMStudio(ServedEngine):
             "pp_source": "prompt_tokens / LM Studio time_to_first_token (an estimate)",
         }
         name = str(runtime.get("name", ""))
+        context = self._last_runtime.get("model_info", {}).get("context_length")
+        if context is not None and int(context) != job.context:
+            # e.g. the instance was unloaded meanwhile and LM Studio reloaded it with defaults
+            return details, (
+                f"LM Studio ran the model with context {context}, not the job's {job.context}"
+            )
         if job.backend != "cpu" and job.backend not in name.lower():
             return details, (
                 f"LM Studio ran runtime {name!r}, not a {job.backend} one: select it with "

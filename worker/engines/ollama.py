@@ -13,7 +13,7 @@ from jobs.result import RequestSample
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import RunTarget, register
-from worker.engines.http_stream import get_json, stream_ndjson
+from worker.engines.http_stream import HttpError, get_json, post_json, stream_ndjson
 from worker.engines.served import ServedEngine
 from worker.engines.timing import StreamClock
 
@@ -22,8 +22,21 @@ _NS = 1e9
 
 @register("ollama")
 class Ollama(ServedEngine):
+    def __init__(self) -> None:
+        self._used: set[tuple[str, str]] = set()  # (url, model) this worker ran
+
+    def close(self) -> None:
+        """Ask Ollama to unload what we ran (keep_alive 0): its default keeps a model in
+        (shared) GPU memory for minutes, which the next engine's job would pay for."""
+        used, self._used = self._used, set()
+        for url, model in used:
+            try:
+                post_json(url, "/api/generate", {"model": model, "keep_alive": 0}, timeout_s=60)
+            except (OSError, HttpError):
+                pass  # Ollama is gone or the model already unloaded
+
     def request(
-        self, job: JobSpec, target: RunTarget, prompt: str
+        self, job: JobSpec, target: RunTarget, prompt: str, deadline: float
     ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
         assert target.url is not None
         options: dict[str, Any] = {
@@ -43,13 +56,16 @@ class Ollama(ServedEngine):
         }
         if target.image is not None:
             body["images"] = [base64.b64encode(target.image.read_bytes()).decode()]
-        clock = StreamClock.start()
+        assert target.served_model is not None
+        self._used.add((target.url, target.served_model))
+        clock = StreamClock.start(deadline)
         final: dict[str, Any] = {}
-        for chunk in stream_ndjson(target.url, "/api/generate", body, timeout_s=job.timeout_s):
+        stream = stream_ndjson(target.url, "/api/generate", body, timeout_s=clock.remaining_s())
+        for chunk in stream:
             if chunk.get("done"):
                 final = chunk
                 break
-            if chunk.get("response"):
+            if chunk.get("response") or chunk.get("thinking"):
                 clock.token()
         clock.finish()
         if not final:
@@ -57,12 +73,7 @@ class Ollama(ServedEngine):
         prompt_n = int(final.get("prompt_eval_count", 0))
         gen_n = int(final.get("eval_count", len(clock.token_times)))
         timings = {k: float(v) for k, v in final.items() if k.endswith(("_duration", "_count"))}
-        sample = clock.sample(
-            prompt_tokens=prompt_n,
-            gen_tokens=gen_n,
-            server_timings=timings,
-            cached_prompt=int(final.get("prompt_eval_cached_count", 0)) > 0,
-        )
+        sample = clock.sample(prompt_tokens=prompt_n, gen_tokens=gen_n, server_timings=timings)
         return sample, clock.windows(prompt_n, gen_n), final
 
     def prefill_rate(self, sample: RequestSample) -> float | None:

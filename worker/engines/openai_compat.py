@@ -19,7 +19,7 @@ from worker.engines.timing import StreamClock
 @register("openai")
 class OpenAICompatible(ServedEngine):
     def request(
-        self, job: JobSpec, target: RunTarget, prompt: str
+        self, job: JobSpec, target: RunTarget, prompt: str, deadline: float
     ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
         assert target.url is not None
         body = {
@@ -30,13 +30,19 @@ class OpenAICompatible(ServedEngine):
             "seed": 42,
             "stream": True,
             "stream_options": {"include_usage": True},
+            # Generate exactly max_tokens where the server supports it (vLLM, SGLang,
+            # llama-server); OpenAI-compatible servers ignore parameters they do not know.
+            "ignore_eos": True,
         }
-        clock = StreamClock.start()
+        clock = StreamClock.start(deadline)
         usage: dict[str, Any] = {}
         last: dict[str, Any] = {}
-        for chunk in stream_sse(target.url, "/chat/completions", body, timeout_s=job.timeout_s):
+        stream = stream_sse(target.url, "/chat/completions", body, timeout_s=clock.remaining_s())
+        for chunk in stream:
             for choice in chunk.get("choices") or []:
-                if (choice.get("delta") or {}).get("content"):
+                delta = choice.get("delta") or {}
+                # A reasoning model's thinking is generated tokens too (usage counts them).
+                if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"):
                     clock.token()
             if chunk.get("usage"):
                 usage, last = chunk["usage"], chunk

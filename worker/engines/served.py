@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import itertools
 import mimetypes
+import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,10 @@ class ServedEngine(Engine):
 
     @abstractmethod
     def request(
-        self, job: JobSpec, target: RunTarget, prompt: str
+        self, job: JobSpec, target: RunTarget, prompt: str, deadline: float
     ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
-        """One streamed request: its timing, phase windows, and the final server payload."""
+        """One request, finished before `deadline` (time.monotonic) or TimeoutError: its
+        timing, phase windows, and the server's final payload."""
 
     def details(self, job: JobSpec, target: RunTarget) -> tuple[dict[str, Any], str | None]:
         """What the server reports (model, runtime, memory); and a problem that fails the job."""
@@ -80,20 +82,28 @@ class ServedEngine(Engine):
         if target.url is None or target.served_model is None:
             return EngineOutcome(Status.ERROR, info, error=f"{self.name} needs `url` and `models`")
         work = job.workload
-        nonce = itertools.count(1)
+        deadline = time.monotonic() + target.timeout_s
         samples: list[RequestSample] = []
         phases: list[PhaseWindow] = []
         first_payload: dict[str, Any] = {}
         try:
             for i in range(work.warmup_runs + job.repetitions):
-                prompt = work.prompt_text or synthetic_prompt(work.prompt_tokens, next(nonce))
-                sample, windows, payload = self.request(job, target, prompt)
+                # A unique prefix per request, fixed prompts included: no repetition may be
+                # answered from the server's prompt cache.
+                if work.prompt_text:
+                    prompt = f"[run {i + 1}] {work.prompt_text}"
+                else:
+                    prompt = synthetic_prompt(work.prompt_tokens, i + 1)
+                sample, windows, payload = self.request(job, target, prompt, deadline)
                 if i == 0:
                     first_payload = payload
                 if i >= work.warmup_runs:
                     samples.append(sample)
                     phases += windows
             details, problem = self.details(job, target)
+        except TimeoutError as exc:
+            error = f"{self.name}: past the job's {target.timeout_s:.0f} s ({exc})"
+            return EngineOutcome(Status.TIMEOUT, info, error=error, requests=samples)
         except (HttpError, OSError, ValueError, KeyError) as exc:
             return EngineOutcome(Status.ERROR, info, error=f"{self.name} at {target.url}: {exc}")
         info = info.model_copy(update={"details": details})

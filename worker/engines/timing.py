@@ -22,16 +22,32 @@ from jobs.telemetry import PhaseWindow
 
 @dataclass
 class StreamClock:
+    """Times of the streamed events that carried output (tokens, or reasoning tokens)."""
+
     sent: float
+    deadline: float | None = None
     token_times: list[float] = field(default_factory=list)
+    counts: list[int | None] = field(default_factory=list)  # tokens so far, where reported
     done: float | None = None
 
     @classmethod
-    def start(cls) -> StreamClock:
-        return cls(time.monotonic())
+    def start(cls, deadline: float | None = None) -> StreamClock:
+        return cls(time.monotonic(), deadline)
 
-    def token(self) -> None:
-        self.token_times.append(time.monotonic())
+    def token(self, tokens_so_far: int | None = None) -> None:
+        """An event with output arrived; `tokens_so_far` when the server says (llama-server
+        does: an event can hold several tokens, or none while a UTF-8 character is split)."""
+        now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise TimeoutError("the job's time limit passed while tokens were streaming")
+        self.token_times.append(now)
+        self.counts.append(tokens_so_far)
+
+    def remaining_s(self) -> float:
+        """Seconds left before the deadline (at least 1: a socket timeout of 0 means none)."""
+        if self.deadline is None:
+            return 3600.0
+        return max(1.0, self.deadline - time.monotonic())
 
     def finish(self) -> None:
         self.done = time.monotonic()
@@ -44,17 +60,26 @@ class StreamClock:
         server_timings: dict[str, float] | None = None,
         cached_prompt: bool = False,
     ) -> RequestSample:
-        """`gen_tokens` is what the server says it generated (events may carry several)."""
+        """`gen_tokens` is what the server says it generated.
+
+        Decode speed counts the tokens after the first event over the time after it: from the
+        server's running count where it gives one, else assuming tokens spread evenly over
+        events. ITL percentiles are gaps between streamed events.
+        """
         if not self.token_times or self.done is None:
             raise ValueError("no token was streamed")
         first, last = self.token_times[0], self.token_times[-1]
         gaps = [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
+        if self.counts[0] is not None and self.counts[-1] is not None:
+            decoded = float(self.counts[-1] - self.counts[0])
+        else:
+            decoded = gen_tokens - gen_tokens / len(self.token_times)
         return RequestSample(
             prompt_tokens=prompt_tokens,
             gen_tokens=gen_tokens,
             ttft_s=first - self.sent,
             e2e_s=self.done - self.sent,
-            decode_tokens_per_s=(gen_tokens - 1) / (last - first) if last > first else None,
+            decode_tokens_per_s=decoded / (last - first) if last > first and decoded > 0 else None,
             itl_s=percentiles(gaps),
             server_timings=server_timings or {},
             cached_prompt=cached_prompt,

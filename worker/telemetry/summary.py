@@ -66,6 +66,11 @@ def _weighted_mean(weighted: Sequence[tuple[float, float]]) -> float | None:
     return min(max(mean, min(v for v, _ in weighted)), max(v for v, _ in weighted))
 
 
+def _typical_interval(samples: Sequence[Sample]) -> float:
+    gaps = sorted(b.t_s - a.t_s for a, b in zip(samples, samples[1:], strict=False))
+    return gaps[len(gaps) // 2] if gaps else 0.0
+
+
 def summarize_phase(
     samples: Sequence[Sample], window: PhaseWindow, power_metric: str | None
 ) -> PhaseSummary:
@@ -86,7 +91,9 @@ def summarize_phase(
         phase=window.phase, start_s=start, end_s=end, tokens=window.tokens, metrics=metrics
     )
     duration = end - start
-    if power_metric is None or duration <= 0:
+    if power_metric is None or duration <= 0 or duration < _typical_interval(samples):
+        # A window shorter than the sample spacing would get power read mostly outside it
+        # (and hwmon's power1_average is itself averaged): no energy rather than a guess.
         return summary
     powered = [(s.values[power_metric], w) for s, w in covering if power_metric in s.values]
     covered_s = sum(w for _, w in powered)
