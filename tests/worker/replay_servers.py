@@ -21,19 +21,33 @@ TOKEN_INTERVAL_S = 0.002
 PREFILL_S = 0.01
 
 
+class _JsonHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def _json(self, body: Any, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-            pass
-
-        def _json(self, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(_JsonHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path == "/api/version":
                 self._json({"version": "0.12.6"})
@@ -83,29 +97,12 @@ def _handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
 def replay_ollama(size_vram: int = 5137025024) -> Iterator[tuple[str, dict[str, Any]]]:
     """(base URL, state) of a replaying Ollama on a free loopback port."""
     state: dict[str, Any] = {"requests": [], "size_vram": size_vram, "unloaded": []}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(_handler(state)) as url:
+        yield url, state
 
 
 def _lmstudio_handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _json(self, body: Any, status: int = 200) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(_JsonHandler):
         def do_POST(self) -> None:  # noqa: N802
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state["calls"].append((self.path, request))
@@ -145,11 +142,5 @@ def replay_lmstudio(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(base URL, state) of a replaying LM Studio serving the model key `tiny-q8_0`."""
     state: dict[str, Any] = {"calls": [], "runtime": runtime, "models": {"tiny-q8_0"}}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _lmstudio_handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(_lmstudio_handler(state)) as url:
+        yield url, state

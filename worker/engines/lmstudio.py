@@ -23,7 +23,7 @@ from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import EngineOutcome, RunTarget, register
 from worker.engines.http_stream import HttpError, post_json
-from worker.engines.served import ServedEngine, user_message
+from worker.engines.served import ServedEngine, chat_body
 
 _LOAD_TIMEOUT_S = 1200.0
 
@@ -81,14 +81,7 @@ class LMStudio(ServedEngine):
         self, job: JobSpec, target: RunTarget, prompt: str, deadline: float
     ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
         assert target.url is not None
-        body = {
-            "model": target.served_model,
-            "messages": [user_message(prompt, target.image)],
-            "max_tokens": job.workload.gen_tokens,
-            "temperature": 0,
-            "seed": 42,
-            "stream": False,
-        }
+        body = {**chat_body(job, target, prompt), "stream": False}
         sent = time.monotonic()
         remaining = deadline - time.monotonic()
         if remaining <= 0:

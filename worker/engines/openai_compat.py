@@ -12,7 +12,7 @@ from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import RunTarget, register
 from worker.engines.http_stream import get_json, stream_sse
-from worker.engines.served import ServedEngine, user_message
+from worker.engines.served import ServedEngine, chat_body
 from worker.engines.timing import StreamClock
 
 
@@ -23,11 +23,7 @@ class OpenAICompatible(ServedEngine):
     ) -> tuple[RequestSample, list[PhaseWindow], dict[str, Any]]:
         assert target.url is not None
         body = {
-            "model": target.served_model,
-            "messages": [user_message(prompt, target.image)],
-            "max_tokens": job.workload.gen_tokens,
-            "temperature": 0,
-            "seed": 42,
+            **chat_body(job, target, prompt),
             "stream": True,
             "stream_options": {"include_usage": True},
             # Generate exactly max_tokens where the server supports it (vLLM, SGLang,

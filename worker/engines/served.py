@@ -37,6 +37,17 @@ def image_data_url(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
+def chat_body(job: JobSpec, target: RunTarget, prompt: str) -> dict[str, Any]:
+    """An OpenAI-style chat request for the job: greedy, seeded, `gen_tokens` long."""
+    return {
+        "model": target.served_model,
+        "messages": [user_message(prompt, target.image)],
+        "max_tokens": job.workload.gen_tokens,
+        "temperature": 0,
+        "seed": 42,
+    }
+
+
 def user_message(prompt: str, image: Path | None) -> dict[str, Any]:
     """An OpenAI chat message: plain text, or text plus the image as a data URL."""
     if image is None:
