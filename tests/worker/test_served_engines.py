@@ -201,3 +201,48 @@ def test_a_vision_workload_sends_the_image_to_each_engine_that_takes_one(tmp_pat
             "image_url": {"url": f"data:image/png;base64,{b64}"},
         }
     assert json.dumps(chats[0]).count(b64) == 1
+
+
+def test_lmstudio_with_the_lms_cli_sets_gpu_offload(tmp_path: Path) -> None:
+    """With `lms` named as the backend's binary, loading goes through `lms load ... --gpu`
+    (flags as lmstudio.ai/docs/cli/load documents them). The stand-in CLI records its argv and
+    registers the instance with the LM Studio stand-in, as the real app would."""
+    import json
+    import sys
+
+    from tests.worker.replay_servers import replay_lmstudio
+
+    log = tmp_path / "lms.argv"
+    lms = tmp_path / "lms"
+    lms.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys, urllib.request\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1] == 'load':\n"
+        "    ctx = int(sys.argv[sys.argv.index('--context-length') + 1])\n"
+        "    body = json.dumps({'model': sys.argv[2], 'config': {'context_length': ctx}})\n"
+        "    req = urllib.request.Request(os.environ['FAKE_LMSTUDIO'] + '/api/v1/models/load',\n"
+        "        body.encode(), {'Content-Type': 'application/json'})\n"
+        "    urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req).read()\n"
+    )
+    lms.chmod(0o755)
+    engine = get_engine("lmstudio")
+    with replay_lmstudio() as (url, _state):
+        import os
+
+        os.environ["FAKE_LMSTUDIO"] = url
+        try:
+            out = engine.run(
+                _job("lmstudio", backend="vulkan"),
+                RunTarget(lms, None, 60, url=url, served_model="tiny-q8_0"),
+            )
+            engine.close()
+        finally:
+            del os.environ["FAKE_LMSTUDIO"]
+    assert out.status is Status.OK, out.error
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls[0] == ["load", "tiny-q8_0", "--context-length", "4096", "--gpu", "max",
+                        "--identifier", "orch-tiny-q8_0-4096"]  # fmt: skip
+    assert calls[1] == ["unload", "orch-tiny-q8_0-4096"]
+    assert out.engine.details["gpu_offload"] == "max (lms load --gpu max)"
+    assert out.load_time_s is not None and out.load_time_s > 0

@@ -1,8 +1,11 @@
 """LM Studio (port 1234), the app many of our users benchmark with by hand today.
 
-- Load: `POST /api/v1/models/load` with `config.context_length` (LM Studio 0.4+), which answers
-  `model_instance_id` and `load_time_seconds`; a loaded instance with another context is
-  unloaded first (`POST /api/v1/models/unload`), one with the same context is reused.
+- Load: with the `lms` CLI when the worker config names it as the backend's binary
+  (`lms load KEY --context-length N --gpu max|off --identifier ID`: GPU offload is set, max for a
+  GPU backend, off for cpu; load time measured around the command), else with
+  `POST /api/v1/models/load` and `config.context_length` (LM Studio 0.4+; that API has no
+  offload setting, so LM Studio's default applies and the result says so). A loaded instance
+  with another model or context is unloaded first; one with the same is reused.
 - Measure: `POST /api/v0/chat/completions` (not streamed), whose answer carries LM Studio's own
   `stats` (`time_to_first_token` s, `tokens_per_second`, `generation_time` s, `stop_reason`),
   `usage`, `model_info` (arch, quant, format, context_length) and `runtime` (name, version).
@@ -15,7 +18,9 @@ Docs: lmstudio.ai/docs/developer/rest (v1 load/unload) and /rest/endpoints (v0).
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from jobs.result import RequestSample, Status
@@ -23,6 +28,7 @@ from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import EngineOutcome, RunTarget, register
 from worker.engines.http_stream import HttpError, post_json
+from worker.engines.process import run_bounded
 from worker.engines.served import ServedEngine, chat_body
 
 _LOAD_TIMEOUT_S = 1200.0
@@ -35,13 +41,19 @@ class LMStudio(ServedEngine):
         self._instance: tuple[str, str, str, int] | None = None
         self._load_time_s: float | None = None
         self._last_runtime: dict[str, Any] = {}
+        self._lms: Path | None = None  # the lms CLI that loaded the current instance
+        self._offload = ""
 
     def close(self) -> None:
         instance, self._instance = self._instance, None
         if instance is not None:
             url, _model, instance_id, _context = instance
             try:
-                post_json(url, "/api/v1/models/unload", {"instance_id": instance_id}, timeout_s=60)
+                if self._lms is not None:
+                    run_bounded([str(self._lms), "unload", instance_id], 60)
+                else:
+                    body = {"instance_id": instance_id}
+                    post_json(url, "/api/v1/models/unload", body, timeout_s=60)
             except (OSError, HttpError):
                 pass  # already unloaded (by the user, by a TTL) or the app is gone
 
@@ -55,11 +67,28 @@ class LMStudio(ServedEngine):
                 self._load_time_s = None
                 return instance_id
             self.close()
-        body = {"model": target.served_model, "config": {"context_length": job.context}}
-        loaded = post_json(target.url, "/api/v1/models/load", body, timeout_s=_LOAD_TIMEOUT_S)
-        instance_id = str(loaded["model_instance_id"])
+        self._lms = target.binary
+        if target.binary is not None:
+            instance_id = self._load_with_cli(job, target.binary, target.served_model)
+        else:
+            body = {"model": target.served_model, "config": {"context_length": job.context}}
+            loaded = post_json(target.url, "/api/v1/models/load", body, timeout_s=_LOAD_TIMEOUT_S)
+            instance_id = str(loaded["model_instance_id"])
+            self._load_time_s = float(loaded.get("load_time_seconds", 0.0)) or None
+            self._offload = "LM Studio's default (its REST load API has no offload setting)"
         self._instance = (target.url, target.served_model, instance_id, job.context)
-        self._load_time_s = float(loaded.get("load_time_seconds", 0.0)) or None
+        return instance_id
+
+    def _load_with_cli(self, job: JobSpec, lms: Path, model: str) -> str:
+        gpu = "off" if job.backend == "cpu" else "max"
+        instance_id = re.sub(r"[^A-Za-z0-9._-]", "-", f"orch-{model}-{job.context}")
+        argv = [str(lms), "load", model, "--context-length", str(job.context),
+                "--gpu", gpu, "--identifier", instance_id]  # fmt: skip
+        done = run_bounded(argv, _LOAD_TIMEOUT_S)
+        if done.timed_out or done.returncode != 0:
+            raise HttpError(f"`{' '.join(argv)}` failed ({done.returncode}): {done.stderr_tail()}")
+        self._load_time_s = done.wall_s
+        self._offload = f"{gpu} (lms load --gpu {gpu})"
         return instance_id
 
     def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
@@ -129,6 +158,7 @@ class LMStudio(ServedEngine):
         details = {
             **self._last_runtime,
             "instance_id": target.served_model,
+            "gpu_offload": self._offload,
             "pp_source": "prompt_tokens / LM Studio time_to_first_token (an estimate)",
         }
         name = str(runtime.get("name", ""))

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class ProcessOutcome:
     stdout: str
     stderr: str
     timed_out: bool
+    wall_s: float
 
     def stderr_tail(self, lines: int = TAIL_LINES) -> str:
         return "\n".join(self.stderr.strip().splitlines()[-lines:])
@@ -60,6 +62,7 @@ def run_bounded(
         start_new_session=True,
         preexec_fn=die_with_parent(),  # noqa: PLW1509 - needed for the parent-death signal
     )
+    started = time.monotonic()
     on_start(proc.pid)
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
@@ -73,6 +76,7 @@ def run_bounded(
         stdout=stdout,
         stderr=stderr,
         timed_out=timed_out,
+        wall_s=time.monotonic() - started,
     )
 
 
