@@ -9,23 +9,24 @@ from tabulate import tabulate
 
 from orchestrator.broker import broker_time, queue_length, read_fleet
 from orchestrator.store import Store
+from orchestrator.submit import waiting_notes
 
 
 def render_status(store: Store, client: Any | None, campaign: str | None) -> str:
     out: list[str] = []
     if client is not None:
         out += _hosts(client, broker_time(client))
+    else:
+        out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     rejected = store.rejected_count()
     if rejected:
         out.append(
             f"warning: {rejected} result(s) could not be read by this orch (a worker runs a "
             "newer one?): upgrade this coordinator, they are kept and read again"
         )
-    else:
-        out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     out.append("")
     if campaign:
-        out += _campaign(store, campaign)
+        out += _campaign(store, campaign, client)
     else:
         rows = [
             [c.campaign, c.created_at, c.total, c.finished, c.ok, c.total - c.finished]
@@ -59,7 +60,7 @@ def _hosts(client: Any, now: float) -> list[str]:
     return [tabulate(rows, headers, tablefmt="simple")]
 
 
-def _campaign(store: Store, campaign: str) -> list[str]:
+def _campaign(store: Store, campaign: str, client: Any | None) -> list[str]:
     jobs = store.campaign_jobs(campaign)
     if not jobs:
         return [f"no campaign {campaign!r} in {store.path}"]
@@ -70,7 +71,12 @@ def _campaign(store: Store, campaign: str) -> list[str]:
     states = sorted({s for c in per_queue.values() for s in c})
     rows = [[queue, *(counts.get(s, 0) for s in states)] for queue, counts in per_queue.items()]
     finished = sum(1 for r in jobs if r.result)
-    return [
+    out = [
         f"campaign {campaign}: {finished}/{len(jobs)} jobs finished",
         tabulate(rows, ["queue", *states], tablefmt="simple"),
     ]
+    if client is not None:
+        fleet = read_fleet(client)
+        pending = [r.spec for r in jobs if r.result is None and r.spec.host in fleet.inventories]
+        out += waiting_notes(pending, fleet.inventories, broker_time(client))
+    return out

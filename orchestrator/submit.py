@@ -123,18 +123,25 @@ def check_against_fleet(mf: MatrixFile, jobs: list[JobSpec], fleet: Fleet) -> li
     return list(dict.fromkeys(problems))  # one line per distinct problem, in order
 
 
-def _notes(
+def _config_words(configuration: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(configuration.items())) or "no vram_split"
+
+
+def waiting_notes(
     pending: list[JobSpec], inventories: dict[str, WorkerInventory], now: float
 ) -> list[str]:
     """Why some jobs will not start soon: their host is off, or in another configuration."""
     notes = []
-    elsewhere = Counter((j.host, j.queue) for j in pending if j.queue != inventories[j.host].queue)
-    for (host, queue), count in sorted(elsewhere.items()):
-        config = queue.rsplit(".", 1)[-1]
-        now_in = inventories[host].queue.rsplit(".", 1)[-1]
+    elsewhere = Counter(
+        (j.host, _config_words(j.configuration))
+        for j in pending
+        if j.queue != inventories[j.host].queue
+    )
+    for (host, wanted), count in sorted(elsewhere.items()):
+        now_in = _config_words(inventories[host].configuration)
         notes.append(
-            f"{host}: {count} job(s) wait for configuration {config} (it runs "
-            f"{now_in} now): restart its worker in that configuration to run them"
+            f"{host}: {count} job(s) wait for {wanted} (now {now_in}) — reboot into that "
+            "BIOS setting and restart its worker with it declared"
         )
     for host in sorted({j.host for j in pending}):
         if not inventories[host].online(now):
@@ -169,7 +176,7 @@ def submit(path: Path, broker_url: str, store: Store) -> SubmitOutcome:
             store.record_job(job)
     finally:
         publisher.close()
-    notes = _notes(fresh + waiting, fleet.inventories, broker_time(client))
+    notes = waiting_notes(fresh + waiting, fleet.inventories, broker_time(client))
     requeued = [j for j in fresh if j.job_id in known]
     return SubmitOutcome(mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes)
 

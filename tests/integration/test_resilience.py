@@ -77,10 +77,15 @@ def test_jobs_follow_the_configuration_their_host_is_in(
     elsewhere.write_text(MATRIX.format(name="small-carveout", extra=", vram_split: [512M]"))
     out = _submit(store, elsewhere, broker)
     assert out["queues"] == ["orch.laptop-80w.vram-512M"]
-    assert out["notes"] == [
-        "laptop-80w: 1 job(s) wait for configuration vram-512M (it runs vram-32G now): "
-        "restart its worker in that configuration to run them"
-    ]
+    instruction = (
+        "laptop-80w: 1 job(s) wait for vram_split=512M (now vram_split=32G) — reboot into "
+        "that BIOS setting and restart its worker with it declared"
+    )
+    assert out["notes"] == [instruction]
+    status = orch("--store", str(store), "status", "small-carveout", "--broker", broker)
+    assert status.returncode == 0, status.stderr
+    assert instruction in status.stdout
+    assert "hosts: unknown" not in status.stdout
     rows = Store.open(store).campaign_jobs("small-carveout")
     assert rows[0].spec.configuration == {"vram_split": "512M"}
 
