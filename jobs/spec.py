@@ -131,6 +131,11 @@ class JobSpec(BaseModel):
     def queue(self) -> str:
         return queue_name(self.host, self.configuration)
 
+    def load_group(self) -> tuple[str, ...]:
+        """Jobs with the same group can share one loaded model (a warm server): run them back to
+        back and the campaign loads each model once per group."""
+        return (self.queue, self.engine, self.model, self.backend, str(self.context))
+
     def axes(self) -> dict[str, Any]:
         """The values that identify this job in a report."""
         return {

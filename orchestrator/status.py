@@ -71,8 +71,11 @@ def _campaign(store: Store, campaign: str, client: Any | None) -> list[str]:
     states = sorted({s for c in per_queue.values() for s in c})
     rows = [[queue, *(counts.get(s, 0) for s in states)] for queue, counts in per_queue.items()]
     finished = sum(1 for r in jobs if r.result)
+    loads = sum(1 for r in jobs if r.result is not None and r.result.load_time_s is not None)
+    groups = len({r.spec.load_group() for r in jobs if r.result and r.result.requests})
     out = [
-        f"campaign {campaign}: {finished}/{len(jobs)} jobs finished",
+        f"campaign {campaign}: {finished}/{len(jobs)} jobs finished; server model loads: "
+        f"{loads} for {groups} group(s) of jobs that can share one",
         tabulate(rows, ["queue", *states], tablefmt="simple"),
     ]
     if client is not None:

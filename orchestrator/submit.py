@@ -165,7 +165,12 @@ def submit(path: Path, broker_url: str, store: Store) -> SubmitOutcome:
     in_broker = waiting_job_ids(client)
     done = [j for j in jobs if j.job_id in finished]
     waiting = [j for j in jobs if j.job_id not in finished and j.job_id in in_broker]
-    fresh = [j for j in jobs if j.job_id not in finished and j.job_id not in in_broker]
+    # Queues are FIFO: publishing each host's jobs grouped by what they load makes them run
+    # back to back on a warm server (the fewest model loads).
+    fresh = sorted(
+        (j for j in jobs if j.job_id not in finished and j.job_id not in in_broker),
+        key=JobSpec.load_group,
+    )
     publisher = Publisher(broker_url)
     try:
         store.record_campaign(mf.matrix.campaign, str(path.resolve()), mf.text)

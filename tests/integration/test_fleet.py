@@ -154,3 +154,5 @@ def test_both_engines_through_real_workers_report_ttft_tg_and_pp(
             assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s
             assert r.ttft_s <= r.server_timings["prompt_ms"] / 1000 + 0.5
         assert job.result.load_time_s is not None  # each context is its own server group
+    status = orch("--store", str(store_path), "status", "engines", "--broker", broker)
+    assert "server model loads: 2 for 2 group(s)" in status.stdout
