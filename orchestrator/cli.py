@@ -20,10 +20,12 @@ import redis
 from jobs.paths import orch_home
 from jobs.protocol import redact_url
 from orchestrator import status as status_mod
-from orchestrator.broker import connect
+from orchestrator.broker import connect, read_fleet
 from orchestrator.errors import OrchError
 from orchestrator.hosts import render_hosts
 from orchestrator.local import local_fleet, prepare_demo
+from orchestrator.matrixfile import load_matrix_file
+from orchestrator.plan import parse_model_options, plan, render_plan
 from orchestrator.report import FORMATS, build_pivot, render
 from orchestrator.store import Store, default_store_path
 from orchestrator.submit import Progress, SubmitOutcome, submit, wait_for
@@ -164,6 +166,22 @@ def status_cmd(ctx: click.Context, campaign: str | None, broker: str | None) -> 
     if client is not None:
         store.collect(client)
     click.echo(status_mod.render_status(store, client, campaign))
+
+
+@cli.command("plan")
+@click.argument("matrix", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="NAME=PATH of a GGUF file on this machine, for the estimate (repeatable).",
+)
+@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
+def plan_cmd(matrix: Path, models: tuple[str, ...], broker: str | None) -> None:
+    """Estimate each job's memory (weights, KV, compute) and whether it fits its host."""
+    mf = load_matrix_file(matrix)
+    fleet = read_fleet(connect(broker)) if broker else None
+    click.echo(render_plan(plan(mf, parse_model_options(models), fleet)))
 
 
 @cli.command("hosts")
