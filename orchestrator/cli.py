@@ -27,6 +27,7 @@ from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.matrixfile import load_matrix_file
 from orchestrator.plan import parse_model_options, plan, render_plan
 from orchestrator.report import FORMATS, build_pivot, render
+from orchestrator.retry import retry_failed
 from orchestrator.store import Store, default_store_path
 from orchestrator.submit import Progress, SubmitOutcome, submit, wait_for
 
@@ -74,7 +75,7 @@ def cli(ctx: click.Context, store_path: Path | None) -> None:
     ctx.ensure_object(dict)
     path = store_path or default_store_path()
     ctx.obj["store_path"] = path
-    if ctx.invoked_subcommand in ("submit", "status", "report", "demo"):
+    if ctx.invoked_subcommand in ("submit", "status", "report", "demo", "retry"):
         ctx.obj["store"] = Store.open(path)
 
 
@@ -182,6 +183,17 @@ def plan_cmd(matrix: Path, models: tuple[str, ...], broker: str | None) -> None:
     mf = load_matrix_file(matrix)
     fleet = read_fleet(connect(broker)) if broker else None
     click.echo(render_plan(plan(mf, parse_model_options(models), fleet)))
+
+
+@cli.command("retry")
+@click.argument("campaign")
+@click.option("--failed", is_flag=True, required=True, help="Re-run jobs whose result failed.")
+@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help=BROKER_HELP)
+@click.pass_context
+def retry_cmd(ctx: click.Context, campaign: str, failed: bool, broker: str) -> None:
+    """Queue the failed jobs of CAMPAIGN again (load failed, timeout, error)."""
+    jobs = retry_failed(campaign, broker, _store(ctx))
+    click.echo(f"{len(jobs)} failed job(s) of {campaign} queued again")
 
 
 @cli.command("hosts")

@@ -198,6 +198,10 @@ class Store:
         )
         return cur.rowcount > 0
 
+    def forget_result(self, job_id: str) -> None:
+        """Drop a job's result (a retry will record a new one, attempts counted afresh)."""
+        self.conn.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
+
     def collect(self, redis: Any) -> int:
         """Read results this store has not seen from the broker's stream; return how many.
 
