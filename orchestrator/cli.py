@@ -21,13 +21,13 @@ from jobs.paths import orch_home
 from jobs.protocol import redact_url
 from orchestrator import status as status_mod
 from orchestrator.broker import connect, read_fleet
+from orchestrator.control import cancel, retry_failed
 from orchestrator.errors import OrchError
 from orchestrator.hosts import render_hosts
 from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.matrixfile import load_matrix_file
 from orchestrator.plan import parse_model_options, plan, render_plan
 from orchestrator.report import FORMATS, build_pivot, render
-from orchestrator.retry import retry_failed
 from orchestrator.store import Store, default_store_path
 from orchestrator.submit import Progress, SubmitOutcome, submit, wait_for
 
@@ -75,7 +75,7 @@ def cli(ctx: click.Context, store_path: Path | None) -> None:
     ctx.ensure_object(dict)
     path = store_path or default_store_path()
     ctx.obj["store_path"] = path
-    if ctx.invoked_subcommand in ("submit", "status", "report", "demo", "retry"):
+    if ctx.invoked_subcommand in ("submit", "status", "report", "demo", "retry", "cancel"):
         ctx.obj["store"] = Store.open(path)
 
 
@@ -194,6 +194,19 @@ def retry_cmd(ctx: click.Context, campaign: str, failed: bool, broker: str) -> N
     """Queue the failed jobs of CAMPAIGN again (load failed, timeout, error)."""
     jobs = retry_failed(campaign, broker, _store(ctx))
     click.echo(f"{len(jobs)} failed job(s) of {campaign} queued again")
+
+
+@cli.command("cancel")
+@click.argument("campaign")
+@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help=BROKER_HELP)
+@click.pass_context
+def cancel_cmd(ctx: click.Context, campaign: str, broker: str) -> None:
+    """Take CAMPAIGN's waiting jobs out of their queues (running ones finish)."""
+    done = cancel(campaign, broker, _store(ctx))
+    click.echo(
+        f"{campaign}: {done.removed} job(s) taken out of their queues, {done.running} running "
+        "(they will finish); submit the matrix again to resume"
+    )
 
 
 @cli.command("hosts")

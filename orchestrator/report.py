@@ -25,6 +25,7 @@ FORMATS = ("table", "md", "csv", "json")
 ROW_AXES = ("engine", "model", "backend", "context", "vram_split", "workload")
 _AXIS_TITLES = {"vram_split": "vram", "workload": "workload (pp+tg)"}
 WAITING = "waiting"
+CANCELLED = "cancelled"
 
 
 @dataclass
@@ -129,7 +130,7 @@ def build_pivot(campaign: str, rows: list[JobRow]) -> Pivot:
         axes = _axes(row)
         key = tuple(axes[a] for a in shown)
         cell = table.setdefault(key, {}).setdefault(row.spec.host, Cell())
-        _add(cell, row.result)
+        _add(cell, row.result, row.cancelled)
     ordered = dict(sorted(table.items(), key=lambda kv: tuple(map(_sort_key, kv[0]))))
     return Pivot(campaign, shown, constant, hosts, ordered, rows)
 
@@ -138,7 +139,9 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, int) else (1, str(value))
 
 
-def _add(cell: Cell, result: RunResult | None) -> None:
+def _add(cell: Cell, result: RunResult | None, cancelled: bool = False) -> None:
+    if cancelled:
+        cell.statuses.append(CANCELLED)
     if result is None:
         return
     cell.statuses.append(result.status.value)
@@ -207,7 +210,9 @@ def tidy_rows(pivot: Pivot) -> list[dict[str, Any]]:
         record: dict[str, Any] = {"campaign": pivot.campaign, "job_id": row.spec.job_id}
         record.update(_axes(row))
         record["repetitions"] = row.spec.repetitions
-        record["status"] = result.status.value if result else WAITING
+        record["status"] = (
+            result.status.value if result else CANCELLED if row.cancelled else WAITING
+        )
         record["attempt"] = result.attempt if result else None
         for test in ("tg", "pp"):
             m = result.measurement(test) if result else None

@@ -32,8 +32,8 @@ from jobs.spec import JobSpec
 from orchestrator.errors import StoreError
 
 # Version of the SQLite layout. History:
-#   1 - campaigns, jobs, results (RunResult JSON), rejected (unreadable stream entries) tables;
-#       meta holds one stream cursor per broker.
+#   1 - campaigns, jobs, results (RunResult JSON), rejected (unreadable stream entries) and
+#       cancelled tables; meta holds one stream cursor per broker.
 STORE_VERSION = 1
 _BATCH = 500
 
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS results (
     collected_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_campaign ON results (campaign);
+CREATE TABLE IF NOT EXISTS cancelled (job_id TEXT PRIMARY KEY, cancelled_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     broker_id TEXT NOT NULL,
     entry_id TEXT NOT NULL,
@@ -90,6 +91,12 @@ class JobRow:
 
     spec: JobSpec
     result: RunResult | None
+    cancelled: bool = False  # taken out of its queue by `orch cancel` before it ran
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen to it unless the user re-submits."""
+        return self.result is not None or self.cancelled
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class Store:
         )
 
     def record_job(self, job: JobSpec) -> None:
+        self.conn.execute("DELETE FROM cancelled WHERE job_id = ?", (job.job_id,))
         # A result may bring a job this store never submitted (another coordinator did):
         # give it a campaign row so that `orch report` finds it.
         now = _now()
@@ -267,7 +275,9 @@ class Store:
 
     def campaign_jobs(self, campaign: str) -> list[JobRow]:
         rows = self.conn.execute(
-            "SELECT j.spec, r.result FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id "
+            "SELECT j.spec, r.result, c.job_id IS NOT NULL FROM jobs j "
+            "LEFT JOIN results r ON r.job_id = j.job_id "
+            "LEFT JOIN cancelled c ON c.job_id = j.job_id "
             "WHERE j.campaign = ? ORDER BY j.rowid",
             (campaign,),
         )
@@ -275,9 +285,15 @@ class Store:
             JobRow(
                 JobSpec.model_validate_json(spec),
                 RunResult.model_validate_json(result) if result else None,
+                bool(cancelled) and not result,
             )
-            for spec, result in rows
+            for spec, result, cancelled in rows
         ]
+
+    def mark_cancelled(self, job_ids: list[str]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO cancelled VALUES (?, ?)", [(j, _now()) for j in job_ids]
+        )
 
     def campaigns(self) -> list[CampaignSummary]:
         rows = self.conn.execute(

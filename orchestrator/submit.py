@@ -198,7 +198,7 @@ class Progress:
 
 def progress(store: Store, campaign: str) -> Progress:
     rows = store.campaign_jobs(campaign)
-    return Progress(len(rows), sum(1 for r in rows if r.result is not None))
+    return Progress(len(rows), sum(1 for r in rows if r.settled))
 
 
 def wait_for(

@@ -82,3 +82,35 @@ def test_reboot_into_another_carve_out_then_retry_the_failures(
     assert row.result is not None and row.result.attempt == 1  # counted afresh
     # the 32G failure waits for the box to be back in 32G
     assert _states(store, "reboot")[("broken:q4", "32G")] == "waiting"
+
+
+def test_cancel_drains_the_campaigns_queues_and_a_resubmit_resumes(
+    tmp_path: Path, broker: str, start_worker: Any, llama_bin: Path, tiny_models: dict[str, Path]
+) -> None:
+    start_worker(write_worker_config(tmp_path / "w.yaml", "halo", llama_bin, tiny_models,
+                                     vram_split="32G"))  # fmt: skip
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(  # jobs for a carve-out the box is not in: they wait in their queue
+        "campaign: later\nrepetitions: 1\nworkload: {prompt_tokens: 16, gen_tokens: 8}\n"
+        "hosts: [halo]\nmatrix: {model: ['tiny:q8_0', 'tiny:q4_k_m'], context: [64],\n"
+        "         vram_split: [512M]}\n"
+    )
+    store_path = tmp_path / "orch.db"
+    client = redis.Redis.from_url(broker)
+    assert (
+        orch("--store", str(store_path), "submit", str(matrix), "--broker", broker).returncode == 0
+    )
+    assert client.llen("orch.halo.vram-512M") == 2
+
+    done = orch("--store", str(store_path), "cancel", "later", "--broker", broker)
+    assert done.returncode == 0, done.stderr
+    assert "2 job(s) taken out of their queues, 0 running" in done.stdout
+    assert client.llen("orch.halo.vram-512M") == 0
+    report = orch("--store", str(store_path), "report", "later")
+    assert report.stdout.count("cancelled") == 2
+
+    again = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker, "--json")
+    assert again.returncode == 0, again.stderr
+    assert client.llen("orch.halo.vram-512M") == 2  # resumed
+    report = orch("--store", str(store_path), "report", "later")
+    assert "cancelled" not in report.stdout and report.stdout.count("waiting") == 2

@@ -1,0 +1,73 @@
+"""Campaign control: `orch retry CAMPAIGN --failed` and `orch cancel CAMPAIGN`.
+
+A retry forgets a failure everywhere it is kept (the store's result, the broker's final mark
+and delivery count) and publishes the same job again, so the new attempt is counted from 1 and
+recorded like a first run. A cancel takes the campaign's jobs out of their queues; a job already
+running finishes (stopping a benchmark half-way would leave nothing worth keeping). Submitting the
+matrix again queues cancelled jobs anew.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY
+from jobs.result import Status
+from jobs.spec import JobSpec
+from orchestrator.broker import Publisher, connect, waiting_job_ids
+from orchestrator.errors import OrchError
+from orchestrator.store import Store
+
+
+def retry_failed(campaign: str, broker_url: str, store: Store) -> list[JobSpec]:
+    if not store.has_campaign(campaign):
+        raise OrchError(f"no campaign {campaign!r} in {store.path}")
+    client = connect(broker_url)
+    store.collect(client)
+    in_broker = waiting_job_ids(client)
+    failed = sorted(
+        (
+            row.spec
+            for row in store.campaign_jobs(campaign)
+            if row.result is not None
+            and row.result.status is not Status.OK
+            and row.spec.job_id not in in_broker
+        ),
+        key=JobSpec.load_group,
+    )
+    publisher = Publisher(broker_url)
+    try:
+        for job in failed:
+            client.delete(
+                FINAL_KEY.format(job_id=job.job_id), ATTEMPTS_KEY.format(job_id=job.job_id)
+            )
+            store.forget_result(job.job_id)
+            publisher.publish([job])
+    finally:
+        publisher.close()
+    return failed
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    removed: int  # taken out of a queue
+    running: int  # delivered to a worker: will finish
+
+
+def cancel(campaign: str, broker_url: str, store: Store) -> Cancelled:
+    if not store.has_campaign(campaign):
+        raise OrchError(f"no campaign {campaign!r} in {store.path}")
+    client = connect(broker_url)
+    store.collect(client)
+    pending = {row.spec.job_id: row.spec.queue for row in store.campaign_jobs(campaign)
+               if not row.settled}  # fmt: skip
+    removed: list[str] = []
+    for queue in sorted(set(pending.values())):
+        for raw in client.lrange(queue, 0, -1):
+            job_id = str(json.loads(raw).get("headers", {}).get("id"))
+            if job_id in pending and client.lrem(queue, 1, raw):
+                removed.append(job_id)
+    store.mark_cancelled(removed)
+    running = len((set(pending) - set(removed)) & waiting_job_ids(client))
+    return Cancelled(len(removed), running)
