@@ -29,28 +29,25 @@ def _prefix(url: str) -> str:
     return urlsplit(url).path.rstrip("/")
 
 
-def get_json(url: str, path: str, *, timeout_s: float) -> Any:
+def _get(url: str, path: str, timeout_s: float) -> tuple[int, bytes]:
     conn = _connection(url, timeout_s)
     try:
         conn.request("GET", _prefix(url) + path)
         resp = conn.getresponse()
-        body = resp.read()
-        if resp.status // 100 != 2:
-            raise HttpError(f"GET {path}: HTTP {resp.status}: {body[:300]!r}")
-        return json.loads(body)
+        return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def get_json(url: str, path: str, *, timeout_s: float) -> Any:
+    status, body = _get(url, path, timeout_s)
+    if status // 100 != 2:
+        raise HttpError(f"GET {path}: HTTP {status}: {body[:300]!r}")
+    return json.loads(body)
 
 
 def get_status(url: str, path: str, *, timeout_s: float) -> int:
-    conn = _connection(url, timeout_s)
-    try:
-        conn.request("GET", _prefix(url) + path)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
+    return _get(url, path, timeout_s)[0]
 
 
 def post_json(url: str, path: str, body: dict[str, Any], *, timeout_s: float) -> Any:
