@@ -33,30 +33,6 @@ def shown(root: Path, path: Path) -> str:
         return str(path)
 
 
-def read_text(path: Path) -> str | None:
-    """A small text file, or None when it is absent or unreadable.
-
-    sysfs attributes can exist and still fail to read (amdgpu answers EINVAL or EPERM while
-    the GPU is in reset or suspended), so every OSError means "no value", not a crash.
-    """
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def read_int(path: Path) -> int | None:
-    text = read_text(path)
-    if text is None:
-        return None
-    value = text.strip()
-    try:
-        # sysfs writes ids in hex ("0x1002") and sizes in decimal ("536870912").
-        return int(value, 16 if value.lower().startswith("0x") else 10)
-    except ValueError:
-        return None
-
-
 def first_line(text: str | None) -> str | None:
     if text is None:
         return None

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.facts._common import FactLog, first_line, read_text, shown
+from worker.facts._common import FactLog, first_line, shown
+from worker.sysfs import read_text
 
 PROFILE = "sys/firmware/acpi/platform_profile"
 CHOICES = "sys/firmware/acpi/platform_profile_choices"

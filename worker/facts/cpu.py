@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.facts._common import FactLog, read_int, read_text
+from worker.facts._common import FactLog
+from worker.sysfs import read_int, read_text
 
 CPUINFO = "proc/cpuinfo"
 CPU_SYSFS = "sys/devices/system/cpu"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobs.facts import GpuFacts, HostFacts
-from worker.facts._common import FactLog, read_text
+from worker.facts._common import FactLog
 from worker.facts.acpi import read_platform_profile
 from worker.facts.cpu import read_cpu
 from worker.facts.engines import engine_versions
@@ -33,6 +33,7 @@ from worker.facts.ryzenadj import probe_ryzenadj
 from worker.facts.system import read_system
 from worker.facts.tools import Run, Tools, Which, run_tool
 from worker.facts.vulkan import VulkanDevice, probe_vulkan, vulkan_label
+from worker.sysfs import read_text
 
 
 def _utc_now() -> datetime:

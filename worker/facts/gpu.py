@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.facts._common import FactLog, read_int, read_text, shown
+from worker.facts._common import FactLog, shown
+from worker.sysfs import read_int, read_text
 
 DRM = "sys/class/drm"
 _CARD = re.compile(r"^card(\d+)$")  # card1-DP-1 and renderD128 are connectors / render nodes

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.facts._common import FactLog, read_text
+from worker.facts._common import FactLog
+from worker.sysfs import read_text
 
 MEMINFO = "proc/meminfo"
 _UNITS = {"kB": 1024, "": 1}  # the kernel writes "kB" and means KiB; counters have no unit

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.facts._common import read_text
+from worker.sysfs import read_text
 
 # Debian/Ubuntu (hwdata, pciutils) and older layouts.
 PCI_IDS_FILES = ("usr/share/hwdata/pci.ids", "usr/share/misc/pci.ids")

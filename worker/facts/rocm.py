@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from worker.facts._common import FactLog, first_line, read_text, shown
+from worker.facts._common import FactLog, first_line, shown
 from worker.facts.tools import ToolError, Tools, last_words
+from worker.sysfs import read_text
 
 VERSION_FILE = "opt/rocm/.info/version"
 _INSTALL_DIR = re.compile(r"^rocm-(\d+\.\d+(?:\.\d+)?)$")

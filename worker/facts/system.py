@@ -9,7 +9,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.facts._common import FactLog, first_line, read_text, shown
+from worker.facts._common import FactLog, first_line, shown
+from worker.sysfs import read_text
 
 HOSTNAME = "proc/sys/kernel/hostname"
 OSRELEASE = "proc/sys/kernel/osrelease"

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.telemetry import SourceStatus
-from worker.telemetry.base import Source, read_int, read_text, register_source
+from worker.sysfs import read_int, read_text
+from worker.telemetry.base import Source, register_source
 
 _CARD = re.compile(r"card\d+$")  # not the connectors (card1-eDP-1) nor render nodes
 _APU_VRAM_BELOW_BYTES = 1 << 30

@@ -17,7 +17,6 @@ read through a library instead (NVML, psutil) accept it and ignore it.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -130,34 +129,6 @@ class Every:
 
     def reset(self) -> None:
         self._at = None
-
-
-def read_text(path: Path) -> str | None:
-    """A small sysfs/procfs file's text, or None when it is absent or unreadable.
-
-    os.open/os.read instead of Path.read_text: at 10 Hz over a dozen files the buffered-IO
-    layers are a visible part of the sampler's own CPU time.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 65536).decode("utf-8", "replace")
-    except OSError:  # sysfs reports a driver error (EINVAL, EBUSY...) at read time
-        return None
-    finally:
-        os.close(fd)
-
-
-def read_int(path: Path) -> int | None:
-    text = read_text(path)
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
 
 
 def why_unreadable(path: Path) -> str:

@@ -6,7 +6,8 @@ import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
-from worker.telemetry.base import Every, read_text
+from worker.sysfs import read_text
+from worker.telemetry.base import Every
 
 
 class CounterDeltas:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.telemetry import SourceStatus
-from worker.telemetry.base import Every, Source, read_text, register_source
+from worker.sysfs import read_text
+from worker.telemetry.base import Every, Source, register_source
 from worker.telemetry.counters import CounterDeltas, ProcessTree
 
 _UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "ns": 1}

@@ -31,7 +31,8 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are checked by tests
 
 from jobs.telemetry import SourceStatus
-from worker.telemetry.base import Every, Source, read_text, register_source
+from worker.sysfs import read_text
+from worker.telemetry.base import Every, Source, register_source
 from worker.telemetry.counters import CounterDeltas, ProcessTree
 
 

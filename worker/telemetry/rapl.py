@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 from jobs.telemetry import SourceStatus
-from worker.telemetry.base import Source, read_int, read_text, register_source, why_unreadable
+from worker.sysfs import read_int, read_text
+from worker.telemetry.base import Source, register_source, why_unreadable
 
 _PACKAGE_ZONE = re.compile(r"intel-rapl:\d+$")
 
