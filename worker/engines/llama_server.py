@@ -16,13 +16,13 @@ import re
 import time
 from typing import Any
 
-from jobs.result import EngineInfo, Measurement, RequestSample, Status
+from jobs.result import EngineInfo, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import Engine, EngineOutcome, RunTarget, local_files, register
 from worker.engines.http_stream import HttpError, get_json, post_json, stream_sse
 from worker.engines.server_process import ServerProcess, free_port
-from worker.engines.timing import StreamClock
+from worker.engines.timing import StreamClock, measurements, server_prefill_rate
 
 # Log lines that mean the model never got to serve (llama.cpp's own wording).
 _LOAD_FAILURE = re.compile(
@@ -146,7 +146,7 @@ class LlamaServer(Engine):
         return EngineOutcome(
             Status.OK,
             info,
-            measurements=_measurements(samples, job),
+            measurements=measurements(samples, server_prefill_rate),
             argv=server.argv,
             phases=phases,
             requests=samples,
@@ -198,18 +198,3 @@ def _request(
         cached_prompt=int(timings.get("cache_n", 0)) > 0,
     )
     return sample, clock.windows(prompt_n, generated)
-
-
-def _measurements(samples: list[RequestSample], job: JobSpec) -> list[Measurement]:
-    """pp from the server's prefill timing, tg from the client's decode timing."""
-    pp = [float(s.server_timings["prompt_per_second"]) for s in samples
-          if "prompt_per_second" in s.server_timings]  # fmt: skip
-    tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
-    out = []
-    if pp:
-        n_prompt = samples[0].prompt_tokens
-        out.append(Measurement(test="pp", n_prompt=n_prompt, n_gen=0, samples_ts=pp))
-    if tg:
-        out.append(Measurement(test="tg", n_prompt=0, n_gen=job.workload.gen_tokens,
-                               samples_ts=tg))  # fmt: skip
-    return out

@@ -13,7 +13,7 @@ from jobs.telemetry import PhaseWindow
 from worker.engines.base import RunTarget, register
 from worker.engines.http_stream import get_json, stream_sse
 from worker.engines.served import ServedEngine, chat_body
-from worker.engines.timing import StreamClock
+from worker.engines.timing import StreamClock, server_prefill_rate
 
 
 @register("openai")
@@ -63,8 +63,7 @@ class OpenAICompatible(ServedEngine):
 
     def prefill_rate(self, sample: RequestSample) -> float | None:
         # Only a server that reports its own prefill timing (llama-server) separates it.
-        rate = sample.server_timings.get("prompt_per_second")
-        return float(rate) if rate else None
+        return server_prefill_rate(sample)
 
     def details(self, job: JobSpec, target: RunTarget) -> tuple[dict[str, Any], str | None]:
         assert target.url is not None

@@ -16,11 +16,12 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from jobs.result import EngineInfo, Measurement, RequestSample, Status
+from jobs.result import EngineInfo, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import Engine, EngineOutcome, RunTarget
 from worker.engines.http_stream import HttpError
+from worker.engines.timing import measurements
 
 # Words that most tokenizers keep whole, so N words are close to N tokens; the server's own
 # prompt token count is what gets recorded.
@@ -135,16 +136,3 @@ class ServedEngine(Engine):
 
     def load_time_s(self, first_payload: dict[str, Any]) -> float | None:
         return None
-
-
-def measurements(samples: list[RequestSample], prefill_rate: Any) -> list[Measurement]:
-    pp = [r for r in (prefill_rate(s) for s in samples) if r]
-    tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
-    out = []
-    if pp and samples:
-        out.append(Measurement(test="pp", n_prompt=samples[0].prompt_tokens, n_gen=0,
-                               samples_ts=pp))  # fmt: skip
-    if tg and samples:
-        out.append(Measurement(test="tg", n_prompt=0, n_gen=samples[0].gen_tokens,
-                               samples_ts=tg))  # fmt: skip
-    return out

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jobs.result import RequestSample
+from jobs.result import Measurement, RequestSample
 from jobs.telemetry import PhaseWindow
 
 
@@ -101,3 +102,28 @@ def percentiles(values: list[float]) -> dict[str, float]:
         return {}
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50": cuts[49], "p90": cuts[89], "p99": cuts[98]}
+
+
+def server_prefill_rate(sample: RequestSample) -> float | None:
+    """llama.cpp's own prompt tokens/s (`timings.prompt_per_second`), when the server gave it:
+    the client cannot separate prefill from the first decode step and transport."""
+    rate = sample.server_timings.get("prompt_per_second")
+    return float(rate) if rate else None
+
+
+def measurements(
+    samples: list[RequestSample], prefill_rate: Callable[[RequestSample], float | None]
+) -> list[Measurement]:
+    """pp from `prefill_rate` (server-side figures), tg from the client's decode timing."""
+    if not samples:
+        return []
+    pp = [r for r in (prefill_rate(s) for s in samples) if r]
+    tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
+    out = []
+    if pp:
+        out.append(Measurement(test="pp", n_prompt=samples[0].prompt_tokens, n_gen=0,
+                               samples_ts=pp))  # fmt: skip
+    if tg:
+        out.append(Measurement(test="tg", n_prompt=0, n_gen=samples[0].gen_tokens,
+                               samples_ts=tg))  # fmt: skip
+    return out
