@@ -8,14 +8,12 @@ repacked copy of Q4_K weights, which a GPU backend never makes).
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.planner import estimate, model_shape
+from worker.engines.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,43 +21,33 @@ MIB = 1 << 20
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute) buffer size =\s+([\d.]+) MiB")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def logged_buffers(llama_bin: Path, model: Path, context: int, log: Path) -> dict[str, float]:
-    """Start llama-server until it listens; return MiB per buffer kind, summed over devices."""
+def logged_buffers(llama_bin: Path, model: Path, context: int) -> dict[str, float]:
+    """Run llama-server until it is healthy; return MiB per buffer kind, summed over devices."""
     argv = [
         str(llama_bin / "llama-server"), "-m", str(model), "-c", str(context), "-np", "1",
         "--host", "127.0.0.1", "--port", str(free_port()), "-t", "1",
         "-v", "-fit", "off", "--no-repack",
     ]  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if "listening on" in log.read_text(errors="replace"):
-                    break
-                time.sleep(0.1)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    server = ServerProcess(argv)
+    server.start()
+    try:
+        server.wait_ready(60)
+        log = server.log_text()
+    finally:
+        server.stop()
     sizes: dict[str, float] = {}
-    for _device, kind, mib in _BUFFER.findall(log.read_text(errors="replace")):
+    for _device, kind, mib in _BUFFER.findall(log):
         sizes[kind] = sizes.get(kind, 0.0) + float(mib)
-    assert {"model", "KV", "compute"} <= sizes.keys(), log.read_text(errors="replace")[-3000:]
+    assert {"model", "KV", "compute"} <= sizes.keys(), log[-3000:]
     return sizes
 
 
 @pytest.mark.parametrize("context", [512, 1000, 4096])
 @pytest.mark.parametrize("name", ["tiny:q8_0", "tiny:q4_k_m"])
 def test_estimate_matches_llama_cpp_log(
-    llama_bin: Path, tiny_models: dict[str, Path], tmp_path: Path, name: str, context: int
+    llama_bin: Path, tiny_models: dict[str, Path], name: str, context: int
 ) -> None:
-    logged = logged_buffers(llama_bin, tiny_models[name], context, tmp_path / "server.log")
+    logged = logged_buffers(llama_bin, tiny_models[name], context)
     planned = estimate(model_shape(tiny_models[name]), context)
     planned_mib = (planned.weight_bytes + planned.kv_bytes) / MIB
     logged_mib = logged["model"] + logged["KV"]

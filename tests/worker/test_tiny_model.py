@@ -7,10 +7,7 @@ ORCH_LLAMA_CPP_BIN at their directory (e.g. ~/.cache/orch/llama.cpp/0.3.36-cpu/b
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ from pathlib import Path
 import gguf
 import pytest
 
+from worker.engines.server_process import ServerProcess, free_port
 from worker.errors import ProvisionError
 from worker.provision.tiny_model import TinyModel, write_tiny_models
 
@@ -137,46 +135,17 @@ def test_llama_bench_runs_the_model(
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def server_url(llama_bin: Path, real_models: dict[str, Path], tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    argv = [str(llama_bin / "llama-server"), "-m", str(real_models["q8_0"])]
-    # A file, not a pipe: nobody reads the server's chatty log while it runs, and a full pipe
-    # would stall it.
-    log = tmp_path / "llama-server.log"
-    with log.open("w") as log_file:
-        proc = subprocess.Popen(
-            [*argv, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+def server_url(llama_bin: Path, real_models: dict[str, Path]) -> Iterator[str]:
+    argv = [str(llama_bin / "llama-server"), "-m", str(real_models["q8_0"]),
+            "--host", "127.0.0.1", "--port", str(free_port())]  # fmt: skip
+    server = ServerProcess(argv)  # the worker's own way of running llama-server
+    server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama-server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                with _LOCAL.open(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass  # not listening yet, or 503 while the model loads
-            assert time.monotonic() < deadline, (
-                f"llama-server not healthy after 60 s:\n{log.read_text()}"
-            )
-            time.sleep(0.1)
-        yield url
+        assert server.wait_ready(60), f"llama-server not healthy:\n{server.log_tail()}"
+        yield server.url
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 @pytest.mark.integration
