@@ -75,6 +75,7 @@ class Agent:
         self.spool = orch_home() / "spool" / config.host
         self.facts: HostFacts | None = None
         self.instance_id = uuid.uuid4().hex
+        self._lease_value = ""  # set once the lease is ours
         self.started_at = time.time()
         self.clock_skew_s: float | None = None
         self._stop = threading.Event()
@@ -165,9 +166,11 @@ class Agent:
 
     def release_lease(self) -> None:
         key = LEASE_KEY.format(host=self.config.host)
+        if not self._lease_value:
+            return
         try:
             self.redis.eval(_RELEASE, 1, key, self._lease_value)
-        except (redis_lib.RedisError, AttributeError):
+        except redis_lib.RedisError:
             pass  # the lease expires by itself
 
     def check_clock(self) -> None:
@@ -227,7 +230,7 @@ class Agent:
         try:
             key = INVENTORY_KEY.format(host=self.config.host)
             current = self.redis.get(key)
-            if current and self.instance_id.encode() not in current:
+            if current and json.loads(current).get("instance_id") != self.instance_id:
                 return  # another agent of this box has taken over: its inventory stands
             body = self.inventory().model_copy(update={"stopped": True}).model_dump_json()
             self.redis.set(key, body)

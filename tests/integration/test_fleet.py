@@ -12,22 +12,8 @@ import redis
 from orchestrator.store import Store
 from tests.integration.conftest import orch, write_worker_config
 
-MATRIX = """\
-campaign: halo-vs-laptop
-repetitions: 3
-engine: llama-bench
-workload: {prompt_tokens: 64, gen_tokens: 32}
-hosts: [laptop-80w, minipc-120w]
-matrix:
-  model: ["tiny:q8_0", "tiny:q4_k_m"]
-  backend: [cpu]
-  context: [512, 2048]
-  vram_split: [32G]
-exclude:
-  - {host: minipc-120w, context: 512}
-include:
-  - {host: laptop-80w, model: "tiny:q8_0", backend: cpu, context: 4096, vram_split: 32G}
-"""
+# The issue's matrix, as shipped for users to start from.
+MATRIX = (Path(__file__).resolve().parents[2] / "examples" / "matrix.yaml").read_text()
 
 
 def test_matrix_runs_on_two_hosts_and_reports(
