@@ -92,22 +92,22 @@ class Publisher:
         self.app.conf.update(celery_settings())
         self._declared: set[str] = set()
 
-    def publish(self, jobs: list[JobSpec]) -> None:
+    def publish(self, job: JobSpec) -> None:
+        """Publish one job (callers record each in the store right after, see submit)."""
         with self.app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for job in jobs:
-                if job.queue not in self._declared:
-                    # Without the binding the Redis transport drops the message silently.
-                    Queue(job.queue, Exchange(job.queue), routing_key=job.queue)(channel).declare()
-                    self._declared.add(job.queue)
-                self.app.send_task(
-                    TASK_NAME,
-                    args=[job.model_dump(mode="json")],
-                    queue=job.queue,
-                    routing_key=job.queue,
-                    task_id=job.job_id,
-                    connection=conn,
-                )
+            if job.queue not in self._declared:
+                # Without the binding the Redis transport drops the message silently.
+                channel = conn.default_channel
+                Queue(job.queue, Exchange(job.queue), routing_key=job.queue)(channel).declare()
+                self._declared.add(job.queue)
+            self.app.send_task(
+                TASK_NAME,
+                args=[job.model_dump(mode="json")],
+                queue=job.queue,
+                routing_key=job.queue,
+                task_id=job.job_id,
+                connection=conn,
+            )
 
     def close(self) -> None:
         self.app.close()

@@ -43,7 +43,7 @@ def retry_failed(campaign: str, broker_url: str, store: Store) -> list[JobSpec]:
                 FINAL_KEY.format(job_id=job.job_id), ATTEMPTS_KEY.format(job_id=job.job_id)
             )
             store.forget_result(job.job_id)
-            publisher.publish([job])
+            publisher.publish(job)
     finally:
         publisher.close()
     return failed

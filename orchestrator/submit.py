@@ -177,7 +177,7 @@ def submit(path: Path, broker_url: str, store: Store) -> SubmitOutcome:
         # Each job is recorded (committed) right after it is published: a broker failure half-way
         # leaves the store saying what was queued, and a re-submit publishes the rest.
         for job in fresh:
-            publisher.publish([job])
+            publisher.publish(job)
             store.record_job(job)
     finally:
         publisher.close()
