@@ -21,6 +21,9 @@ class Status(StrEnum):
     LOAD_FAILED = "load_failed"  # the engine could not load the model (OOM, bad file, ...)
     TIMEOUT = "timeout"  # the run went past the job's timeout_s and was killed
     ERROR = "error"  # anything else: engine crashed, bad output, gave up after re-deliveries
+    # Never run: the coordinator's planner predicted it would not load (`submit
+    # --skip-predicted-failures`); `error` holds the prediction, e.g. "predicted OOM (needs ...)".
+    SKIPPED = "skipped"
 
     @property
     def words(self) -> str:
