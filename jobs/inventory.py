@@ -7,8 +7,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.facts import HostFacts
+from jobs.modelshape import ModelShape
 from jobs.protocol import ONLINE_WITHIN_S
 from jobs.version import SCHEMA_VERSION
+
+
+class SetterInfo(BaseModel):
+    """A runtime setting this box's owner allows jobs to change, and its bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str  # "sysfs", "hwmon", "command"
+    choices: list[str] = Field(default_factory=list)  # platform_profile: what the firmware offers
+    min_w: float | None = None  # power_limit_w bounds
+    max_w: float | None = None
 
 
 class WorkerInventory(BaseModel):
@@ -25,6 +37,9 @@ class WorkerInventory(BaseModel):
     models: list[str] = Field(default_factory=list)  # the box's model files (binary engines)
     engine_models: dict[str, list[str]] = Field(default_factory=dict)  # server engines' models
     images: list[str] = Field(default_factory=list)  # what `workload.image` may name
+    setters: dict[str, SetterInfo] = Field(default_factory=dict)  # runtime settings allowed
+    # GGUF shapes of the box's model files, so the coordinator can plan without the files.
+    model_shapes: dict[str, ModelShape] = Field(default_factory=dict)
 
     def models_for(self, engine: str) -> list[str]:
         return self.engine_models.get(engine, self.models)

@@ -14,17 +14,44 @@ Example (`matrix.yaml`)::
       vram_split: [32G]
     exclude:
       - {host: minipc-120w, context: 512}
+
+Named host configurations bundle reboot-bound settings (vram_split: the job waits for the box
+to run in it) and runtime ones (platform_profile, power_limit_w: the worker applies them)::
+
+    configurations:
+      quiet-512m: {vram_split: 512M, platform_profile: low-power, power_limit_w: 45}
+      fast-32g: {vram_split: 32G, platform_profile: performance}
+    matrix:
+      configuration: [quiet-512m, fast-32g]
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
 from jobs.spec import Name, VramSplit, Workload
 
 # Keys a selector (exclude/include entry) may name; `host` plus every matrix axis.
-SELECTOR_KEYS = ("host", "engine", "model", "backend", "context", "vram_split")
+SELECTOR_KEYS = (
+    "host", "engine", "model", "backend", "context", "vram_split", "platform_profile",
+    "power_limit_w", "configuration",
+)  # fmt: skip
+# Axes a named configuration sets (reboot-bound and runtime alike).
+HOST_SETTING_KEYS = ("vram_split", "platform_profile", "power_limit_w")
+
+
+class HostConfiguration(BaseModel):
+    """A named host configuration: what the box must be booted in, and what to set at runtime."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vram_split: VramSplit | None = None
+    platform_profile: Name | None = None
+    power_limit_w: PositiveFloat | None = None
+
+    def named(self) -> dict[str, object]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class MatrixAxes(BaseModel):
@@ -35,6 +62,9 @@ class MatrixAxes(BaseModel):
     context: list[PositiveInt] = Field(min_length=1)
     vram_split: list[VramSplit] = Field(default_factory=list)
     engine: list[Name] = Field(default_factory=list)  # when empty: the top-level `engine`
+    platform_profile: list[Name] = Field(default_factory=list)
+    power_limit_w: list[PositiveFloat] = Field(default_factory=list)
+    configuration: list[Name] = Field(default_factory=list)  # names from `configurations`
 
 
 class Selector(BaseModel):
@@ -48,6 +78,9 @@ class Selector(BaseModel):
     backend: Name | None = None
     context: PositiveInt | None = None
     vram_split: VramSplit | None = None
+    platform_profile: Name | None = None
+    power_limit_w: PositiveFloat | None = None
+    configuration: Name | None = None
 
     def named(self) -> dict[str, object]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -64,6 +97,7 @@ class Matrix(BaseModel):
     workload: Workload = Workload()
     timeout_s: PositiveInt = Field(default=3600, le=MAX_JOB_TIMEOUT_S)
     hosts: list[Name] = Field(min_length=1)
+    configurations: dict[Name, HostConfiguration] = Field(default_factory=dict)
     matrix: MatrixAxes
     exclude: list[Selector] = Field(default_factory=list)
     include: list[Selector] = Field(default_factory=list)

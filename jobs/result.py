@@ -73,6 +73,34 @@ class EngineInfo(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class AppliedSetting(BaseModel):
+    """One runtime setting the worker applied around a job, and what became of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requested: str
+    previous: str | None = None  # as read before the job (None: the setter cannot read it)
+    read_back: str | None = None  # as read after applying (None: cannot be read back)
+    changed: bool = False  # False when the box already was in the requested state
+    restored: bool | None = None  # put back after the job (None: nothing to restore)
+    method: str = ""  # how: "sysfs", "hwmon", "command"
+    error: str | None = None  # restoring failed (the job's figures still stand)
+
+
+class Cooldown(BaseModel):
+    """The cool-down gate before a job: wait until the GPU is cool and idle, or give up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    waited_s: float
+    settled: bool  # False: the timeout passed first, and the job ran anyway (say so in reports)
+    gpu_temp_c: float | None = None  # when the gate opened (or gave up)
+    power_w: float | None = None
+    max_gpu_temp_c: float | None = None  # the thresholds it waited for
+    max_power_w: float | None = None
+    sources: list[str] = Field(default_factory=list)  # files or APIs read
+
+
 class RunResult(BaseModel):
     """The outcome of one job. Upserted by `job_id` in the store, so a re-delivery counts once."""
 
@@ -101,6 +129,8 @@ class RunResult(BaseModel):
     requests: list[RequestSample] = Field(default_factory=list)  # server engines, per request
     load_time_s: float | None = None  # set when this job loaded the model (not a warm server)
     host_facts: HostFacts | None = None  # the box's fingerprint when the job ran
+    settings: dict[str, AppliedSetting] = Field(default_factory=dict)  # runtime settings
+    cooldown: Cooldown | None = None
 
     def measurement(self, test: str) -> Measurement | None:
         return next((m for m in self.measurements if m.test == test), None)

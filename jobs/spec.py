@@ -18,6 +18,9 @@ _VRAM = re.compile(r"^(\d+)\s*([MG])(?:i?B)?$", re.IGNORECASE)
 # Host settings that need a reboot to change (BIOS carve-out). A job that names one waits in the
 # queue of that configuration until the box runs in it.
 CONFIGURATION_AXES = ("vram_split",)
+# Host settings a worker can change at runtime, through setters its owner allowed in the worker
+# config: applied before the job, restored after. They do not route: same queue.
+RUNTIME_AXES = ("platform_profile", "power_limit_w")
 
 
 def _check_name(value: str) -> str:
@@ -36,6 +39,27 @@ def normalize_vram_split(value: object) -> str:
     if not match or int(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a VRAM size: expected e.g. 512M, 32G or 96G")
     return f"{int(match.group(1))}{match.group(2).upper()}"
+
+
+def vram_split_bytes(label: str) -> int:
+    """ "512M" -> 536870912, "32G" -> 34359738368 (a normalized carve-out label, in bytes)."""
+    label = normalize_vram_split(label)
+    return int(label[:-1]) * (2**30 if label.endswith("G") else 2**20)
+
+
+def normalize_setting(axis: str, value: object) -> str:
+    """A runtime setting's value as a job carries it: `80.0` W -> "80", a profile name as is."""
+    if axis == "power_limit_w":
+        try:
+            watts = float(str(value))
+        except ValueError:
+            raise ValueError(f"power_limit_w {value!r} is not a number of watts") from None
+        if not watts > 0:
+            raise ValueError(f"power_limit_w must be positive, not {value!r}")
+        return f"{watts:g}"
+    if axis == "platform_profile":
+        return _check_name(str(value))
+    raise ValueError(f"unknown runtime setting {axis!r}: known {RUNTIME_AXES}")
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
@@ -96,6 +120,11 @@ class JobSpec(BaseModel):
     backend: Name
     context: PositiveInt
     configuration: dict[str, str] = Field(default_factory=dict)
+    # Runtime settings (RUNTIME_AXES) the worker applies around this job, e.g.
+    # {"platform_profile": "low-power", "power_limit_w": "45"}.
+    settings: dict[str, str] = Field(default_factory=dict)
+    # The matrix's name for this job's host configuration, when it used a named one.
+    config_name: Name | None = None
     workload: Workload = Workload()
     repetitions: PositiveInt = 3
     timeout_s: PositiveInt = 3600
@@ -108,6 +137,13 @@ class JobSpec(BaseModel):
         if unknown:
             raise ValueError(f"unknown configuration axes {unknown}: known {CONFIGURATION_AXES}")
         return {k: normalize_vram_split(v) if k == "vram_split" else v for k, v in value.items()}
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _normalize_settings(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value  # pydantic says what is wrong with it
+        return {str(k): normalize_setting(str(k), v) for k, v in sorted(value.items())}
 
     @model_validator(mode="after")
     def _fill_or_check_id(self) -> JobSpec:
@@ -124,6 +160,10 @@ class JobSpec(BaseModel):
     def compute_id(self) -> str:
         """Hash of the canonical spec (campaign included): the same job always has the same id."""
         body = self.model_dump(mode="json", exclude={"job_id", "schema_version"})
+        # Fields added later hash only when set, so earlier jobs keep their ids.
+        for later in ("settings", "config_name"):
+            if not body[later]:
+                del body[later]
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -145,4 +185,6 @@ class JobSpec(BaseModel):
             "backend": self.backend,
             "context": self.context,
             **self.configuration,
+            **self.settings,
+            **({"configuration": self.config_name} if self.config_name else {}),
         }

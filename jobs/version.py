@@ -9,7 +9,10 @@ from importlib import metadata
 # History:
 #   1 - first version: llama-bench, llama-server and served engines, per-repetition samples,
 #       request timing, telemetry, declared and detected host facts.
-SCHEMA_VERSION = 1
+#   2 - host configurations: JobSpec.settings (runtime platform_profile / power_limit_w) and
+#       config_name; RunResult.settings (what was applied and restored) and cooldown;
+#       Status.SKIPPED (coordinator-made, never run); WorkerInventory.setters and model_shapes.
+SCHEMA_VERSION = 2
 
 try:
     ORCH_VERSION = metadata.version("orch")

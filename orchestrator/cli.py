@@ -29,7 +29,7 @@ from orchestrator.matrixfile import load_matrix_file
 from orchestrator.plan import parse_model_options, plan, render_plan
 from orchestrator.report import FORMATS, build_pivot, render
 from orchestrator.store import Store, default_store_path
-from orchestrator.submit import Progress, SubmitOutcome, submit, wait_for
+from orchestrator.submit import Progress, SubmitOutcome, resolve_configurations, submit, wait_for
 
 BROKER_HELP = "Broker URL (redis://[:password@]host:port/db); default $ORCH_BROKER_URL."
 
@@ -178,11 +178,16 @@ def status_cmd(ctx: click.Context, campaign: str | None, broker: str | None) -> 
     help="NAME=PATH of a GGUF file on this machine, for the estimate (repeatable).",
 )
 @click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
-def plan_cmd(matrix: Path, models: tuple[str, ...], broker: str | None) -> None:
-    """Estimate each job's memory (weights, KV, compute) and whether it fits its host."""
+@click.pass_context
+def plan_cmd(ctx: click.Context, matrix: Path, models: tuple[str, ...], broker: str | None) -> None:
+    """Estimate each job's memory (weights, KV, compute), whether it fits its host's
+    configuration, and its duration from earlier runs."""
     mf = load_matrix_file(matrix)
     fleet = read_fleet(connect(broker)) if broker else None
-    click.echo(render_plan(plan(mf, parse_model_options(models), fleet)))
+    jobs = resolve_configurations(mf.jobs, fleet.inventories) if fleet else mf.jobs
+    path: Path = ctx.obj["store_path"]
+    store = Store.open(path) if path.exists() else None  # durations of earlier runs, if any
+    click.echo(render_plan(plan(jobs, parse_model_options(models), fleet, store)))
 
 
 @cli.command("retry")

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from jobs.matrix import Matrix, Selector
-from jobs.spec import JobSpec
+from jobs.matrix import HOST_SETTING_KEYS, HostConfiguration, Matrix, Selector
+from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, JobSpec
 from orchestrator.errors import MatrixError
 
 Path_ = tuple[str | int, ...]
@@ -105,7 +105,9 @@ def load_matrix_file(path: Path) -> MatrixFile:
 
 
 def _checked_jobs(path: Path, matrix: Matrix, lines: dict[Path_, int]) -> list[JobSpec]:
-    problems = _workload_problems(matrix) + _selector_problems(matrix)
+    problems = (
+        _workload_problems(matrix) + _selector_problems(matrix) + _configuration_problems(matrix)
+    )
     jobs = expand(matrix) if not problems else []
     if not problems and not jobs:
         problems.append((("exclude",), "the exclusions remove every job: nothing would run"))
@@ -143,7 +145,7 @@ def _selector_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
         for key in ("host", "model", "context"):
             if getattr(entry, key) is None:
                 problems.append((("include", i), f"an include entry must name `{key}`"))
-        for key in ("backend", "vram_split"):
+        for key in ("backend", *HOST_SETTING_KEYS, "configuration"):
             if getattr(entry, key) is None and len(getattr(matrix.matrix, key)) > 1:
                 problems.append((("include", i), f"an include entry must name `{key}`"))
     for i, entry in enumerate(matrix.exclude):
@@ -152,32 +154,64 @@ def _selector_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
     return problems
 
 
+def _configuration_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
+    """Named configurations must exist, and not fight a matrix axis over the same setting."""
+    problems: list[tuple[Path_, str]] = []
+    known = ", ".join(sorted(matrix.configurations)) or "none: add a `configurations:` mapping"
+    named: list[tuple[Path_, str]] = [
+        (("matrix", "configuration", i), n) for i, n in enumerate(matrix.matrix.configuration)
+    ]
+    named += [
+        (("include", i, "configuration"), e.configuration)
+        for i, e in enumerate(matrix.include)
+        if e.configuration
+    ]
+    named += [
+        (("exclude", i, "configuration"), e.configuration)
+        for i, e in enumerate(matrix.exclude)
+        if e.configuration
+    ]
+    for where, name in named:
+        if name not in matrix.configurations:
+            problems.append((where, f"unknown configuration {name!r} (defined: {known})"))
+    for name in matrix.matrix.configuration:
+        for key in matrix.configurations.get(name, HostConfiguration()).named():
+            if getattr(matrix.matrix, key):
+                problems.append(
+                    (("matrix", key), f"{key} is set both here and by configuration {name!r}: "
+                     "keep it in one place")
+                )  # fmt: skip
+    return problems
+
+
+_ROW_KEYS = ("host", "engine", "model", "backend", "context", *HOST_SETTING_KEYS, "configuration")
+
+
 def expand(matrix: Matrix) -> list[JobSpec]:
-    """hosts x axes - exclude + include, in a stable order, without duplicates."""
+    """hosts x axes - exclude + include, in a stable order, without duplicates.
+
+    A named configuration's settings are filled in before exclusions apply, so `exclude:
+    [{vram_split: 512M}]` also removes named configurations booted in 512M.
+    """
     axes = matrix.matrix
-    vram_splits: list[str | None] = [*axes.vram_split] or [None]
     combos = itertools.product(
         matrix.hosts,
         axes.engine or [matrix.engine],
         axes.model,
         axes.backend,
         axes.context,
-        vram_splits,
+        *([*getattr(axes, key)] or [None] for key in (*HOST_SETTING_KEYS, "configuration")),
     )
-    rows: list[dict[str, Any]] = [
-        dict(zip(("host", "engine", "model", "backend", "context", "vram_split"), c, strict=True))
-        for c in combos
-    ]
+    rows = [_resolved(matrix, dict(zip(_ROW_KEYS, c, strict=True))) for c in combos]
     rows = [row for row in rows if not any(_matches(row, sel) for sel in matrix.exclude)]
     for entry in matrix.include:
         # Unnamed axes default to the matrix's value when it has exactly one.
-        row: dict[str, Any] = {
-            "engine": matrix.engine,
-            "backend": axes.backend[0],
-            "vram_split": axes.vram_split[0] if len(axes.vram_split) == 1 else None,
-        }
+        row: dict[str, Any] = {"engine": matrix.engine, "backend": axes.backend[0]}
+        for key in (*HOST_SETTING_KEYS, "configuration"):
+            listed = getattr(axes, key)
+            row[key] = listed[0] if len(listed) == 1 else None
         row.update(entry.named())
-        rows.append(row)
+        rows.append(_resolved(matrix, row))
     jobs: dict[str, JobSpec] = {}
     for row in rows:
         spec = JobSpec(
@@ -187,13 +221,23 @@ def expand(matrix: Matrix) -> list[JobSpec]:
             model=row["model"],
             backend=row["backend"],
             context=row["context"],
-            configuration={"vram_split": row["vram_split"]} if row["vram_split"] else {},
+            configuration={k: row[k] for k in CONFIGURATION_AXES if row.get(k) is not None},
+            settings={k: row[k] for k in RUNTIME_AXES if row.get(k) is not None},
+            config_name=row.get("configuration"),
             workload=matrix.workload,
             repetitions=matrix.repetitions,
             timeout_s=matrix.timeout_s,
         )
         jobs.setdefault(spec.job_id, spec)
     return list(jobs.values())
+
+
+def _resolved(matrix: Matrix, row: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what the row's named configuration sets (an explicit value in the row wins)."""
+    config = matrix.configurations.get(row.get("configuration") or "")
+    if config is None:
+        return row
+    return {**row, **{k: v for k, v in config.named().items() if row.get(k) is None}}
 
 
 def _matches(row: dict[str, Any], selector: Selector) -> bool:
@@ -220,6 +264,8 @@ def _describe(path: Path, exc: ValidationError, lines: dict[Path_, int]) -> list
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
             message = "unknown key"
+        elif err["type"] == "greater_than" and "power_limit_w" in loc:
+            message = "expected a positive number of watts"
         elif err["type"] in _FRIENDLY:
             message = _FRIENDLY[err["type"]]
         else:

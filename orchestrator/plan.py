@@ -1,22 +1,33 @@
-"""`orch plan MATRIX`: before anything runs, will each job fit on its host's configuration?
+"""`orch plan MATRIX`: before anything runs, will each job fit on its host's configuration, and
+how long will it take?
 
-Model files are read on the coordinator (`--model NAME=PATH`, GGUF metadata only); host memory
-comes from the fingerprint each worker published. A job whose model file or host facts are
-unknown gets an "unknown" verdict that says what is missing, never a guess.
+Model shapes come from GGUF files on the coordinator (`--model NAME=PATH`) or, without one, from
+what the host's worker read from its own copy (its inventory). Host memory comes from the facts
+each worker detected, re-derived for a job's carve-out when the box runs in another one now.
+Durations come from earlier results of the same job shape on the same host. A job whose model or
+host facts are unknown gets an "unknown" verdict that says what is missing, never a guess.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from tabulate import tabulate
 
+from jobs.modelshape import ModelShape, read_model_shape
 from jobs.spec import JobSpec
 from orchestrator.broker import Fleet
 from orchestrator.errors import OrchError
-from orchestrator.matrixfile import MatrixFile
-from orchestrator.planner import MemoryEstimate, ModelShape, Verdict, estimate, model_shape, verdict
+from orchestrator.planner import (
+    MemoryEstimate,
+    Verdict,
+    estimate,
+    facts_in_configuration,
+    verdict,
+)
+from orchestrator.store import Store
 
 _GB = 1e9
 
@@ -32,6 +43,22 @@ class PlanRow:
     estimate: MemoryEstimate | None
     verdict: Verdict | None
     missing: str | None  # why there is no estimate
+    shape_source: str | None = None  # "file PATH" or "reported by HOST"
+    facts_note: str | None = None  # the facts were derived for another carve-out
+    durations_s: tuple[float, ...] = ()  # earlier runs of the same job shape on this host
+
+    @property
+    def duration_text(self) -> str:
+        if not self.durations_s:
+            return "-"
+        median = statistics.median(self.durations_s)
+        return f"~{_seconds(median)} (n={len(self.durations_s)})"
+
+
+def _seconds(value: float) -> str:
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    return f"{value / 60:.1f} min" if value >= 120 else f"{value:.0f} s"
 
 
 def parse_model_options(options: tuple[str, ...]) -> dict[str, Path]:
@@ -44,44 +71,96 @@ def parse_model_options(options: tuple[str, ...]) -> dict[str, Path]:
     return files
 
 
-def plan(mf: MatrixFile, model_files: dict[str, Path], fleet: Fleet | None) -> list[PlanRow]:
-    shapes: dict[str, ModelShape] = {}
-    rows = []
-    for job in mf.jobs:
-        path = model_files.get(job.model)
-        if path is None:
-            rows.append(PlanRow(job, None, None, f"no file for {job.model}: --model NAME=PATH"))
-            continue
-        if job.model not in shapes:
-            try:
-                shapes[job.model] = model_shape(path)
-            except (OSError, ValueError, KeyError) as exc:
-                raise OrchError(f"--model {job.model}={path}: not a readable GGUF ({exc})") from exc
-        est = estimate(shapes[job.model], job.context)
+class _Shapes:
+    """Model shapes by name: a coordinator file first, else the host's own report."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+        self.read: dict[str, ModelShape] = {}
+
+    def get(self, job: JobSpec, fleet: Fleet | None) -> tuple[ModelShape | None, str]:
+        path = self.files.get(job.model)
+        if path is not None:
+            if job.model not in self.read:
+                try:
+                    self.read[job.model] = read_model_shape(path)
+                except (OSError, ValueError, KeyError) as exc:
+                    raise OrchError(
+                        f"--model {job.model}={path}: not a readable GGUF ({exc})"
+                    ) from exc
+            return self.read[job.model], f"file {path}"
         inv = fleet.inventories.get(job.host) if fleet else None
-        rows.append(PlanRow(job, est, verdict(est, inv.facts if inv else None), None))
+        if inv is not None and job.model in inv.model_shapes:
+            return inv.model_shapes[job.model], f"reported by {job.host}"
+        if inv is None:
+            return None, f"no file for {job.model}: --model NAME=PATH, or a broker with its host"
+        return None, f"{job.host} reports no GGUF shape for {job.model}: --model NAME=PATH"
+
+
+def plan(
+    jobs: list[JobSpec],
+    model_files: dict[str, Path],
+    fleet: Fleet | None,
+    store: Store | None = None,
+) -> list[PlanRow]:
+    shapes = _Shapes(model_files)
+    durations = store.durations() if store is not None else {}
+    rows = []
+    for job in jobs:
+        earlier = tuple(durations.get(Store.shape_key(job), ()))
+        shape, source = shapes.get(job, fleet)
+        if shape is None:
+            rows.append(PlanRow(job, None, None, source, durations_s=earlier))
+            continue
+        est = estimate(shape, job.context)
+        inv = fleet.inventories.get(job.host) if fleet else None
+        facts, note = (None, None)
+        if inv is not None and inv.facts is not None:
+            facts, note = facts_in_configuration(inv.facts, job.configuration)
+        rows.append(PlanRow(job, est, verdict(est, facts), None, source, note, durations_s=earlier))
     return rows
 
 
 def render_plan(rows: list[PlanRow]) -> str:
     table = []
+    notes: dict[str, None] = {}
     for row in rows:
         job = row.job
-        config = job.configuration.get("vram_split", "-")
+        config = _config_label(job)
         if row.estimate is None or row.verdict is None:
-            table.append([job.host, job.model, job.context, config, "-", "-", "-", row.missing])
+            table.append(
+                [job.host, job.model, job.context, config, "-", "-", "-", row.missing,
+                 row.duration_text]
+            )  # fmt: skip
             continue
         est = row.estimate
+        verdict_text = row.verdict.text()
+        if row.facts_note:
+            verdict_text += " *"
+            notes[f"{job.host} {config}: {row.facts_note}"] = None
         table.append(
             [
                 job.host, job.model, job.context, config,
                 size(est.weight_bytes), size(est.kv_bytes), size(est.total_bytes),
-                row.verdict.text(),
+                verdict_text, row.duration_text,
             ]
         )  # fmt: skip
-    headers = ["host", "model", "context", "vram", "weights", "KV cache", "total", "verdict"]
-    legend = (
-        "Estimates from GGUF metadata (weights, KV cache at the context, compute buffer); "
-        "host memory from each worker's detected facts."
-    )
-    return tabulate(table, headers, tablefmt="simple", disable_numparse=True) + "\n\n" + legend
+    headers = [
+        "host", "model", "context", "configuration", "weights", "KV cache", "total", "verdict",
+        "estimated duration",
+    ]  # fmt: skip
+    legend = [
+        "Estimates from GGUF metadata (weights, KV cache at the context, compute buffer); host "
+        "memory from each worker's detected facts. Estimated duration: median wall time of "
+        "earlier runs of the same job on the same host (n runs); '-' when there were none.",
+        *(f"* {note}" for note in notes),
+    ]
+    out = tabulate(table, headers, tablefmt="simple", disable_numparse=True)
+    return out + "\n\n" + "\n".join(legend)
+
+
+def _config_label(job: JobSpec) -> str:
+    parts = [job.config_name] if job.config_name else []
+    parts += [f"{v}" for v in job.configuration.values()]
+    parts += [f"{k}={v}" for k, v in job.settings.items()]
+    return " ".join(parts) or "-"

@@ -1,10 +1,11 @@
 """Memory-fit planner: will a job's model and context fit a host's GPU memory, before it runs?
 
-It reads a GGUF file's metadata (`model_shape`), estimates what llama.cpp will allocate for one
-context (`estimate`: weights, KV cache, compute buffer) and compares that with a host's detected
-facts (`verdict`). Example::
+It takes a GGUF file's shape (`jobs.modelshape`: read on the coordinator, or reported by the
+worker that has the file), estimates what llama.cpp will allocate for one context (`estimate`:
+weights, KV cache, compute buffer) and compares that with a host's detected facts (`verdict`).
+Example::
 
-    shape = model_shape(Path("models/glm-4.7-flash-q4_k_m.gguf"))
+    shape = read_model_shape(Path("models/glm-4.7-flash-q4_k_m.gguf"))
     need = estimate(shape, context=32768, cache_type_k="q8_0", cache_type_v="q8_0")
     verdict(need, facts).text()  # -> "fits (needs 19.9 GB, has 32.0 GB GPU)"
 
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import gguf
 
 from jobs.facts import HostFacts
+from jobs.modelshape import ModelShape
+from jobs.spec import vram_split_bytes
 
 # llama.cpp allocates KV cells in multiples of 256 (seen: -c 1000 logs "1024 cells").
 KV_CELL_PAD = 256
@@ -33,33 +35,6 @@ GB = 1e9  # reports use decimal GB, like the sizes model hubs and `ls -h --si` p
 
 CacheType = str
 VerdictKind = Literal["fits", "spills", "will not load", "unknown"]
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the planner needs from a GGUF file's header; no tensor data is read."""
-
-    path: Path
-    architecture: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    # Per layer: some architectures (OpenELM, sliding-window hybrids) vary KV heads by layer.
-    n_head_kv_per_layer: tuple[int, ...]
-    key_length: int
-    value_length: int
-    n_ff: int
-    n_vocab: int
-    context_length: int | None
-    expert_count: int | None
-    expert_used_count: int | None
-    expert_ff: int | None  # {arch}.expert_feed_forward_length, when the file sets it
-    weight_bytes: int  # sum of tensor sizes as stored: what llama.cpp maps or uploads
-    file_bytes: int
-
-    @property
-    def n_head_kv(self) -> int:
-        return max(self.n_head_kv_per_layer)
 
 
 @dataclass(frozen=True)
@@ -105,66 +80,6 @@ class Verdict:
 def _gb(n_bytes: int) -> str:
     """GB from 1 GB up; MiB below (as llama.cpp logs buffers), so small needs never read 0.0."""
     return f"{n_bytes / GB:.1f} GB" if n_bytes >= GB else f"{n_bytes / 2**20:.1f} MiB"
-
-
-def _field(reader: gguf.GGUFReader, key: str) -> object:
-    field = reader.get_field(key)
-    return None if field is None else field.contents()
-
-
-def _int(reader: gguf.GGUFReader, key: str) -> int | None:
-    value = _field(reader, key)
-    if isinstance(value, list):
-        return max(int(v) for v in value) if value else None
-    return None if value is None else int(value)  # type: ignore[call-overload]
-
-
-def model_shape(path: Path) -> ModelShape:
-    """Read the shape of a GGUF model (architecture, heads, lengths, experts, sizes) from `path`."""
-    reader = gguf.GGUFReader(path)
-    arch = str(_field(reader, "general.architecture"))
-
-    def key(name: str) -> str:
-        return name.format(arch=arch)
-
-    def required(name: str) -> int:
-        value = _int(reader, key(name))
-        if value is None:
-            raise ValueError(f"{path}: GGUF metadata has no {key(name)}; cannot plan memory")
-        return value
-
-    n_layer = required(gguf.Keys.LLM.BLOCK_COUNT)
-    n_embd = required(gguf.Keys.LLM.EMBEDDING_LENGTH)
-    n_head = required(gguf.Keys.Attention.HEAD_COUNT)
-    raw_kv = _field(reader, key(gguf.Keys.Attention.HEAD_COUNT_KV))
-    if isinstance(raw_kv, list):
-        per_layer = tuple(int(v) for v in raw_kv)
-    else:
-        # llama.cpp's default when the key is absent: no GQA, one KV head per query head.
-        per_layer = (int(raw_kv) if raw_kv is not None else n_head,) * n_layer  # type: ignore[call-overload]
-    head_dim = n_embd // n_head
-    tokens = reader.get_field(gguf.Keys.Tokenizer.LIST)
-    n_vocab = _int(reader, key(gguf.Keys.LLM.VOCAB_SIZE)) or (
-        len(tokens.data) if tokens is not None else 0
-    )
-    return ModelShape(
-        path=path,
-        architecture=arch,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        n_head_kv_per_layer=per_layer,
-        key_length=_int(reader, key(gguf.Keys.Attention.KEY_LENGTH)) or head_dim,
-        value_length=_int(reader, key(gguf.Keys.Attention.VALUE_LENGTH)) or head_dim,
-        n_ff=_int(reader, key(gguf.Keys.LLM.FEED_FORWARD_LENGTH)) or 4 * n_embd,
-        n_vocab=n_vocab,
-        context_length=_int(reader, key(gguf.Keys.LLM.CONTEXT_LENGTH)),
-        expert_count=_int(reader, key(gguf.Keys.LLM.EXPERT_COUNT)),
-        expert_used_count=_int(reader, key(gguf.Keys.LLM.EXPERT_USED_COUNT)),
-        expert_ff=_int(reader, key(gguf.Keys.LLM.EXPERT_FEED_FORWARD_LENGTH)),
-        weight_bytes=sum(int(t.n_bytes) for t in reader.tensors),
-        file_bytes=path.stat().st_size,
-    )
 
 
 def cache_type_bytes(cache_type: CacheType, n_values: int) -> int:
@@ -261,6 +176,33 @@ def estimate(
         context=context,
         kv_cells=kv_cells(context),
     )
+
+
+def facts_in_configuration(
+    facts: HostFacts, configuration: dict[str, str]
+) -> tuple[HostFacts, str | None]:
+    """The host's facts as they will be when it runs in `configuration` (another carve-out).
+
+    Facts are detected in the configuration the box runs in now. A job for another carve-out
+    will see that carve-out as VRAM, and the OS will see RAM grow or shrink by the difference
+    (the carve-out is taken from the same DIMMs). GTT is kept as detected, capped at the new
+    RAM: its kernel limit (`ttm.pages_limit`) does not follow the carve-out. Returns the facts
+    and a note saying what was derived, None when nothing was.
+    """
+    wanted = configuration.get("vram_split")
+    if not wanted or facts.vram_split is None or wanted == facts.vram_split:
+        return facts, None
+    delta = vram_split_bytes(facts.vram_split) - vram_split_bytes(wanted)
+    ram = None if facts.ram_bytes is None else max(0, facts.ram_bytes + delta)
+    gpus = [
+        g.model_copy(update={"vram_total_bytes": vram_split_bytes(wanted)}) if g.is_apu else g
+        for g in facts.gpus
+    ]
+    gtt = facts.gtt_bytes if ram is None or facts.gtt_bytes is None else min(facts.gtt_bytes, ram)
+    derived = facts.model_copy(
+        update={"vram_split": wanted, "ram_bytes": ram, "gpus": gpus, "gtt_bytes": gtt}
+    )
+    return derived, f"derived for {wanted} from facts detected at {facts.vram_split}"
 
 
 def _is_apu(facts: HostFacts) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from jobs.result import RunResult, Status
+from orchestrator.predictions import check_predictions, render_checks
 from orchestrator.stats import Summary, fmt_number, summarize
 from orchestrator.store import JobRow
 
@@ -144,6 +145,9 @@ def _add(cell: Cell, result: RunResult | None, cancelled: bool = False) -> None:
         cell.statuses.append(CANCELLED)
     if result is None:
         return
+    if result.status is Status.SKIPPED:  # the cell says why: "skipped: predicted OOM (...)"
+        cell.statuses.append(f"{result.status.words}: {result.error}")
+        return
     cell.statuses.append(result.status.value)
     if result.status is not Status.OK:
         return
@@ -180,6 +184,7 @@ def render(pivot: Pivot, fmt: str) -> str:
             out.append(constants)
         out += ["", tabulate(body, headers, tablefmt="simple", disable_numparse=True), "", legend]
     out += _failure_notes(pivot, md=fmt == "md")
+    out += render_checks(check_predictions(pivot.jobs), md=fmt == "md")
     return "\n".join(out)
 
 
@@ -187,8 +192,8 @@ def _failure_notes(pivot: Pivot, *, md: bool) -> list[str]:
     notes = []
     for row in pivot.jobs:
         result = row.result
-        if result is None or result.status is Status.OK:
-            continue
+        if result is None or result.status in (Status.OK, Status.SKIPPED):
+            continue  # a skipped job's cell already says why
         # First line says what happened (exit code, timeout); the last is the engine's own word.
         lines = [line for line in (result.error or "").strip().splitlines() if line.strip()]
         reason = lines[0] if lines else ""

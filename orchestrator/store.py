@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import uuid
@@ -34,7 +35,8 @@ from orchestrator.errors import StoreError
 # Version of the SQLite layout. History:
 #   1 - campaigns, jobs, results (RunResult JSON), rejected (unreadable stream entries) and
 #       cancelled tables; meta holds one stream cursor per broker.
-STORE_VERSION = 1
+#   2 - predictions: the planner's verdict per job at submit (checked against the outcome).
+STORE_VERSION = 2
 _BATCH = 500
 
 _SCHEMA = """
@@ -67,6 +69,13 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_campaign ON results (campaign);
 CREATE TABLE IF NOT EXISTS cancelled (job_id TEXT PRIMARY KEY, cancelled_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+    job_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    needs_bytes INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    predicted_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejected (
     broker_id TEXT NOT NULL,
     entry_id TEXT NOT NULL,
@@ -86,12 +95,22 @@ def default_store_path() -> Path:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """The planner's verdict for a job when it was submitted."""
+
+    kind: str  # "fits", "spills", "will not load", "unknown"
+    needs_bytes: int
+    text: str  # as `orch plan` shows it
+
+
+@dataclass(frozen=True)
 class JobRow:
     """A submitted job and its result, when one has been collected."""
 
     spec: JobSpec
     result: RunResult | None
     cancelled: bool = False  # taken out of its queue by `orch cancel` before it ran
+    prediction: Prediction | None = None
 
     @property
     def settled(self) -> bool:
@@ -127,6 +146,10 @@ class Store:
                 raise StoreError(
                     f"{path} was written by a newer orch (store version {row[0]}); upgrade orch"
                 )
+            elif int(row[0]) < STORE_VERSION:  # every change so far only added tables
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'version'", (str(STORE_VERSION),)
+                )
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the result store {path}: {exc}") from exc
         return cls(conn, path)
@@ -152,12 +175,18 @@ class Store:
     def finished_job_ids(self, job_ids: list[str]) -> set[str]:
         return self._ids_in("results", job_ids)
 
-    def _ids_in(self, table: str, job_ids: list[str]) -> set[str]:
+    def skipped_job_ids(self, job_ids: list[str]) -> set[str]:
+        """Jobs whose result is the coordinator's own `skipped` (never ran)."""
+        return self._ids_in("results", job_ids, "status = 'skipped'")
+
+    def _ids_in(self, table: str, job_ids: list[str], where: str = "1") -> set[str]:
         found: set[str] = set()
         for start in range(0, len(job_ids), 500):
             chunk = job_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(f"SELECT job_id FROM {table} WHERE job_id IN ({marks})", chunk)
+            rows = self.conn.execute(
+                f"SELECT job_id FROM {table} WHERE job_id IN ({marks}) AND {where}", chunk
+            )
             found.update(r[0] for r in rows)
         return found
 
@@ -182,6 +211,14 @@ class Store:
         self.conn.execute(
             "INSERT OR IGNORE INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
             (job.job_id, job.campaign, job.host, job.queue, job.model_dump_json(), _now()),
+        )
+
+    def record_prediction(self, job_id: str, prediction: Prediction) -> None:
+        self.conn.execute(
+            "INSERT INTO predictions VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+            "kind=excluded.kind, needs_bytes=excluded.needs_bytes, text=excluded.text, "
+            "predicted_at=excluded.predicted_at",
+            (job_id, prediction.kind, prediction.needs_bytes, prediction.text, _now()),
         )
 
     # -- results -----------------------------------------------------------------------------
@@ -275,9 +312,11 @@ class Store:
 
     def campaign_jobs(self, campaign: str) -> list[JobRow]:
         rows = self.conn.execute(
-            "SELECT j.spec, r.result, c.job_id IS NOT NULL FROM jobs j "
+            "SELECT j.spec, r.result, c.job_id IS NOT NULL, p.kind, p.needs_bytes, p.text "
+            "FROM jobs j "
             "LEFT JOIN results r ON r.job_id = j.job_id "
             "LEFT JOIN cancelled c ON c.job_id = j.job_id "
+            "LEFT JOIN predictions p ON p.job_id = j.job_id "
             "WHERE j.campaign = ? ORDER BY j.rowid",
             (campaign,),
         )
@@ -286,9 +325,31 @@ class Store:
                 JobSpec.model_validate_json(spec),
                 RunResult.model_validate_json(result) if result else None,
                 bool(cancelled) and not result,
+                Prediction(kind, needs, text) if kind is not None else None,
             )
-            for spec, result, cancelled in rows
+            for spec, result, cancelled, kind, needs, text in rows
         ]
+
+    @staticmethod
+    def shape_key(job: JobSpec) -> str:
+        """What makes two jobs the same run, campaign aside (for durations across campaigns)."""
+        body = job.model_dump(mode="json", exclude={"job_id", "schema_version", "campaign"})
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    def durations(self) -> dict[str, list[float]]:
+        """Wall seconds of every successful run, by `shape_key` of its job."""
+        rows = self.conn.execute(
+            "SELECT j.spec, json_extract(r.result, '$.started_at'), "
+            "json_extract(r.result, '$.finished_at') FROM results r "
+            "JOIN jobs j ON j.job_id = r.job_id WHERE r.status = 'ok'"
+        )
+        out: dict[str, list[float]] = {}
+        for spec, started, finished in rows:
+            seconds = (
+                datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+            ).total_seconds()
+            out.setdefault(self.shape_key(JobSpec.model_validate_json(spec)), []).append(seconds)
+        return out
 
     def mark_cancelled(self, job_ids: list[str]) -> None:
         self.conn.executemany(

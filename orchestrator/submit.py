@@ -18,16 +18,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jobs.inventory import WorkerInventory
+from jobs.result import RunResult, Status
 from jobs.spec import JobSpec
-from jobs.version import SCHEMA_VERSION
+from jobs.version import ORCH_VERSION, SCHEMA_VERSION
 from orchestrator.broker import Fleet, Publisher, broker_time, connect, read_fleet, waiting_job_ids
 from orchestrator.errors import SubmitError
 from orchestrator.matrixfile import MatrixFile, load_matrix_file
-from orchestrator.store import Store
+from orchestrator.plan import PlanRow, plan
+from orchestrator.store import Prediction, Store
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class SubmitOutcome:
     done: list[JobSpec]  # already have a result
     waiting: list[JobSpec]  # already queued or running
     notes: list[str] = field(default_factory=list)  # what the user should know (not errors)
+    skipped: list[JobSpec] = field(default_factory=list)  # predicted not to load, not queued
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +52,7 @@ class SubmitOutcome:
             "requeued": [j.job_id for j in self.requeued],
             "done": [j.job_id for j in self.done],
             "waiting": [j.job_id for j in self.waiting],
+            "skipped": [j.job_id for j in self.skipped],
             "queues": sorted({j.queue for j in self.published}),
             "notes": self.notes,
         }
@@ -114,6 +119,7 @@ def check_against_fleet(mf: MatrixFile, jobs: list[JobSpec], fleet: Fleet) -> li
                 f"{mf.where(('workload', 'image'))}: host {job.host} has no image "
                 f"{image!r} (it has: {have}; add it under `images:` in its config)"
             )
+        problems += _settings_problems(mf, job, inv)
         if job.model not in inv.models_for(job.engine):
             have = ", ".join(inv.models_for(job.engine)) or "none"
             problems.append(
@@ -121,6 +127,33 @@ def check_against_fleet(mf: MatrixFile, jobs: list[JobSpec], fleet: Fleet) -> li
                 f"model {job.model!r} (it has: {have})"
             )
     return list(dict.fromkeys(problems))  # one line per distinct problem, in order
+
+
+def _settings_problems(mf: MatrixFile, job: JobSpec, inv: WorkerInventory) -> list[str]:
+    """Runtime settings the host's owner did not allow, or outside the allowed values."""
+    problems = []
+    for axis, value in job.settings.items():
+        listed = float(value) if axis == "power_limit_w" else value
+        where = mf.where_value(axis, listed) if getattr(mf.matrix.matrix, axis) else None
+        if where is None:
+            where = mf.where_value("configuration", job.config_name)
+        setter = inv.setters.get(axis)
+        if setter is None:
+            problems.append(
+                f"{where}: host {job.host} does not allow setting {axis} (add it under "
+                "`setters:` in its worker config)"
+            )
+        elif setter.choices and value not in setter.choices:
+            problems.append(
+                f"{where}: host {job.host} offers {axis} {', '.join(setter.choices)}, not {value!r}"
+            )
+        elif axis == "power_limit_w":
+            low, high = setter.min_w or 0.0, setter.max_w or float("inf")
+            if not low <= float(value) <= high:
+                problems.append(
+                    f"{where}: host {job.host} allows {axis} {low:g}-{high:g} W, not {value} W"
+                )
+    return problems
 
 
 def _config_words(configuration: dict[str, str]) -> str:
@@ -150,7 +183,16 @@ def waiting_notes(
     return notes
 
 
-def submit(path: Path, broker_url: str, store: Store) -> SubmitOutcome:
+def submit(
+    path: Path,
+    broker_url: str,
+    store: Store,
+    *,
+    skip_predicted_failures: bool = False,
+    model_files: dict[str, Path] | None = None,
+) -> SubmitOutcome:
+    """Queue what `path` asks for; with `skip_predicted_failures`, jobs the planner says will
+    not load are recorded as skipped (with the numbers) instead of queued."""
     mf = load_matrix_file(path)
     client = connect(broker_url)
     fleet = read_fleet(client)
@@ -158,32 +200,81 @@ def submit(path: Path, broker_url: str, store: Store) -> SubmitOutcome:
     problems = check_against_fleet(mf, jobs, fleet)
     if problems:
         raise SubmitError(problems)
+    predictions = {row.job.job_id: row for row in plan(jobs, model_files or {}, fleet)}
     store.collect(client)  # results that finished since the last look
     ids = [j.job_id for j in jobs]
     finished = store.finished_job_ids(ids)
+    skipped_before = store.skipped_job_ids(ids)
+    if not skip_predicted_failures:
+        finished -= skipped_before  # asked to run everything this time: they run
     known = store.known_job_ids(ids)
     in_broker = waiting_job_ids(client)
     done = [j for j in jobs if j.job_id in finished]
     waiting = [j for j in jobs if j.job_id not in finished and j.job_id in in_broker]
+    todo = [j for j in jobs if j.job_id not in finished and j.job_id not in in_broker]
+    skipped = [j for j in todo if skip_predicted_failures and _will_not_load(predictions[j.job_id])]
     # Queues are FIFO: publishing each host's jobs grouped by what they load makes them run
-    # back to back on a warm server (the fewest model loads).
+    # back to back on a warm server (the fewest model loads); within a group, jobs that share
+    # runtime settings run together.
     fresh = sorted(
-        (j for j in jobs if j.job_id not in finished and j.job_id not in in_broker),
-        key=JobSpec.load_group,
+        (j for j in todo if j not in skipped),
+        key=lambda j: (j.load_group(), sorted(j.settings.items())),
     )
     publisher = Publisher(broker_url)
     try:
         store.record_campaign(mf.matrix.campaign, str(path.resolve()), mf.text)
+        for job in jobs:
+            _record_prediction(store, predictions[job.job_id])
+        for job in skipped:
+            store.record_job(job)
+            store.upsert_result(skipped_result(job, predictions[job.job_id]))
         # Each job is recorded (committed) right after it is published: a broker failure half-way
         # leaves the store saying what was queued, and a re-submit publishes the rest.
         for job in fresh:
+            if job.job_id in skipped_before:
+                store.forget_result(job.job_id)
             publisher.publish(job)
             store.record_job(job)
     finally:
         publisher.close()
     notes = waiting_notes(fresh + waiting, fleet.inventories, broker_time(client))
-    requeued = [j for j in fresh if j.job_id in known]
-    return SubmitOutcome(mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes)
+    requeued = [j for j in fresh if j.job_id in known and j.job_id not in skipped_before]
+    return SubmitOutcome(
+        mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes, skipped=skipped
+    )
+
+
+def _will_not_load(row: PlanRow) -> bool:
+    return row.verdict is not None and row.verdict.kind == "will not load"
+
+
+def _record_prediction(store: Store, row: PlanRow) -> None:
+    if row.verdict is None:
+        return
+    text = row.verdict.text() + (f" ({row.facts_note})" if row.facts_note else "")
+    store.record_prediction(
+        row.job.job_id, Prediction(row.verdict.kind, row.verdict.needs_bytes, text)
+    )
+
+
+def skipped_result(job: JobSpec, row: PlanRow) -> RunResult:
+    """The coordinator's result for a job it did not queue: the prediction, with its numbers."""
+    assert row.verdict is not None
+    now = datetime.now(UTC)
+    text = row.verdict.text().removeprefix("skipped: ")
+    return RunResult(
+        job_id=job.job_id,
+        campaign=job.campaign,
+        host=job.host,
+        queue=job.queue,
+        attempt=0,
+        status=Status.SKIPPED,
+        error=text + (f" ({row.facts_note})" if row.facts_note else ""),
+        started_at=now,
+        finished_at=now,
+        worker_version=ORCH_VERSION,
+        job=job,
+    )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
@@ -31,7 +32,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from jobs.facts import HostFacts
-from jobs.inventory import WorkerInventory
+from jobs.inventory import SetterInfo, WorkerInventory
+from jobs.modelshape import ModelShape, read_model_shape
 from jobs.paths import orch_home
 from jobs.protocol import (
     HEARTBEAT_INTERVAL_S,
@@ -48,6 +50,7 @@ from worker.engines import close_engines
 from worker.errors import ConfigError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
 from worker.runner import execute, flush_spool
+from worker.settings import build_setters
 
 log = logging.getLogger("orch.worker")
 
@@ -74,6 +77,8 @@ class Agent:
         )
         self.spool = orch_home() / "spool" / config.host
         self.facts: HostFacts | None = None
+        self.setters: dict[str, SetterInfo] = {}
+        self.model_shapes: dict[str, ModelShape] = {}
         self.instance_id = uuid.uuid4().hex
         self._lease_value = ""  # set once the lease is ours
         self.started_at = time.time()
@@ -105,6 +110,12 @@ class Agent:
             )
         for problem in problems:
             log.warning("declared fact disagrees (check_declared is off): %s", problem)
+        try:
+            setters = build_setters(self.config.setters, self.config.facts_root)
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0])) from exc
+        self.setters = {axis: setter.info() for axis, setter in setters.items()}
+        self.model_shapes = _model_shapes(self.config.models)
         return facts
 
     def run(self, lease_wait_s: float = 2.5 * LEASE_TTL_S) -> None:
@@ -217,6 +228,8 @@ class Agent:
             engine_models={
                 name: sorted(ec.models) for name, ec in self.config.engines.items() if ec.url
             },
+            setters=self.setters,
+            model_shapes=self.model_shapes,
             version=ORCH_VERSION,
             instance_id=self.instance_id,
             pid=os.getpid(),
@@ -289,6 +302,17 @@ class Agent:
             return None if result is None else {"job_id": result.job_id, "status": result.status}
 
         return app
+
+
+def _model_shapes(models: dict[str, Path]) -> dict[str, ModelShape]:
+    """GGUF header shapes of the box's model files, for the coordinator's memory planner."""
+    shapes = {}
+    for name, path in models.items():
+        try:
+            shapes[name] = read_model_shape(path)
+        except Exception as exc:  # any unreadable file: the agent still runs its other models
+            log.warning("model %s (%s): no GGUF shape for the planner: %s", name, path, exc)
+    return shapes
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

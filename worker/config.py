@@ -16,13 +16,22 @@ them by name, it never supplies a path or a command line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from string import Formatter
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
-from jobs.spec import Name, VramSplit, configuration_of, queue_name
+from jobs.spec import RUNTIME_AXES, Name, VramSplit, configuration_of, queue_name
 from worker.errors import ConfigError
 
 
@@ -69,6 +78,66 @@ class EngineConfig(BaseModel):
         return self
 
 
+_PLACEHOLDERS = {"w", "mw", "uw"}
+_SETTER_METHODS = {"platform_profile": ("sysfs",), "power_limit_w": ("hwmon", "command")}
+
+
+class SetterConfig(BaseModel):
+    """How this box may change one runtime setting (see worker/settings/)::
+
+    setters:
+      platform_profile: {}                     # sysfs, within platform_profile_choices
+      power_limit_w: {method: hwmon, min_w: 45, max_w: 120}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["sysfs", "hwmon", "command"] = "sysfs"
+    min_w: PositiveFloat | None = None
+    max_w: PositiveFloat | None = None
+    # method command: the argv, with {w}, {mw} or {uw} where the value goes (never a shell).
+    command: list[str] = Field(default_factory=list)
+    restore_w: PositiveFloat | None = None  # method command: the value put back after a job
+    card: Name | None = None  # method hwmon: the DRM card ("card1"); default the first with a cap
+
+    @model_validator(mode="after")
+    def _complete(self) -> SetterConfig:
+        if self.method == "command":
+            if not self.command or self.restore_w is None:
+                raise ValueError("method command needs `command` (argv) and `restore_w`")
+            for part in self.command:
+                names = {field for _, field, _, _ in Formatter().parse(part) if field is not None}
+                if names - _PLACEHOLDERS:
+                    raise ValueError(
+                        f"command part {part!r}: only {{w}}, {{mw}} and {{uw}} may be filled in"
+                    )
+        elif self.command or self.restore_w is not None:
+            raise ValueError("`command` and `restore_w` belong to method command")
+        return self
+
+
+class CooldownConfig(BaseModel):
+    """Wait before each job until the GPU is cool and idle (a hot laptop throttles the next run).
+
+    The gate opens once every reading has stayed at or below its threshold for `settle_s`; it
+    gives up after `timeout_s` and the job runs anyway, marked as not settled.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_gpu_temp_c: PositiveFloat | None = None
+    max_power_w: PositiveFloat | None = None
+    settle_s: float = Field(default=5.0, ge=0)
+    timeout_s: float = Field(default=300.0, gt=0)
+    poll_s: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _has_threshold(self) -> CooldownConfig:
+        if self.max_gpu_temp_c is None and self.max_power_w is None:
+            raise ValueError("give max_gpu_temp_c, max_power_w or both")
+        return self
+
+
 class WorkerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +158,22 @@ class WorkerConfig(BaseModel):
     facts_root: Path = Path("/")
     # Telemetry sampled around every run (GPU busy, VRAM/GTT, power, CPU, RSS); 0 turns it off.
     telemetry_interval_s: float = Field(default=0.1, ge=0, le=10)
+    # Runtime settings jobs may change on this box, and how (nothing else is ever changed).
+    setters: dict[str, SetterConfig] = Field(default_factory=dict)
+    cooldown: CooldownConfig | None = None
+
+    @model_validator(mode="after")
+    def _setter_methods(self) -> WorkerConfig:
+        for axis, setter in self.setters.items():
+            methods = _SETTER_METHODS.get(axis)
+            if methods is None:
+                raise ValueError(f"setters.{axis}: not a runtime setting (known: {RUNTIME_AXES})")
+            if setter.method not in methods:
+                raise ValueError(
+                    f"setters.{axis}: method {setter.method!r} does not set it "
+                    f"(use {' or '.join(methods)})"
+                )
+        return self
 
     @property
     def configuration(self) -> dict[str, str]:

@@ -27,12 +27,14 @@ from pydantic import ValidationError
 
 from jobs.facts import HostFacts
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
-from jobs.result import EngineInfo, RunResult, Status
+from jobs.result import AppliedSetting, Cooldown, EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import Telemetry
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
+from worker.cooldown import CooldownGate
 from worker.engines import EngineOutcome, RunTarget, get_engine
+from worker.settings import RuntimeSettings, SettingError, build_setters
 from worker.telemetry import Sampler
 
 log = logging.getLogger("orch.worker")
@@ -79,18 +81,66 @@ def execute(
         return push(redis, _error_result(job, config, attempt, problem, started), spool)
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
-    outcome, telemetry = _measure(job, config)
+    wrapped = _Wrapped()
+    try:
+        outcome, telemetry = _measure(job, config, wrapped)
+    except SettingError as exc:
+        reason = f"runtime settings {job.settings} could not be applied, so it did not run: {exc}"
+        result = _error_result(job, config, attempt, reason, started)
+        return push(redis, result.model_copy(update={"settings": wrapped.settings}), spool)
     result = _result(job, config, attempt, started, outcome).model_copy(
-        update={"host_facts": facts, "telemetry": telemetry}
+        update={
+            "host_facts": _facts_as_run(facts, wrapped.settings),
+            "telemetry": telemetry,
+            "settings": wrapped.settings,
+            "cooldown": wrapped.cooldown,
+        }
     )
     log.info("job %s finished: %s", job.job_id, result.status.value)
     return push(redis, result, spool)
 
 
-def _measure(job: JobSpec, config: WorkerConfig) -> tuple[EngineOutcome, Telemetry | None]:
-    """Run the engine inside the telemetry sampler; phases come back relative to its start."""
+class _Wrapped:
+    """What the wrappers around a run saw (filled in even when applying settings fails)."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, AppliedSetting] = {}
+        self.cooldown: Cooldown | None = None
+
+
+def _facts_as_run(facts: HostFacts | None, settings: dict[str, AppliedSetting]) -> HostFacts | None:
+    """The box's facts with the runtime settings it ran under (detected once, at start)."""
+    if facts is None or not settings:
+        return facts
+    update: dict[str, object] = {}
+    sources = dict(facts.sources)
+    for axis, applied in settings.items():
+        value = applied.read_back
+        if value is None:
+            sources[axis] = f"set to {applied.requested} by {applied.method}, not read back"
+            value = applied.requested
+        else:
+            sources[axis] = f"read back after orch set it by {applied.method}: {value}"
+        if axis == "platform_profile":
+            update["platform_profile"] = value
+        elif axis == "power_limit_w":
+            update["power_cap_w"] = float(value)
+    return facts.model_copy(update={**update, "sources": sources})
+
+
+def _measure(
+    job: JobSpec, config: WorkerConfig, wrapped: _Wrapped
+) -> tuple[EngineOutcome, Telemetry | None]:
+    """Run the engine inside the wrappers: runtime settings (applied first, restored last), the
+    cool-down gate, then the telemetry sampler; phases come back relative to its start."""
     engine = get_engine(job.engine)  # first: it stops other engines' warm servers
     with contextlib.ExitStack() as stack:
+        settings = RuntimeSettings(build_setters(config.setters, config.facts_root), job.settings)
+        stack.callback(lambda: setattr(wrapped, "settings", settings.record))
+        stack.enter_context(settings)
+        if config.cooldown is not None:
+            gate = stack.enter_context(CooldownGate(config.cooldown, root=config.facts_root))
+            wrapped.cooldown = gate.record
         sampler = None
         if config.telemetry_interval_s > 0:
             sampler = stack.enter_context(

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.planner import estimate, model_shape
+from jobs.modelshape import read_model_shape
+from orchestrator.planner import estimate
 from worker.engines.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def test_estimate_matches_llama_cpp_log(
     llama_bin: Path, tiny_models: dict[str, Path], name: str, context: int
 ) -> None:
     logged = logged_buffers(llama_bin, tiny_models[name], context)
-    planned = estimate(model_shape(tiny_models[name]), context)
+    planned = estimate(read_model_shape(tiny_models[name]), context)
     planned_mib = (planned.weight_bytes + planned.kv_bytes) / MIB
     logged_mib = logged["model"] + logged["KV"]
     # The log rounds to 0.01 MiB; the bar is 10%, the estimate is far closer.

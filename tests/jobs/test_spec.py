@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -76,6 +77,9 @@ def test_campaign_is_part_of_the_id() -> None:
         {"workload": Workload(prompt_tokens=65, gen_tokens=32)},
         {"repetitions": 5},
         {"timeout_s": 601},
+        {"settings": {"platform_profile": "low-power"}},
+        {"settings": {"power_limit_w": 45}},
+        {"config_name": "quiet"},
     ],
     ids=lambda change: next(iter(change)) + "=" + str(next(iter(change.values()))),
 )
@@ -87,9 +91,29 @@ def test_every_identifying_field_is_covered_by_the_id_test() -> None:
     # A field added to JobSpec later must be added to the parametrised test above too.
     covered = {
         "host", "engine", "model", "backend", "context", "configuration", "workload",
-        "repetitions", "timeout_s", "campaign",
+        "repetitions", "timeout_s", "campaign", "settings", "config_name",
     }  # fmt: skip
     assert set(JobSpec.model_fields) - {"job_id", "schema_version"} == covered
+
+
+def test_fields_added_later_keep_earlier_ids_when_unset() -> None:
+    # Id of this spec before settings/config_name existed (schema 1): resume must still match.
+    body = _spec().model_dump(mode="json", exclude={"job_id", "schema_version", "settings",
+                                                    "config_name"})  # fmt: skip
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    assert _spec().job_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def test_settings_are_normalized_so_equal_settings_share_an_id() -> None:
+    assert _spec(settings={"power_limit_w": 45}).settings == {"power_limit_w": "45"}
+    assert (
+        _spec(settings={"power_limit_w": "45.0"}).job_id
+        == _spec(settings={"power_limit_w": 45}).job_id
+    )
+    with pytest.raises(ValidationError, match="not a number of watts"):
+        _spec(settings={"power_limit_w": "lots"})
+    with pytest.raises(ValidationError, match="unknown runtime setting 'fan_speed'"):
+        _spec(settings={"fan_speed": "max"})
 
 
 def test_all_ids_of_distinct_specs_are_distinct() -> None:

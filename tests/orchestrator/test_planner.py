@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from jobs.facts import GpuFacts, HostFacts
+from jobs.modelshape import ModelShape, read_model_shape
 from orchestrator.planner import (
     MemoryEstimate,
-    ModelShape,
     cache_type_bytes,
     estimate,
     kv_cache_bytes,
-    model_shape,
     verdict,
 )
 
@@ -60,7 +59,7 @@ def write_gguf(
 
 
 def test_dense_shape(tmp_path: Path) -> None:
-    shape = model_shape(write_gguf(tmp_path / "dense.gguf"))
+    shape = read_model_shape(write_gguf(tmp_path / "dense.gguf"))
     assert (shape.architecture, shape.n_layer, shape.n_embd, shape.n_head) == ("llama", 2, 64, 4)
     assert shape.n_head_kv == 4  # absent key: llama.cpp's default, no GQA
     assert (shape.key_length, shape.value_length) == (16, 16)
@@ -71,16 +70,16 @@ def test_dense_shape(tmp_path: Path) -> None:
 
 
 def test_gqa_and_moe_shapes(tmp_path: Path) -> None:
-    gqa = model_shape(write_gguf(tmp_path / "gqa.gguf", n_head=8, n_head_kv=2, key_length=128))
+    gqa = read_model_shape(write_gguf(tmp_path / "gqa.gguf", n_head=8, n_head_kv=2, key_length=128))
     assert (gqa.n_head, gqa.n_head_kv, gqa.key_length, gqa.value_length) == (8, 2, 128, 128)
-    moe = model_shape(write_gguf(tmp_path / "moe.gguf", arch="qwen3moe", experts=(64, 4)))
+    moe = read_model_shape(write_gguf(tmp_path / "moe.gguf", arch="qwen3moe", experts=(64, 4)))
     assert (moe.architecture, moe.expert_count, moe.expert_used_count) == ("qwen3moe", 64, 4)
     assert moe.expert_ff == 64
 
 
 def shape_of(**overrides: object) -> ModelShape:
     base: dict[str, object] = dict(
-        path=Path("m.gguf"), architecture="llama", n_layer=32, n_embd=4096, n_head=32,
+        architecture="llama", n_layer=32, n_embd=4096, n_head=32,
         n_head_kv_per_layer=(8,) * 32, key_length=128, value_length=128, n_ff=14336,
         n_vocab=128256, context_length=131072, expert_count=None, expert_used_count=None,
         expert_ff=None, weight_bytes=4_920_000_000, file_bytes=4_920_100_000,

@@ -124,8 +124,10 @@ def test_open_creates_the_folder_schema_and_version(tmp_path: Path) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     version = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]
     conn.close()
-    assert tables == {"meta", "campaigns", "jobs", "results", "rejected", "cancelled"}
-    assert int(version) == STORE_VERSION == 1
+    assert tables == {
+        "meta", "campaigns", "jobs", "results", "rejected", "cancelled", "predictions"
+    }  # fmt: skip
+    assert int(version) == STORE_VERSION == 2
 
 
 def test_reopening_keeps_data_and_one_version_row(tmp_path: Path) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from jobs.facts import HostFacts
-from jobs.spec import normalize_vram_split
-from worker.facts.gpu import label_bytes
+from jobs.spec import normalize_vram_split, vram_split_bytes
 from worker.facts.ryzenadj import SUSTAINED_LIMIT
 
 # Power limits are setpoints, not measurements, so there is no noise to allow for; the slack is
@@ -44,7 +43,7 @@ def _vram_split(value: object, facts: HostFacts) -> list[str]:
         declared = normalize_vram_split(value)
     except ValueError:
         return [f"declared vram_split {value!r} is not a VRAM size such as 512M or 32G"]
-    if label_bytes(declared) == label_bytes(facts.vram_split):
+    if vram_split_bytes(declared) == vram_split_bytes(facts.vram_split):
         return []
     where = facts.sources.get("vram_split", "detected")
     return [

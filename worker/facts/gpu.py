@@ -64,11 +64,6 @@ def carve_out_label(size_bytes: int) -> str:
     return f"{max(1, round(mib / step)) * step}M"
 
 
-def label_bytes(label: str) -> int:
-    """ "512M" -> 536870912; the inverse of `carve_out_label` for normalized labels."""
-    return int(label[:-1]) * (GiB if label.endswith("G") else MiB)
-
-
 def parse_uevent(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for line in text.splitlines():

@@ -9,10 +9,11 @@ import pytest
 from facts_fakes import FIXTURES, FakeTools, box_root
 
 from jobs.facts import HostFacts
+from jobs.spec import vram_split_bytes
 from worker.config import DeclaredFacts
 from worker.facts import conflicts, detect_host_facts
 from worker.facts.conflicts import power_tolerance_w
-from worker.facts.gpu import carve_out_label, label_bytes
+from worker.facts.gpu import carve_out_label
 
 
 def facts_of(box: str, tmp_path: Path) -> HostFacts:
@@ -62,7 +63,7 @@ def test_same_size_in_other_units_is_no_conflict() -> None:
 )
 def test_carve_out_label_uses_bios_sizes(size_bytes: int, label: str) -> None:
     assert carve_out_label(size_bytes) == label
-    assert abs(label_bytes(label) - size_bytes) < 64 * 1024**2
+    assert abs(vram_split_bytes(label) - size_bytes) < 64 * 1024**2
 
 
 def test_power_limit_from_ryzenadj_on_an_apu(tmp_path: Path) -> None:

@@ -1,0 +1,128 @@
+"""The cool-down gate: before a job, wait until the GPU is cool and idle again.
+
+An 80 W laptop that just finished a long run starts the next one hot and throttles; its figures
+then depend on the order of the matrix. The gate polls the telemetry sources that read
+temperature and power (amdgpu hwmon, NVML, RAPL) until every configured reading has stayed at
+or below its threshold for `settle_s`, or `timeout_s` passes; the job runs either way and the
+result says which (`RunResult.cooldown`).
+
+Example::
+
+    with CooldownGate(config.cooldown, root=config.facts_root) as gate:
+        ...                    # the measured run
+    result.cooldown = gate.record
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from jobs.result import Cooldown
+from worker.config import CooldownConfig
+from worker.telemetry.base import Source, get_source
+
+log = logging.getLogger("orch.worker")
+
+# Sources that report gpu_temp_c and a power figure; per-process ones have nothing to say here.
+_SOURCES = ("amdgpu", "nvml", "rapl")
+
+
+class CooldownGate:
+    def __init__(
+        self,
+        config: CooldownConfig,
+        root: Path = Path("/"),
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self.root = root
+        self.clock = clock
+        self.sleep = sleep
+        self.record: Cooldown | None = None
+
+    def __enter__(self) -> CooldownGate:
+        self.record = self.wait()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def wait(self) -> Cooldown:
+        sources = self._sources()
+        cfg = self.config
+        start = self.clock()
+        calm_since: float | None = None
+        temp = power = None
+        try:
+            while True:
+                now = self.clock()
+                temp, power = self._read(sources, now)
+                if self._calm(temp, power):
+                    calm_since = now if calm_since is None else calm_since
+                    if now - calm_since >= cfg.settle_s:
+                        return self._done(start, True, temp, power, sources)
+                else:
+                    calm_since = None
+                if now - start >= cfg.timeout_s:
+                    log.warning(
+                        "cool-down gave up after %.0f s (GPU %s °C, %s W): running anyway",
+                        cfg.timeout_s, temp, power,
+                    )  # fmt: skip
+                    return self._done(start, False, temp, power, sources)
+                self.sleep(cfg.poll_s)
+        finally:
+            for source in sources:
+                source.close()
+
+    def _sources(self) -> list[Source]:
+        found = []
+        for name in _SOURCES:
+            source = get_source(name, self.root)
+            if source.probe().available:
+                found.append(source)
+            else:
+                source.close()
+        return found
+
+    def _read(self, sources: list[Source], now: float) -> tuple[float | None, float | None]:
+        values: dict[str, float] = {}
+        for source in sources:
+            values.update(source.sample(now))
+        # GPU board power (or APU package power) first, RAPL's CPU package power otherwise.
+        power = values.get("power_w", values.get("package_power_w"))
+        return values.get("gpu_temp_c"), power
+
+    def _calm(self, temp: float | None, power: float | None) -> bool:
+        """At or below every threshold; a threshold with no reading can never be met."""
+        cfg = self.config
+        if cfg.max_gpu_temp_c is not None and (temp is None or temp > cfg.max_gpu_temp_c):
+            return False
+        return not (cfg.max_power_w is not None and (power is None or power > cfg.max_power_w))
+
+    def _done(
+        self,
+        start: float,
+        settled: bool,
+        temp: float | None,
+        power: float | None,
+        sources: list[Source],
+    ) -> Cooldown:
+        return Cooldown(
+            waited_s=round(self.clock() - start, 3),
+            settled=settled,
+            gpu_temp_c=temp,
+            power_w=None if power is None else round(power, 2),
+            max_gpu_temp_c=self.config.max_gpu_temp_c,
+            max_power_w=self.config.max_power_w,
+            sources=[source.name for source in sources],
+        )
