@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,21 @@ def waiting_job_ids(client: Any) -> set[str]:
         message = json.loads(raw)[0]
         ids.add(str(message.get("headers", {}).get("id")))
     return ids
+
+
+def queue_counts(client: Any) -> tuple[Counter[str], Counter[str]]:
+    """(waiting, running) jobs per orch queue: queued lists, and delivered-but-unacknowledged
+    messages (a job a worker runs now, or an orphan its dead worker left) by routing key."""
+    waiting: Counter[str] = Counter()
+    for key in client.scan_iter(match="orch.*", count=200, _type="list"):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        waiting[name] = int(client.llen(key))
+    running: Counter[str] = Counter()
+    for raw in client.hvals("unacked"):
+        _message, _exchange, routing_key = json.loads(raw)
+        if str(routing_key).startswith("orch."):
+            running[str(routing_key)] += 1
+    return waiting, running
 
 
 def queue_length(client: Any, queue: str) -> int:

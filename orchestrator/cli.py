@@ -91,6 +91,17 @@ def cli(ctx: click.Context, store_path: Path | None) -> None:
     help="With --local: the local worker's worker.yaml.",
 )
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after N seconds.")
+@click.option(
+    "--skip-predicted-failures",
+    is_flag=True,
+    help="Do not queue jobs the planner predicts will not load; report them as skipped.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="NAME=PATH of a GGUF file here, for the planner (default: the shape the host reports).",
+)
 @click.pass_context
 def submit_cmd(
     ctx: click.Context,
@@ -101,15 +112,25 @@ def submit_cmd(
     local: bool,
     worker_config: Path | None,
     timeout: float | None,
+    skip_predicted_failures: bool,
+    models: tuple[str, ...],
 ) -> None:
     """Expand MATRIX, check it against the fleet, and queue its jobs."""
     store = _store(ctx)
+    files = parse_model_options(models)
+
+    def run_submit(broker_url: str) -> SubmitOutcome:
+        return submit(
+            matrix, broker_url, store,
+            skip_predicted_failures=skip_predicted_failures, model_files=files,
+        )  # fmt: skip
+
     if local:
         if worker_config is None:
             raise OrchError("--local needs --worker-config worker.yaml (the local box's config)")
         with tempfile.TemporaryDirectory(prefix="orch-local-") as tmp:
             with local_fleet(worker_config, Path(tmp)) as fleet:
-                outcome = submit(matrix, fleet.broker_url, store)
+                outcome = run_submit(fleet.broker_url)
                 _print_submission(outcome, as_json)
                 _wait_and_report(store, fleet.broker_url, outcome.campaign, timeout)
         return
@@ -118,7 +139,7 @@ def submit_cmd(
             "no broker: pass --broker redis://HOST:6379/0 or set ORCH_BROKER_URL "
             "(or use --local for a single box)"
         )
-    outcome = submit(matrix, broker, store)
+    outcome = run_submit(broker)
     _print_submission(outcome, as_json)
     if wait:
         _wait_and_report(store, broker, outcome.campaign, timeout)
@@ -132,7 +153,8 @@ def _print_submission(outcome: SubmitOutcome, as_json: bool) -> None:
     requeued = f" ({len(outcome.requeued)} re-queued: the broker had lost them)"
     click.echo(
         f"{len(outcome.published)} job(s) queued{requeued if outcome.requeued else ''}, "
-        f"{len(outcome.waiting)} already waiting, {len(outcome.done)} already done",
+        f"{len(outcome.waiting)} already waiting, {len(outcome.done)} already done"
+        + (f", {len(outcome.skipped)} skipped (predicted not to load)" if outcome.skipped else ""),
         err=True,
     )
     for note in outcome.notes:

@@ -27,6 +27,7 @@ def _block(inv: WorkerInventory, now: float) -> str:
         "  engines      "
         + ("; ".join(f"{e} [{', '.join(b)}]" for e, b in sorted(inv.engines.items())) or "-"),
         f"  models       {', '.join(inv.models) or '-'}",
+        f"  settable     {_setters(inv) or '- (no `setters:` in its worker config)'}",
     ]
     if inv.clock_skew_s is not None:
         lines.append(f"  clock skew   {inv.clock_skew_s:+.3f} s against the broker")
@@ -64,6 +65,19 @@ def _facts_lines(inv: WorkerInventory) -> list[str]:
     for note in facts.notes:
         out.append(f"  note         {note}")
     return out
+
+
+def _setters(inv: WorkerInventory) -> str:
+    parts = []
+    for axis, info in sorted(inv.setters.items()):
+        if info.choices:
+            allowed = ", ".join(info.choices)
+        elif info.min_w is not None or info.max_w is not None:
+            allowed = f"{info.min_w or 0:g}-{info.max_w or float('inf'):g} W"
+        else:
+            allowed = "any value"
+        parts.append(f"{axis} ({info.method}: {allowed})")
+    return "; ".join(parts)
 
 
 def _kv(values: dict[str, Any]) -> str:

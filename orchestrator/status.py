@@ -7,7 +7,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from orchestrator.broker import broker_time, queue_length, read_fleet
+from jobs.spec import host_of_queue
+from orchestrator.broker import broker_time, queue_counts, read_fleet
 from orchestrator.store import Store
 from orchestrator.submit import waiting_notes
 
@@ -15,7 +16,7 @@ from orchestrator.submit import waiting_notes
 def render_status(store: Store, client: Any | None, campaign: str | None) -> str:
     out: list[str] = []
     if client is not None:
-        out += _hosts(client, broker_time(client))
+        out += _hosts(client, broker_time(client), store)
     else:
         out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     rejected = store.rejected_count()
@@ -37,27 +38,42 @@ def render_status(store: Store, client: Any | None, campaign: str | None) -> str
     return "\n".join(out)
 
 
-def _hosts(client: Any, now: float) -> list[str]:
+def _hosts(client: Any, now: float, store: Store) -> list[str]:
+    """One row per host and configuration: online or not, which one it runs now, and its jobs
+    done / running / waiting there (done from this store, all campaigns; the rest from the
+    broker)."""
     rows: list[list[Any]] = []
     fleet = read_fleet(client)
+    waiting, running = queue_counts(client)
+    done = store.done_by_queue()
     for host, reason in sorted(fleet.unreadable.items()):
-        rows.append([host, f"unreadable: {reason}", "", "", "", ""])
+        rows.append([host, f"unreadable: {reason}", "", "", "", "", ""])
     for host, inv in sorted(fleet.inventories.items()):
         engines = "; ".join(f"{e} [{', '.join(b)}]" for e, b in sorted(inv.engines.items()))
-        rows.append(
-            [
-                host,
-                "online" if inv.online(now) else f"offline ({now - inv.last_seen:.0f} s)",
-                inv.queue,
-                queue_length(client, inv.queue),
-                engines,
-                len(inv.models),
-            ]
-        )
+        state = "online" if inv.online(now) else f"offline ({now - inv.last_seen:.0f} s)"
+        queues = {inv.queue} | {q for q in (*waiting, *running, *done) if host_of_queue(q) == host}
+        for queue in sorted(queues, key=lambda q: (q != inv.queue, q)):
+            current = queue == inv.queue
+            rows.append(
+                [
+                    host if current else "",
+                    state if current else "",
+                    _configuration_label(queue) + (" (now)" if current else ""),
+                    done.get(queue, 0),
+                    running.get(queue, 0),
+                    waiting.get(queue, 0),
+                    engines if current else "",
+                ]
+            )
     if not rows:
         return ["hosts: none registered yet (start `orch worker` on each box)"]
-    headers = ["host", "state", "queue (current configuration)", "queued", "engines", "models"]
-    return [tabulate(rows, headers, tablefmt="simple")]
+    headers = ["host", "state", "configuration", "done", "running", "waiting", "engines"]
+    return [tabulate(rows, headers, tablefmt="simple", disable_numparse=True)]
+
+
+def _configuration_label(queue: str) -> str:
+    """`orch.halo.vram-512M` -> `vram-512M`."""
+    return queue.rsplit(".", 1)[-1]
 
 
 def _campaign(store: Store, campaign: str, client: Any | None) -> list[str]:

@@ -330,6 +330,14 @@ class Store:
             for spec, result, cancelled, kind, needs, text in rows
         ]
 
+    def done_by_queue(self) -> dict[str, int]:
+        """Jobs with a result (that ran: skipped ones did not) per queue, all campaigns."""
+        rows = self.conn.execute(
+            "SELECT j.queue, COUNT(*) FROM results r JOIN jobs j ON j.job_id = r.job_id "
+            "WHERE r.status != 'skipped' GROUP BY j.queue"
+        )
+        return {queue: int(count) for queue, count in rows}
+
     @staticmethod
     def shape_key(job: JobSpec) -> str:
         """What makes two jobs the same run, campaign aside (for durations across campaigns)."""

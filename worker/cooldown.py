@@ -38,8 +38,10 @@ class CooldownGate:
         root: Path = Path("/"),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        source_names: tuple[str, ...] = _SOURCES,
     ) -> None:
         self.config = config
+        self.source_names = source_names
         self.root = root
         self.clock = clock
         self.sleep = sleep
@@ -86,7 +88,7 @@ class CooldownGate:
 
     def _sources(self) -> list[Source]:
         found = []
-        for name in _SOURCES:
+        for name in self.source_names:
             source = get_source(name, self.root)
             if source.probe().available:
                 found.append(source)
@@ -95,12 +97,12 @@ class CooldownGate:
         return found
 
     def _read(self, sources: list[Source], now: float) -> tuple[float | None, float | None]:
-        values: dict[str, float] = {}
-        for source in sources:
-            values.update(source.sample(now))
+        readings = [source.sample(now) for source in sources]
+        temps = [r["gpu_temp_c"] for r in readings if "gpu_temp_c" in r]
         # GPU board power (or APU package power) first, RAPL's CPU package power otherwise.
-        power = values.get("power_w", values.get("package_power_w"))
-        return values.get("gpu_temp_c"), power
+        powers = [r["power_w"] for r in readings if "power_w" in r]
+        powers = powers or [r["package_power_w"] for r in readings if "package_power_w" in r]
+        return (max(temps) if temps else None), (sum(powers) if powers else None)
 
     def _calm(self, temp: float | None, power: float | None) -> bool:
         """At or below every threshold; a threshold with no reading can never be met."""
