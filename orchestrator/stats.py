@@ -11,6 +11,7 @@ verdict.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,14 +40,17 @@ def summarize(samples: list[float]) -> Summary | None:
 
 
 def fmt_number(value: float) -> str:
-    """Three significant figures or so, never scientific notation for tokens/s."""
+    """Three significant figures or so, never scientific notation."""
     # Choose the decimals from the value as it will print: 99.96 is "100", not "100.0".
     magnitude = abs(float(f"{value:.3g}"))
     if magnitude >= 100:
         return f"{value:.0f}"
     if magnitude >= 10:
         return f"{value:.1f}"
-    return f"{value:.2f}"
+    if magnitude == 0 or magnitude >= 0.1:
+        return f"{value:.2f}"
+    # Small figures (a TTFT of 3 ms in seconds) keep three significant digits, not "0.00".
+    return f"{value:.{2 - math.floor(math.log10(magnitude))}f}"
 
 
 # A cell is "unstable" when its robust relative spread is above this. The spread is
