@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,37 @@ def test_compare_golden(store: Store) -> None:
 
 def test_campaigns_golden(store: Store) -> None:
     check_golden("campaigns.txt", render_campaigns(store) + "\n")
+
+
+def test_html_is_self_contained_with_charts(store: Store) -> None:
+    pivot = build_pivot(CAMPAIGN, store.campaign_jobs(CAMPAIGN), BASELINE)
+    html = render(pivot, "html")
+
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    # Nothing fetched from elsewhere: no scripts, stylesheets or images, and the SVGs' links
+    # only point inside the page (`xlink:href="#glyph..."`).
+    assert not re.search(r"<script|<link|<img|<iframe|\bsrc\s*=", html)
+    assert not re.search(r"""href\s*=\s*["'](?!#)""", html)
+    kinds = re.findall(r'<figure class="chart" id="[^"]+" data-kind="(\w+)">', html)
+    # tg, pp, TTFT bars; one context has figures, so no context lines; 4 jobs with telemetry.
+    assert kinds == ["bar"] * 3 + ["timeline"] * 4
+    assert html.count("<svg") == 7
+    assert "<figcaption>tg tokens/s by configuration (median, 95% CI)</figcaption>" in html
+    assert '<td class="figure">42.9 [42.2–43.4] n=5 · 2.48× faster</td>' in html
+    assert "skipped: predicted OOM (needs 23.1 GB, has 0.5 GB)" in html
+    assert render(pivot, "html") == html  # deterministic, so it can be diffed
+
+
+def test_html_draws_tokens_per_s_against_context(store: Store) -> None:
+    from tests.orchestrator.test_report import CAMPAIGN as BENCH
+    from tests.orchestrator.test_report import _campaign_rows
+
+    html = render(build_pivot(BENCH, _campaign_rows()), "html")
+
+    captions = re.findall(r"<figcaption>([^<]+)</figcaption>", html)
+    assert captions == [
+        "tg tokens/s by configuration (median, 95% CI)",
+        "pp tokens/s by configuration (median, 95% CI)",
+        "tg tokens/s vs context length (median, 95% CI)",
+        "pp tokens/s vs context length (median, 95% CI)",
+    ]
