@@ -21,13 +21,14 @@ from jobs.paths import orch_home
 from jobs.protocol import redact_url
 from orchestrator import status as status_mod
 from orchestrator.broker import connect, read_fleet
+from orchestrator.cli_report import COMMANDS as REPORT_COMMANDS
 from orchestrator.control import cancel, retry_failed
 from orchestrator.errors import OrchError
 from orchestrator.hosts import render_hosts
 from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.matrixfile import load_matrix_file
 from orchestrator.plan import parse_model_options, plan, render_plan
-from orchestrator.report import FORMATS, build_pivot, render
+from orchestrator.report import build_pivot, render
 from orchestrator.store import Store, default_store_path
 from orchestrator.submit import Progress, SubmitOutcome, resolve_configurations, submit, wait_for
 
@@ -243,30 +244,6 @@ def hosts_cmd(broker: str) -> None:
     click.echo(render_hosts(connect(broker)))
 
 
-@cli.command("report")
-@click.argument("campaign")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
-@click.option("--out", type=click.Path(path_type=Path), help="Write to a file instead of stdout.")
-@click.pass_context
-def report_cmd(
-    ctx: click.Context, campaign: str, fmt: str, broker: str | None, out: Path | None
-) -> None:
-    """The comparison table of CAMPAIGN: configurations x hosts."""
-    store = _store(ctx)
-    if broker:
-        store.collect(connect(broker))
-    if not store.has_campaign(campaign):
-        known = ", ".join(c.campaign for c in store.campaigns()) or "none yet"
-        raise OrchError(f"no campaign {campaign!r} in {store.path} (campaigns: {known})")
-    text = render(build_pivot(campaign, store.campaign_jobs(campaign)), fmt)
-    if out:
-        out.write_text(text if text.endswith("\n") else text + "\n")
-        click.echo(f"wrote {out}", err=True)
-    else:
-        click.echo(text)
-
-
 @cli.command("demo")
 @click.option("--timeout", type=float, default=1800, show_default=True)
 @click.pass_context
@@ -285,6 +262,10 @@ def demo_cmd(ctx: click.Context, timeout: float) -> None:
             click.echo(f"campaign {outcome.campaign}: {len(outcome.published)} jobs", err=True)
             _wait_and_report(store, fleet.broker_url, outcome.campaign, timeout)
     click.echo(f"\nstore: {store.path}  (orch report {outcome.campaign} --format md)", err=True)
+
+
+for _command in REPORT_COMMANDS:  # report, compare, campaigns, import
+    cli.add_command(_command)
 
 
 def main() -> None:

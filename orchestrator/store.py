@@ -127,6 +127,30 @@ class CampaignSummary:
     ok: int
 
 
+@dataclass(frozen=True)
+class CampaignOverview:
+    """A campaign's history line for `orch campaigns`."""
+
+    campaign: str
+    created_at: str
+    updated_at: str
+    last_result_at: str | None
+    hosts: tuple[str, ...]
+    total: int
+    finished: int  # jobs with a result, whatever its status
+    ok: int
+    skipped: int  # never run: predicted not to load
+    cancelled: int  # taken out of their queue, no result
+
+    @property
+    def failed(self) -> int:
+        return self.finished - self.ok - self.skipped
+
+    @property
+    def waiting(self) -> int:
+        return self.total - self.finished - self.cancelled
+
+
 class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
@@ -377,6 +401,34 @@ class Store:
     def has_campaign(self, campaign: str) -> bool:
         row = self.conn.execute("SELECT 1 FROM campaigns WHERE campaign = ?", (campaign,))
         return row.fetchone() is not None
+
+    def campaign_overview(self) -> list[CampaignOverview]:
+        """Every campaign with its dates, hosts and job counts, oldest first."""
+        rows = self.conn.execute(
+            "SELECT c.campaign, c.created_at, c.updated_at, MAX(r.finished_at), "
+            "GROUP_CONCAT(DISTINCT j.host), COUNT(j.job_id), COUNT(r.job_id), "
+            "COALESCE(SUM(r.status = 'ok'), 0), COALESCE(SUM(r.status = 'skipped'), 0), "
+            "COALESCE(SUM(x.job_id IS NOT NULL AND r.job_id IS NULL), 0) FROM campaigns c "
+            "LEFT JOIN jobs j ON j.campaign = c.campaign "
+            "LEFT JOIN results r ON r.job_id = j.job_id "
+            "LEFT JOIN cancelled x ON x.job_id = j.job_id "
+            "GROUP BY c.campaign ORDER BY c.created_at, c.campaign"
+        )
+        return [
+            CampaignOverview(
+                name,
+                created,
+                updated,
+                last,
+                tuple(sorted((hosts or "").split(",") if hosts else [])),
+                total,
+                finished,
+                ok,
+                skipped,
+                cancelled,
+            )
+            for name, created, updated, last, hosts, total, finished, ok, skipped, cancelled in rows
+        ]
 
 
 def _now() -> str:

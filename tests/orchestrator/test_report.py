@@ -13,7 +13,18 @@ import pytest
 
 from jobs.result import EngineInfo, Measurement, RunResult, Status
 from jobs.spec import JobSpec, Workload
-from orchestrator.report import Cell, build_pivot, render, tidy_rows
+from orchestrator.report import (
+    Cell,
+    Pivot,
+    PivotOptions,
+    ReportError,
+    build_pivot,
+    cell_text,
+    render,
+    tidy_rows,
+)
+from orchestrator.report.metrics import METRICS
+from orchestrator.report.render_text import table
 from orchestrator.stats import Summary, fmt_number, summarize
 from orchestrator.store import JobRow
 
@@ -206,6 +217,10 @@ def test_summarize_empty_is_none() -> None:
         (10.0, "10.0"),
         (9.876, "9.88"),
         (0.3, "0.30"),
+        (0.1, "0.10"),
+        (0.0345, "0.0345"),
+        (0.003456, "0.00346"),
+        (-0.0021, "-0.00210"),
         (0.0, "0.00"),
         (-12.34, "-12.3"),
         (123456789.0, "123456789"),  # never 1.23e+08
@@ -223,73 +238,132 @@ def test_fmt_number_at_a_rounding_boundary(value: float, text: str) -> None:
 # -- pivot -----------------------------------------------------------------------------------
 
 
-def test_pivot_has_configurations_as_rows_and_hosts_as_columns() -> None:
+def _texts(pivot: Pivot) -> dict[tuple[Any, ...], dict[str, str]]:
+    """Row key -> {column label: cell text}."""
+    return {
+        row: {" ".join(map(str, c)): cell_text(pivot.cell(row, c)) for c in pivot.columns}
+        for row in pivot.rows
+    }
+
+
+def test_default_pivot_has_hosts_as_columns_and_metrics_as_rows() -> None:
     pivot = build_pivot(CAMPAIGN, _campaign_rows())
 
     assert pivot.campaign == CAMPAIGN
-    assert pivot.hosts == ["laptop-80w", "minipc-120w"]
-    assert pivot.shown_axes == ["model", "context"]
+    assert pivot.column_axes == ["host"]
+    assert pivot.columns == [("laptop-80w",), ("minipc-120w",)]
+    assert pivot.row_axes == ["model", "context", "metric"]
     assert pivot.constant_axes == {
         "engine": "llama-bench",
         "backend": "cpu",
         "vram_split": "32G",
         "workload": "64+32",
     }
-    # Sorted by model, then context as a number (512 before 2048).
-    assert list(pivot.rows) == [
-        ("tiny:q4_k_m", 512),
-        ("tiny:q4_k_m", 2048),
-        ("tiny:q8_0", 512),
-        ("tiny:q8_0", 2048),
+    # Sorted by model, then context as a number (512 before 2048), then metric (tg, pp).
+    assert pivot.rows == [
+        ("tiny:q4_k_m", 512, "tg"),
+        ("tiny:q4_k_m", 512, "pp"),
+        ("tiny:q4_k_m", 2048, "tg"),
+        ("tiny:q4_k_m", 2048, "pp"),
+        ("tiny:q8_0", 512, "tg"),
+        ("tiny:q8_0", 512, "pp"),
+        ("tiny:q8_0", 2048, "tg"),
+        ("tiny:q8_0", 2048, "pp"),
     ]
-    assert all(set(cells) == {"laptop-80w", "minipc-120w"} for cells in pivot.rows.values())
+    assert [m.key for m in pivot.metrics] == ["tg", "pp"]  # the metrics that have figures
     assert len(pivot.jobs) == 8
 
 
 def test_cell_texts() -> None:
-    rows = build_pivot(CAMPAIGN, _campaign_rows()).rows
-    texts = {key: {h: c.text() for h, c in cells.items()} for key, cells in rows.items()}
+    texts = _texts(build_pivot(CAMPAIGN, _campaign_rows()))
 
     assert texts == {
-        ("tiny:q4_k_m", 512): {
-            # tg 60.7 61.5 61.9: median 61.5, MAD 0.4; pp 649.5 655 661: median 655, MAD 5.5
-            "laptop-80w": "tg 61.5 ± 0.40 · pp 655 ± 5.50 (n=3)",
+        # tg 60.7 61.5 61.9: median 61.5, bootstrap CI of the median within [min, max]
+        ("tiny:q4_k_m", 512, "tg"): {
+            "laptop-80w": "61.5 [60.7–61.9] n=3",
             "minipc-120w": "waiting",
         },
-        ("tiny:q4_k_m", 2048): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
-        ("tiny:q8_0", 512): {
-            "laptop-80w": "tg 43.1 ± 0.30 · pp 805 ± 7.10 (n=3)",
-            "minipc-120w": "waiting",
+        ("tiny:q4_k_m", 512, "pp"): {"laptop-80w": "655 [650–661] n=3", "minipc-120w": "waiting"},
+        ("tiny:q4_k_m", 2048, "tg"): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
+        ("tiny:q4_k_m", 2048, "pp"): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
+        ("tiny:q8_0", 512, "tg"): {"laptop-80w": "43.1 [42.8–43.5] n=3", "minipc-120w": "waiting"},
+        ("tiny:q8_0", 512, "pp"): {"laptop-80w": "805 [798–812] n=3", "minipc-120w": "waiting"},
+        ("tiny:q8_0", 2048, "tg"): {
+            "laptop-80w": "40.2 [39.9–41.0] n=3",
+            "minipc-120w": "47.6 [47.1–48.0] n=3",
         },
-        ("tiny:q8_0", 2048): {
-            "laptop-80w": "tg 40.2 ± 0.30 · pp 760 ± 7.75 (n=3)",
-            "minipc-120w": "tg 47.6 ± 0.40 · pp 901 ± 3.50 (n=3)",
+        ("tiny:q8_0", 2048, "pp"): {
+            "laptop-80w": "760 [752–772] n=3",
+            "minipc-120w": "901 [898–905] n=3",
         },
     }
 
 
-def test_cell_pools_the_figures_it_was_given() -> None:
-    cell = Cell(statuses=["ok"], tg_samples=[43.1, 42.8, 43.5], pp_samples=[])
+def test_every_cell_knows_n_median_spread_and_ci() -> None:
+    pivot = build_pivot(CAMPAIGN, _campaign_rows())
+    cell = pivot.cell(("tiny:q8_0", 2048, "tg"), ("minipc-120w",))
+    assert cell is not None and cell.stats is not None
 
-    assert cell.tg == summarize([43.1, 42.8, 43.5])
-    assert cell.pp is None
-    assert cell.text() == "tg 43.1 ± 0.30 (n=3)"
+    stats = cell.stats
+    assert (stats.n, stats.median) == (3, 47.6)
+    assert stats.mad == pytest.approx(0.4)
+    assert stats.rel_spread == pytest.approx(1.4826 * 0.4 / 47.6)
+    assert stats.ci_low == pytest.approx(47.1) and stats.ci_high == pytest.approx(48.0)
+
+
+def test_cell_pools_the_figures_it_was_given() -> None:
+    cell = Cell(METRICS["tg"], values=[43.1, 42.8, 43.5], statuses=["ok"])
+
+    assert cell.stats is not None and cell.stats.median == 43.1
+    assert cell_text(cell) == "43.1 [42.8–43.5] n=3"
+
+
+def test_cell_with_fewer_than_three_samples_has_no_ci() -> None:
+    assert cell_text(Cell(METRICS["load"], values=[9.5], statuses=["ok"])) == "9.50 n=1"
 
 
 def test_cell_counts_failures_beside_good_figures() -> None:
-    cell = Cell(statuses=["ok", "error", "timeout"], tg_samples=[40.0, 41.0, 42.0])
+    cell = Cell(METRICS["tg"], values=[40.0, 41.0, 42.0], statuses=["ok", "error", "timeout"])
 
-    assert cell.text() == "tg 41.0 ± 1.00 (n=3) +2 not ok"
+    assert cell_text(cell) == "41.0 [40.0–42.0] n=3 (+error, timeout)"
 
 
 def test_cell_lists_distinct_failures_in_words() -> None:
-    cell = Cell(statuses=["timeout", "load_failed", "timeout"])
+    cell = Cell(METRICS["tg"], statuses=["timeout", "load_failed", "timeout"])
 
-    assert cell.text() == "load failed, timeout"
+    assert cell_text(cell) == "load failed, timeout ×2"
+
+
+def test_unstable_cell_is_flagged() -> None:
+    cell = Cell(METRICS["tg"], values=[40.0, 52.0, 31.0, 45.0, 36.0], statuses=["ok"])
+
+    assert cell_text(cell).endswith(" ⚠")
 
 
 def test_cell_without_results_is_waiting() -> None:
-    assert Cell().text() == "waiting"
+    assert cell_text(Cell(METRICS["tg"], statuses=["waiting"])) == "waiting"
+    assert cell_text(Cell(METRICS["tg"], statuses=["cancelled"])) == "cancelled"
+
+
+def test_ok_job_without_the_metric_is_missing_never_zero() -> None:
+    spec = _spec("laptop-80w", "tiny:q8_0", 512)
+    pivot = build_pivot(CAMPAIGN, [JobRow(spec, _result(spec))], PivotOptions(metrics=("ttft",)))
+    [cell] = pivot.cells.values()
+
+    assert cell.values == [] and cell.stats is None
+    assert cell_text(cell) == "-"
+
+
+def test_skipped_result_shows_the_prediction() -> None:
+    spec = _spec("laptop-80w", "tiny:q8_0", 512)
+    skipped = _result(spec, Status.SKIPPED, error="predicted OOM (needs 23.1 GB, has 0.5 GB)")
+    pivot = build_pivot(CAMPAIGN, [JobRow(spec, skipped)])
+
+    texts = {cell_text(c) for c in pivot.cells.values()}
+    assert texts == {"skipped: predicted OOM (needs 23.1 GB, has 0.5 GB)"}
+    table_text = render(pivot, "table")
+    assert "all metrics" in table_text
+    assert "skipped: predicted OOM (needs 23.1 GB, has 0.5 GB)" in table_text
 
 
 def test_axis_with_several_values_becomes_a_row_label() -> None:
@@ -297,18 +371,90 @@ def test_axis_with_several_values_becomes_a_row_label() -> None:
     other = JobSpec(**{**laptop.model_dump(exclude={"job_id"}), "configuration": {}})
     pivot = build_pivot(CAMPAIGN, [JobRow(laptop, _result(laptop)), JobRow(other, None)])
 
-    assert pivot.shown_axes == ["model", "vram_split"]
-    assert list(pivot.rows) == [("tiny:q8_0", "-"), ("tiny:q8_0", "32G")]
+    # vram_split is a configuration axis: it goes to the columns (the host does not vary).
+    assert pivot.column_axes == ["vram_split"]
+    assert pivot.columns == [("32G",), ("-",)]  # sizes first, "-" (none) last
+    assert pivot.row_axes == ["metric"]
     assert pivot.constant_axes["context"] == 512
+    assert pivot.constant_axes["host"] == "laptop-80w"
+
+
+def test_rows_and_columns_can_be_chosen() -> None:
+    pivot = build_pivot(
+        CAMPAIGN,
+        _campaign_rows(),
+        PivotOptions(rows=("host", "context"), columns=("model", "metric")),
+    )
+
+    assert pivot.row_axes == ["host", "context"]
+    assert pivot.column_axes == ["model", "metric"]
+    assert pivot.columns[:2] == [("tiny:q4_k_m", "tg"), ("tiny:q4_k_m", "pp")]
+    headers, body = table(pivot)
+    assert headers[:3] == ["host", "context", "tiny:q4_k_m tg tokens/s"]
+    assert body[0][:3] == ["laptop-80w", "512", "61.5 [60.7–61.9] n=3"]
+
+
+def test_an_axis_that_varies_is_never_pooled() -> None:
+    # Only host asked for: context and model still vary, so they are added to the rows.
+    pivot = build_pivot(CAMPAIGN, _campaign_rows(), PivotOptions(columns=("host",), rows=()))
+
+    assert pivot.row_axes == ["model", "context", "metric"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (PivotOptions(rows=("colour",)), "unknown axis 'colour'"),
+        (PivotOptions(metrics=("speed",)), "unknown metric 'speed'"),
+        (PivotOptions(rows=("host",), columns=("host",)), "'host' is in both"),
+        (PivotOptions(baseline=("host", "nas")), "no such host (have: laptop-80w, minipc-120w)"),
+        (PivotOptions(baseline=("engine", "llama-bench")), "'engine' is not a row or column"),
+    ],
+)
+def test_bad_options_say_what_to_do(options: PivotOptions, message: str) -> None:
+    with pytest.raises(ReportError, match=re.escape(message)):
+        build_pivot(CAMPAIGN, _campaign_rows(), options)
+
+
+def test_baseline_adds_ratio_and_verdict() -> None:
+    pivot = build_pivot(CAMPAIGN, _campaign_rows(), PivotOptions(baseline=("host", "laptop-80w")))
+    texts = _texts(pivot)
+
+    # 47.6 vs 40.2 tokens/s with non-overlapping CIs: a real difference.
+    assert texts[("tiny:q8_0", 2048, "tg")]["minipc-120w"] == "47.6 [47.1–48.0] n=3 · 1.18× faster"
+    assert texts[("tiny:q8_0", 2048, "tg")]["laptop-80w"] == "40.2 [39.9–41.0] n=3"
+    # No baseline figures to compare with: no ratio.
+    assert texts[("tiny:q4_k_m", 512, "tg")]["minipc-120w"] == "waiting"
+
+
+def test_baseline_never_claims_what_the_data_does_not_support() -> None:
+    laptop = _spec("laptop-80w", "tiny:q8_0", 512)
+    minipc = _spec("minipc-120w", "tiny:q8_0", 512)
+    base = _result(laptop)
+
+    def minipc_result(tg: list[float]) -> RunResult:
+        measurements = [m.model_copy(update={"samples_ts": tg}) for m in base.measurements]
+        update = {"job_id": minipc.job_id, "host": minipc.host, "measurements": measurements}
+        return base.model_copy(update=update)
+
+    options = PivotOptions(metrics=("tg",), baseline=("host", "laptop-80w"))
+    close = [JobRow(laptop, base), JobRow(minipc, minipc_result([43.3, 42.6, 43.9]))]
+    few = [JobRow(laptop, base), JobRow(minipc, minipc_result([90.0, 91.0]))]
+
+    # Overlapping CIs: not distinguishable. Two samples: a ratio but no verdict.
+    same = build_pivot(CAMPAIGN, close, options).cell(("tg",), ("minipc-120w",))
+    short = build_pivot(CAMPAIGN, few, options).cell(("tg",), ("minipc-120w",))
+    assert cell_text(same).endswith("· 1.00× ≈")
+    assert cell_text(short).endswith("· 2.10× n<3")
 
 
 def test_failed_results_add_no_figures_even_with_measurements() -> None:
     spec = _spec("laptop-80w", "tiny:q8_0", 512)
     result = _result(spec).model_copy(update={"status": Status.ERROR, "error": "bad output"})
-    [cells] = build_pivot(CAMPAIGN, [JobRow(spec, result)]).rows.values()
+    pivot = build_pivot(CAMPAIGN, [JobRow(spec, result)])
 
-    assert cells["laptop-80w"].tg_samples == []
-    assert cells["laptop-80w"].text() == "error"
+    assert all(c.values == [] for c in pivot.cells.values())
+    assert {cell_text(c) for c in pivot.cells.values()} == {"error"}
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -321,39 +467,43 @@ def _table_lines(text: str) -> list[str]:
 def test_markdown_is_a_github_pipe_table_with_legend() -> None:
     text = render(build_pivot(CAMPAIGN, _campaign_rows()), "md")
     lines = text.splitlines()
-    table = _table_lines(text)
+    table_lines = _table_lines(text)
 
     assert lines[0] == f"### {CAMPAIGN}"
     assert (
-        "*engine llama-bench, backend cpu, vram 32G, workload (pp+tg) 64+32; 6/8 jobs finished*"
-        in lines
+        "*engine llama-bench, backend cpu, dedicated VRAM 32G, workload (pp+tg) 64+32; "
+        "6/8 jobs finished*" in lines
     )
-    assert len(table) == 2 + 4  # header, separator, one line per configuration
-    assert all(line.endswith("|") for line in table)
-    assert {line.count("|") for line in table} == {5}  # 4 columns: model, context, 2 hosts
-    assert re.fullmatch(r"\|(\s*:?-+:?\s*\|){4}", table[1])
-    assert [c.strip() for c in table[0].strip("|").split("|")] == [
+    # header, separator; each configuration's two metrics; the failed one collapsed to one line
+    assert len(table_lines) == 2 + 2 + 1 + 2 + 2
+    assert all(line.endswith("|") for line in table_lines)
+    assert {line.count("|") for line in table_lines} == {6}  # model, context, metric, 2 hosts
+    assert re.fullmatch(r"\|(\s*:?-+:?\s*\|){5}", table_lines[1])
+    assert [c.strip() for c in table_lines[0].strip("|").split("|")] == [
         "model",
         "context",
+        "host",
         "laptop-80w",
         "minipc-120w",
     ]
-    assert [c.strip() for c in table[-1].strip("|").split("|")] == [
-        "tiny:q8_0",
+    assert [c.strip() for c in table_lines[-2].strip("|").split("|")] == [
+        "",
         "2048",
-        "tg 40.2 ± 0.30 · pp 760 ± 7.75 (n=3)",
-        "tg 47.6 ± 0.40 · pp 901 ± 3.50 (n=3)",
+        "tg tokens/s",
+        "40.2 [39.9–41.0] n=3",
+        "47.6 [47.1–48.0] n=3",
+    ]
+    assert [c.strip() for c in table_lines[4].strip("|").split("|")] == [
+        "",
+        "2048",
+        "all metrics",
+        "load failed",
+        "timeout",
     ]
     # lines of the table are contiguous
-    first = lines.index(table[0])
-    assert lines[first : first + len(table)] == table
-    assert any(
-        line.startswith(
-            "tg = text generation, pp = prompt processing: tokens/s, median ± MAD over n "
-            "repetitions. llama-bench: the KV cache is pre-filled to context - prompt - gen"
-        )
-        for line in lines
-    )
+    first = lines.index(table_lines[0])
+    assert lines[first : first + len(table_lines)] == table_lines
+    assert any(line.startswith("Cells: median [95% bootstrap CI of the median]") for line in lines)
 
 
 def test_markdown_lists_failures_with_their_reason() -> None:
@@ -378,12 +528,13 @@ def test_terminal_table() -> None:
     lines = text.splitlines()
 
     assert lines[0] == f"campaign {CAMPAIGN}: 6/8 jobs finished"
-    assert lines[1] == "engine llama-bench, backend cpu, vram 32G, workload (pp+tg) 64+32"
+    assert lines[1] == (
+        "engine llama-bench, backend cpu, dedicated VRAM 32G, workload (pp+tg) 64+32"
+    )
     header = next(line for line in lines if line.startswith("model"))
-    assert header.split() == ["model", "context", "laptop-80w", "minipc-120w"]
+    assert header.split() == ["model", "context", "host", "laptop-80w", "minipc-120w"]
     assert any(
-        line.startswith("tiny:q4_k_m") and "load failed" in line and "timeout" in line
-        for line in lines
+        "all metrics" in line and "load failed" in line and "timeout" in line for line in lines
     )
     assert "Failures:" in lines
     assert not _table_lines(text)
@@ -398,8 +549,9 @@ def test_host_without_a_job_for_a_configuration_shows_a_dash() -> None:
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in _table_lines(text)[2:]]
 
     assert cells == [
-        ["tiny:q8_0", "512", "tg 43.1 ± 0.30 · pp 805 ± 7.10 (n=3)", "-"],
-        ["tiny:q8_0", "2048", "-", "waiting"],
+        ["512", "tg tokens/s", "43.1 [42.8–43.5] n=3", "-"],
+        ["", "pp tokens/s", "805 [798–812] n=3", "-"],
+        ["2048", "all metrics", "-", "waiting"],
     ]
     assert "Failures:" not in text
 
@@ -410,6 +562,8 @@ TIDY_COLUMNS = [
     "tg_n", "tg_tokens_per_s_median", "tg_tokens_per_s_mad", "tg_tokens_per_s_samples", "tg_depth",
     "pp_n", "pp_tokens_per_s_median", "pp_tokens_per_s_mad", "pp_tokens_per_s_samples", "pp_depth",
     "ttft_s_median", "ttft_s_mad", "load_time_s", "build_commit", "error",
+    "gen_tokens", "peak_vram_gb", "peak_gtt_gb", "peak_rss_gb", "gpu_busy_pct",
+    "copy_engine_busy_pct", "power_w", "j_per_token", "tokens_per_s_per_w", "power_source",
 ]  # fmt: skip
 
 
@@ -451,6 +605,17 @@ def test_tidy_rows_one_per_job() -> None:
         "load_time_s": None,
         "build_commit": BUILD_COMMIT,
         "error": None,
+        "gen_tokens": 32.0,
+        # no telemetry in these results: missing, never 0
+        "peak_vram_gb": None,
+        "peak_gtt_gb": None,
+        "peak_rss_gb": None,
+        "gpu_busy_pct": None,
+        "copy_engine_busy_pct": None,
+        "power_w": None,
+        "j_per_token": None,
+        "tokens_per_s_per_w": None,
+        "power_source": None,
     }
 
     timeout = by_id[_job_id("minipc-120w", "tiny:q4_k_m", 2048)]

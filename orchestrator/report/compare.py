@@ -1,0 +1,146 @@
+"""`orch compare A B`: two campaigns, or two values of one axis within a campaign, side by side.
+
+Jobs are matched on everything that identifies them (host, engine, model, backend, context,
+carve-out, workload) except what is compared; B's cells carry their ratio to A's and a verdict.
+`regressions` lists the cells where B is worse than A by more than a threshold *and* the
+difference is real (the CIs do not overlap), so `--fail-on-regression 5` can guard an upgrade
+of a driver or of llama.cpp without failing on noise.
+
+Example::
+
+    pivot = compare_campaigns(store, "before-upgrade", "after-upgrade")
+    compare_within(store, "halo", "backend=vulkan", "backend=rocm")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.errors import OrchError
+from orchestrator.report.pivot import (
+    AXES,
+    Pivot,
+    PivotOptions,
+    Record,
+    ReportError,
+    build_pivot,
+    job_axes,
+)
+from orchestrator.stats import Verdict
+from orchestrator.store import JobRow, Store
+
+COMPARED = "compared"
+
+
+class RegressionError(OrchError):
+    """`orch compare --fail-on-regression`: B is slower than A beyond the threshold."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Regression:
+    where: str  # row and metric, e.g. "vulkan 8192 tg tokens/s"
+    what: str  # "0.912× (8.8% worse)", or "load failed" where the baseline had figures
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+def _jobs(store: Store, campaign: str) -> list[JobRow]:
+    if not store.has_campaign(campaign):
+        known = ", ".join(c.campaign for c in store.campaigns()) or "none yet"
+        raise ReportError(f"no campaign {campaign!r} in {store.path} (campaigns: {known})")
+    return store.campaign_jobs(campaign)
+
+
+def compare_campaigns(store: Store, a: str, b: str, options: PivotOptions | None = None) -> Pivot:
+    """Campaign B against campaign A (the baseline), configuration by configuration."""
+    records = [
+        Record({**job_axes(j.spec), COMPARED: side}, j)
+        for side in (a, b)
+        for j in _jobs(store, side)
+    ]
+    return _pivot(f"{b} vs {a}", records, a, b, options)
+
+
+def compare_within(
+    store: Store, campaign: str, a: str, b: str, options: PivotOptions | None = None
+) -> Pivot:
+    """Two values of one axis in one campaign, e.g. `host=laptop-80w` and `host=minipc-120w`."""
+    axis, value_a = _selector(a)
+    axis_b, value_b = _selector(b)
+    if axis_b != axis:
+        raise ReportError(f"compare one axis at a time: {a!r} and {b!r} name different axes")
+    records = []
+    for job in _jobs(store, campaign):
+        axes = job_axes(job.spec)
+        value = str(axes.get(axis))
+        if value in (value_a, value_b):
+            axes[axis] = "-"  # matched on everything else
+            records.append(Record({**axes, COMPARED: f"{axis}={value}"}, job))
+    for wanted in (value_a, value_b):
+        if not any(r.axes[COMPARED] == f"{axis}={wanted}" for r in records):
+            raise ReportError(f"campaign {campaign!r} has no job with {axis}={wanted}")
+    return _pivot(f"{campaign}: {b} vs {a}", records, f"{axis}={value_a}", b, options)
+
+
+def _selector(text: str) -> tuple[str, str]:
+    axis, sep, value = text.partition("=")
+    if not sep or axis not in AXES:
+        raise ReportError(
+            f"{text!r}: expected AXIS=VALUE with AXIS one of {', '.join(AXES)} "
+            "(e.g. host=laptop-80w)"
+        )
+    return axis, value
+
+
+def _pivot(
+    title: str, records: list[Record], a: str, b: str, options: PivotOptions | None
+) -> Pivot:
+    options = options or PivotOptions()
+    pivot = build_pivot(
+        title,
+        [],
+        PivotOptions(
+            rows=options.rows,
+            columns=(COMPARED,),
+            metrics=options.metrics,
+            baseline=(COMPARED, a),
+        ),
+        records=records,
+    )
+    pivot.columns.sort(key=lambda column: column != (a,))  # A, the baseline, on the left
+    sides = {row: {column for r, column in pivot.cells if r == row} for row in pivot.rows}
+    if not any(len(columns) == 2 for columns in sides.values()):
+        raise ReportError(
+            f"{b} and {a} have no configuration in common to compare "
+            "(same host, engine, model, backend, context, carve-out and workload)"
+        )
+    return pivot
+
+
+def regressions(pivot: Pivot, threshold_pct: float) -> list[Regression]:
+    """Cells really worse than their baseline by more than `threshold_pct`, and cells that
+    failed where the baseline has figures."""
+    found = []
+    baseline = pivot.baseline[1] if pivot.baseline else None
+    for (row, column), cell in pivot.cells.items():
+        metric = cell.metric
+        labels = [str(v) for a, v in zip(pivot.row_axes, row, strict=True) if a != "metric"]
+        where = " ".join([*labels, metric.title])
+        if cell.stats is None and cell.failures and column != (baseline,):
+            base = pivot.cell(row, (baseline,))
+            if base is not None and base.stats is not None:
+                found.append(Regression(where, ", ".join(cell.failures)))
+            continue
+        comparison = cell.comparison
+        if comparison is None or comparison.ratio is None or metric.regression is None:
+            continue
+        if comparison.verdict not in (Verdict.UP, Verdict.DOWN):
+            continue
+        worse = (metric.regression == "up") == (comparison.verdict is Verdict.UP)
+        change = abs(comparison.ratio - 1.0) * 100.0
+        if worse and change > threshold_pct:
+            found.append(Regression(where, f"{comparison.ratio:.3f}× ({change:.1f}% worse)"))
+    return found

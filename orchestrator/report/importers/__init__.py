@@ -1,0 +1,1 @@
+"""Bring results made outside orch into the store, one module per source."""

@@ -1,0 +1,213 @@
+"""`orch import llama-bench FILE --host NAME`: results you already have, as an orch campaign.
+
+Reads what `llama-bench -o json` (an array) or `-o jsonl` (one object per line) printed: one
+object per test. Tests of the same run settings (model file, backend, depth, threads, layers,
+batch, cache types, ...) become one job with a pp and a tg measurement, like the jobs orch runs
+itself; its context is `n_depth + n_prompt + n_gen`, the inverse of how orch's llama-bench
+engine sets `-d`. Files written by `orch report --format llama-bench-json` carry `orch_*`
+fields, which give the runs back their model, backend and context names.
+
+Importing the same file twice changes nothing (job ids are deterministic and results are
+upserted by id).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobs.result import EngineInfo, Measurement, RunResult, Status
+from jobs.spec import JobSpec, Workload
+from jobs.version import ORCH_VERSION
+from orchestrator.report.pivot import ReportError
+from orchestrator.report.tidy import LLAMA_BENCH_DETAILS
+from orchestrator.store import Store
+
+_REQUIRED = ("n_prompt", "n_gen", "samples_ts")
+# Fields that say which test an object is, not which run settings it had.
+_TEST_FIELDS = {
+    "n_prompt", "n_gen", "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts",
+    "samples_ns", "samples_ts", "orch_job_id",
+}  # fmt: skip
+_NOT_A_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    campaign: str
+    jobs: int
+    tests: int
+    new_results: int
+
+
+def read_llama_bench(path: Path) -> list[dict[str, Any]]:
+    """The test objects of a llama-bench JSON or JSONL file, checked for the fields orch needs."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from exc
+    stripped = text.lstrip()
+    objects: list[Any]
+    try:
+        if stripped.startswith("["):
+            objects = json.loads(text)
+        else:
+            objects = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ReportError(
+            f"{path}:{exc.lineno}: not llama-bench JSON or JSONL ({exc.msg}); "
+            "make it with `llama-bench -o json` or `-o jsonl`"
+        ) from exc
+    if not objects:
+        raise ReportError(f"{path}: no llama-bench tests in the file")
+    for i, obj in enumerate(objects, 1):
+        missing = [k for k in _REQUIRED if not isinstance(obj, dict) or k not in obj]
+        if missing:
+            raise ReportError(
+                f"{path}: test {i} lacks {', '.join(missing)}: is this llama-bench output "
+                "(`-o json` or `-o jsonl`)?"
+            )
+    return objects
+
+
+def import_llama_bench(
+    store: Store,
+    path: Path,
+    host: str | None,
+    *,
+    campaign: str | None = None,
+    backend: str | None = None,
+    model: str | None = None,
+) -> ImportOutcome:
+    """Record the file's tests in `store` as campaign `campaign` (default `import-FILESTEM`).
+
+    `host` names the box the tests ran on; None takes it from the `orch_host` field of files
+    orch exported.
+    """
+    objects = read_llama_bench(path)
+    if host is None and not all(obj.get("orch_host") for obj in objects):
+        raise ReportError(f"{path}: say which box ran these tests: --host NAME")
+    name = campaign or "import-" + (_NOT_A_NAME.sub("-", path.stem).strip("-.") or "llama-bench")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        settings = {k: v for k, v in obj.items() if k not in _TEST_FIELDS}
+        groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(obj)
+    results = []
+    for tests in groups.values():
+        for pp, tg in _pairs(path, tests):
+            results.append(_result(name, host, pp, tg, backend=backend, model=model))
+    new = 0
+    with store.transaction():
+        store.record_campaign(name, f"llama-bench:{path}", "")
+        for result in results:
+            assert result.job is not None
+            store.record_job(result.job)
+            new += store.upsert_result(result)
+    return ImportOutcome(name, len(results), len(objects), new)
+
+
+def _pairs(
+    path: Path, tests: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    """One job per (pp, tg) test pair of the same settings, as orch runs them."""
+    pps = [t for t in tests if int(t["n_gen"]) == 0]
+    tgs = [t for t in tests if int(t["n_gen"]) > 0]
+    if len(pps) == len(tgs) or not pps or not tgs:
+        n = max(len(pps), len(tgs))
+        return [(pps[i] if i < len(pps) else None, tgs[i] if i < len(tgs) else None)
+                for i in range(n)]  # fmt: skip
+    if len(tgs) == 1:
+        return [(pp, tgs[0]) for pp in pps]
+    if len(pps) == 1:
+        return [(pps[0], tg) for tg in tgs]
+    raise ReportError(
+        f"{path}: {len(pps)} prompt tests and {len(tgs)} generation tests with the same "
+        "settings cannot be paired into jobs; import runs made with one -p and one -n value, "
+        "or as many -p values as -n values"
+    )
+
+
+def _name(value: Any, fallback: str) -> str:
+    text = _NOT_A_NAME.sub("-", str(value or "")).strip("-.").lower()
+    return text or fallback
+
+
+def _result(
+    campaign: str,
+    host: str | None,
+    pp: dict[str, Any] | None,
+    tg: dict[str, Any] | None,
+    *,
+    backend: str | None,
+    model: str | None,
+) -> RunResult:
+    first = pp or tg
+    assert first is not None
+    prompt = int(pp["n_prompt"]) if pp else int(first["n_prompt"]) or 1
+    gen = int(tg["n_gen"]) if tg else 1
+    depth = int(first.get("n_depth", 0))
+    model_file = str(first.get("model_filename") or "")
+    try:
+        job = JobSpec(
+            campaign=campaign,
+            host=host or first["orch_host"],
+            engine="llama-bench",
+            model=model or first.get("orch_model") or _name(Path(model_file).stem, "model"),
+            backend=backend
+            or first.get("orch_backend")
+            or _name(str(first.get("backends") or "").split(",")[0], "unknown"),
+            context=int(first.get("orch_context") or depth + prompt + gen),
+            workload=Workload(prompt_tokens=prompt, gen_tokens=gen, warmup_runs=0),
+            repetitions=max(len(t["samples_ts"]) for t in (pp, tg) if t),
+        )
+    except ValidationError as exc:
+        raise ReportError(f"cannot name the imported run: {exc.errors()[0]['msg']}") from exc
+    when = _time(first.get("test_time"))
+    details = {k: first[k] for k in (*LLAMA_BENCH_DETAILS, "test_time") if k in first}
+    return RunResult(
+        job_id=job.job_id,
+        campaign=campaign,
+        host=job.host,
+        queue=job.queue,
+        attempt=1,
+        status=Status.OK,
+        measurements=[_measurement(t) for t in (pp, tg) if t],
+        engine=EngineInfo(
+            name="llama-bench",
+            backend=job.backend,
+            binary="(imported)",
+            build_commit=first.get("build_commit"),
+            build_number=first.get("build_number"),
+            details=details,
+        ),
+        started_at=when,
+        finished_at=when,
+        worker_version=f"import (orch {ORCH_VERSION})",
+        job=job,
+    )
+
+
+def _measurement(test: dict[str, Any]) -> Measurement:
+    n_prompt, n_gen = int(test["n_prompt"]), int(test["n_gen"])
+    return Measurement(
+        test="tg" if n_gen > 0 else "pp",
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        n_depth=int(test.get("n_depth", 0)),
+        samples_ts=[float(x) for x in test["samples_ts"]],
+        samples_ns=[int(x) for x in test.get("samples_ns") or []],
+    )
+
+
+def _time(value: Any) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

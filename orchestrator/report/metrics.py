@@ -1,0 +1,180 @@
+"""The figures a report can show, each with its unit and how to read it from a RunResult.
+
+A metric gives a list of samples per job: one per repetition for speeds and TTFT, one per job
+for load time and telemetry. A job without the figure gives an empty list, so the report shows
+"-" (missing), never 0. Values are in the unit of the metric's title (bytes become GB).
+
+Example::
+
+    tg = METRICS["tg"]
+    tg.values(result)          # [43.1, 42.8, 43.5] tokens/s
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jobs.result import RunResult
+from jobs.telemetry import PhaseSummary, Telemetry
+
+_GB = 1e9
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # as named in --metrics
+    title: str  # row label, unit included
+    column: str  # tidy CSV/JSON column (median per job), unit in the name
+    values: Callable[[RunResult], list[float]]
+    # Words for a ratio above / below 1 when the difference is real, and which of the two is
+    # a regression for `orch compare --fail-on-regression` (None: neither is).
+    up_word: str = "higher"
+    down_word: str = "lower"
+    regression: str | None = None  # "up" or "down"
+    hide_when_constant: bool = False  # left out of the default metrics when it never varies
+
+
+def _samples(test: str) -> Callable[[RunResult], list[float]]:
+    def values(result: RunResult) -> list[float]:
+        m = result.measurement(test)
+        return list(m.samples_ts) if m else []
+
+    return values
+
+
+def _ttft(result: RunResult) -> list[float]:
+    return [r.ttft_s for r in result.requests]
+
+
+def _gen_tokens(result: RunResult) -> list[float]:
+    if result.requests:
+        return [float(r.gen_tokens) for r in result.requests]
+    m = result.measurement("tg")
+    return [float(m.n_gen)] * len(m.samples_ts) if m else []
+
+
+def _load_time(result: RunResult) -> list[float]:
+    return [result.load_time_s] if result.load_time_s is not None else []
+
+
+def _main_phase(telemetry: Telemetry) -> PhaseSummary | None:
+    """The phase whose averages a report shows: decode (what tokens/s is about), else the
+    whole run (llama-bench), else whatever there is."""
+    by_name = {p.phase: p for p in telemetry.phases}
+    return by_name.get("decode") or by_name.get("run") or next(iter(telemetry.phases), None)
+
+
+def _peak(*names: str) -> Callable[[RunResult], list[float]]:
+    """The largest peak over all phases of the first metric the job has, in GB."""
+
+    def values(result: RunResult) -> list[float]:
+        if result.telemetry is None:
+            return []
+        for name in names:
+            peaks = [
+                s.peak
+                for p in result.telemetry.phases
+                if (s := p.metrics.get(name)) is not None and s.peak is not None
+            ]
+            if peaks:
+                return [max(peaks) / _GB]
+        return []
+
+    return values
+
+
+def _mean(*names: str) -> Callable[[RunResult], list[float]]:
+    """The main phase's mean of the first metric the job has."""
+
+    def values(result: RunResult) -> list[float]:
+        phase = _main_phase(result.telemetry) if result.telemetry else None
+        if phase is None:
+            return []
+        for name in names:
+            summary = phase.metrics.get(name)
+            if summary is not None and summary.mean is not None:
+                return [summary.mean]
+        return []
+
+    return values
+
+
+def _power(result: RunResult) -> list[float]:
+    telemetry = result.telemetry
+    if telemetry is None or telemetry.energy_metric is None:
+        return []
+    return _mean(telemetry.energy_metric)(result)
+
+
+def _phase_field(name: str) -> Callable[[RunResult], list[float]]:
+    def values(result: RunResult) -> list[float]:
+        phase = _main_phase(result.telemetry) if result.telemetry else None
+        value = getattr(phase, name) if phase is not None else None
+        return [float(value)] if value is not None else []
+
+    return values
+
+
+def power_source(result: RunResult) -> str | None:
+    """What the power figures measured, when it is not the GPU alone (shown as a footnote)."""
+    telemetry = result.telemetry
+    if telemetry is None or telemetry.energy_metric is None:
+        return None
+    if telemetry.energy_metric == "package_power_w":
+        return "CPU package power (RAPL), not the GPU"
+    if any(s.power_includes_cpu for s in telemetry.sources):
+        return "APU package power: includes the CPU"
+    return None
+
+
+# (up_word, down_word, regression)
+_SPEED = ("faster", "slower", "down")
+_TIME = ("slower", "faster", "up")
+
+METRIC_LIST = (
+    Metric("tg", "tg tokens/s", "tg_tokens_per_s", _samples("tg"), *_SPEED),
+    Metric("pp", "pp tokens/s", "pp_tokens_per_s", _samples("pp"), *_SPEED),
+    Metric("ttft", "TTFT (s)", "ttft_s", _ttft, *_TIME),
+    Metric(
+        "tokens",
+        "total tokens",
+        "gen_tokens",
+        _gen_tokens,
+        "more",
+        "fewer",
+        hide_when_constant=True,
+    ),  # fmt: skip
+    Metric("load", "load time (s)", "load_time_s", _load_time, *_TIME),
+    Metric("vram", "peak VRAM (GB)", "peak_vram_gb", _peak("vram_used_bytes", "drm_vram_bytes")),
+    Metric("gtt", "peak GTT (GB)", "peak_gtt_gb", _peak("gtt_used_bytes", "drm_gtt_bytes")),
+    Metric("rss", "peak RSS (GB)", "peak_rss_gb", _peak("rss_bytes")),
+    Metric(
+        "gpu_busy", "GPU busy (%)", "gpu_busy_pct", _mean("gpu_busy_pct", "engine_gfx_busy_pct")
+    ),  # fmt: skip
+    Metric(
+        "copy_busy", "copy engine busy (%)", "copy_engine_busy_pct", _mean("engine_dma_busy_pct")
+    ),  # fmt: skip
+    Metric("power", "mean power (W)", "power_w", _power),
+    Metric(
+        "j_per_token",
+        "energy (J/token)",
+        "j_per_token",
+        _phase_field("j_per_token"),
+        "less efficient",
+        "more efficient",
+        "up",
+    ),  # fmt: skip
+    Metric(
+        "tps_per_w",
+        "tokens/s per W",
+        "tokens_per_s_per_w",
+        _phase_field("tokens_per_s_per_w"),
+        "more efficient",
+        "less efficient",
+        "down",
+    ),  # fmt: skip
+)
+METRICS = {m.key: m for m in METRIC_LIST}
+# Metrics whose figures come from a power reading (footnoted with the power source).
+POWER_METRICS = frozenset({"power", "j_per_token", "tps_per_w"})

@@ -1,0 +1,303 @@
+"""Pivot a campaign's jobs into cells: any axes as rows, any as columns, one metric per cell.
+
+An axis is a value that identifies a job in a report (host, engine, model, backend, context,
+vram_split, workload); `metric` is one more axis, so metrics can be rows (the default, as in the
+tables people post: configurations as columns, metrics as rows) or columns. Every cell pools
+the samples of its jobs for its metric and knows n, median, spread and a 95% CI; with a
+baseline (`host=laptop-80w`) it also knows its ratio to the baseline cell and a verdict.
+
+Example::
+
+    pivot = build_pivot("halo", store.campaign_jobs("halo"),
+                        PivotOptions(columns=("host",), baseline=("host", "laptop-80w")))
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from jobs.result import Status
+from jobs.spec import JobSpec
+from orchestrator.errors import OrchError
+from orchestrator.report.metrics import METRIC_LIST, METRICS, POWER_METRICS, Metric, power_source
+from orchestrator.stats import CellStats, Comparison, compare, describe
+from orchestrator.store import JobRow
+
+# Axes in the order a reader scans them.
+AXES = ("host", "engine", "model", "backend", "context", "vram_split", "workload")
+METRIC = "metric"
+# Axes that describe the box and its reboot-bound configuration: the default columns.
+COLUMN_AXES = ("host", "configuration", "vram_split", "platform_profile", "power_limit_w")
+AXIS_TITLES = {
+    "vram_split": "dedicated VRAM", "workload": "workload (pp+tg)",
+    "power_limit_w": "power limit (W)",
+}  # fmt: skip
+WAITING = "waiting"
+CANCELLED = "cancelled"
+DEFAULT_METRICS_WITHOUT_DATA = ("tg", "pp")
+
+
+class ReportError(OrchError):
+    """The report was asked for something the campaign does not have (axis, metric, value)."""
+
+
+@dataclass(frozen=True)
+class PivotOptions:
+    """What `orch report --rows/--columns/--metrics/--baseline` asked for (None: defaults)."""
+
+    rows: tuple[str, ...] | None = None
+    columns: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] | None = None
+    baseline: tuple[str, str] | None = None  # (axis, value)
+
+
+@dataclass
+class Record:
+    """One job with the axis values that place it in the report."""
+
+    axes: dict[str, Any]
+    job: JobRow
+
+    @property
+    def status(self) -> str:
+        result = self.job.result
+        return result.status.value if result else CANCELLED if self.job.cancelled else WAITING
+
+
+@dataclass
+class Cell:
+    """The jobs of one (row, column) and the samples of its metric, pooled."""
+
+    metric: Metric
+    values: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    skipped_reasons: list[str] = field(default_factory=list)
+    notes: set[str] = field(default_factory=set)  # e.g. what the power figure measured
+    comparison: Comparison | None = None
+
+    @cached_property
+    def stats(self) -> CellStats | None:
+        return describe(self.values)
+
+    @property
+    def failures(self) -> list[str]:
+        """Distinct non-ok outcomes in words; skipped ones with their reason."""
+        words: list[str] = []
+        for status, count in Counter(self.statuses).items():
+            if status in (Status.OK.value, WAITING, CANCELLED):
+                continue
+            if status == Status.SKIPPED.value:
+                words += [f"skipped: {r}" if r else "skipped" for r in dict.fromkeys(
+                    self.skipped_reasons or [""])]  # fmt: skip
+            else:
+                words.append(_status_words(status) + (f" ×{count}" if count > 1 else ""))
+        return sorted(words)
+
+
+def _status_words(status: str) -> str:
+    try:
+        return Status(status).words
+    except ValueError:
+        return status
+
+
+def job_axes(spec: JobSpec) -> dict[str, Any]:
+    axes: dict[str, Any] = {
+        "host": spec.host,
+        "engine": spec.engine,
+        "model": spec.model,
+        "backend": spec.backend,
+        "context": spec.context,
+        "vram_split": spec.configuration.get("vram_split", "-"),
+        "workload": workload_label(spec),
+    }
+    # A named configuration stands for its settings (the matrix says what it holds); without a
+    # name, each runtime setting is its own axis.
+    if spec.config_name:
+        axes["configuration"] = spec.config_name
+        axes["vram_split"] = "-"
+    else:
+        axes.update(spec.settings)
+    return axes
+
+
+def workload_label(spec: JobSpec) -> str:
+    work = spec.workload
+    if work.prompt_text:
+        text = work.prompt_text if len(work.prompt_text) <= 24 else work.prompt_text[:23] + "…"
+        prompt = f'"{text}"'
+    else:
+        prompt = str(work.prompt_tokens)
+    return f"{prompt}+{work.gen_tokens}" + (f" +image {work.image}" if work.image else "")
+
+
+_SIZE = re.compile(r"^(\d+)([MG])$")
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    """Numbers as numbers, carve-outs by size (512M before 32G), the rest as text."""
+    if isinstance(value, int | float):
+        return (0, value)
+    size = _SIZE.match(str(value))
+    if size:
+        return (0, int(size.group(1)) * (1 if size.group(2) == "M" else 1024))
+    return (1, str(value))
+
+
+@dataclass
+class Pivot:
+    campaign: str
+    row_axes: list[str]  # may include METRIC
+    column_axes: list[str]  # may include METRIC
+    constant_axes: dict[str, Any]  # axes with one value, said once above the table
+    metrics: list[Metric]
+    rows: list[tuple[Any, ...]]
+    columns: list[tuple[Any, ...]]
+    cells: dict[tuple[tuple[Any, ...], tuple[Any, ...]], Cell]
+    records: list[Record]
+    baseline: tuple[str, str] | None = None
+
+    @property
+    def jobs(self) -> list[JobRow]:
+        return [r.job for r in self.records]
+
+    def cell(self, row: tuple[Any, ...], column: tuple[Any, ...]) -> Cell | None:
+        return self.cells.get((row, column))
+
+    def metric_of(self, row: tuple[Any, ...], column: tuple[Any, ...]) -> Metric:
+        if METRIC in self.row_axes:
+            return METRICS[row[self.row_axes.index(METRIC)]]
+        return METRICS[column[self.column_axes.index(METRIC)]]
+
+
+def build_pivot(
+    campaign: str,
+    jobs: list[JobRow],
+    options: PivotOptions | None = None,
+    *,
+    records: list[Record] | None = None,
+) -> Pivot:
+    """Cells for `jobs` (or for `records` whose axes the caller chose, as `orch compare` does)."""
+    options = options or PivotOptions()
+    records = records if records is not None else [Record(job_axes(j.spec), j) for j in jobs]
+    axes = list(AXES) + sorted({a for r in records for a in r.axes} - set(AXES))
+    values = {a: sorted({r.axes.get(a, "-") for r in records}, key=sort_key) for a in axes}
+    varying = [a for a in axes if len(values[a]) > 1]
+    row_axes, column_axes = _layout(options, axes, varying)
+    metrics = _metrics(options.metrics, records)
+    shown = set(row_axes) | set(column_axes)
+    constant = {
+        a: values[a][0] for a in axes if a not in shown and values[a] and values[a][0] != "-"
+    }
+    cells: dict[tuple[tuple[Any, ...], tuple[Any, ...]], Cell] = {}
+    for record in records:
+        for metric in metrics:
+            place = {**record.axes, METRIC: metric.key}
+            row = tuple(place.get(a, "-") for a in row_axes)
+            column = tuple(place.get(a, "-") for a in column_axes)
+            cell = cells.setdefault((row, column), Cell(metric))
+            _add(cell, record)
+    order = {m.key: i for i, m in enumerate(metrics)}
+
+    def key(labels: tuple[Any, ...], names: list[str]) -> tuple[Any, ...]:
+        pairs = zip(names, labels, strict=True)
+        return tuple((0, order[v]) if a == METRIC else sort_key(v) for a, v in pairs)
+
+    rows = sorted({r for r, _ in cells}, key=lambda r: key(r, row_axes))
+    columns = sorted({c for _, c in cells}, key=lambda c: key(c, column_axes))
+    pivot = Pivot(campaign, row_axes, column_axes, constant, metrics, rows, columns, cells, records)
+    if options.baseline:
+        _apply_baseline(pivot, options.baseline, values)
+    return pivot
+
+
+def _layout(
+    options: PivotOptions, axes: list[str], varying: list[str]
+) -> tuple[list[str], list[str]]:
+    known = [*axes, METRIC]
+    for name in (*(options.rows or ()), *(options.columns or ())):
+        if name not in known:
+            raise ReportError(f"unknown axis {name!r}: choose from {', '.join(known)}")
+    if options.columns is not None:
+        columns = list(options.columns)
+    else:
+        taken = set(options.rows or ())
+        columns = [a for a in COLUMN_AXES if a in varying and a not in taken]
+        if not columns and "host" not in taken:
+            columns = ["host"]
+    if options.rows is not None:
+        rows = list(options.rows)
+    else:
+        rows = [a for a in varying if a not in columns]
+    both = set(rows) & set(columns)
+    if both:
+        raise ReportError(f"axis {sorted(both)[0]!r} is in both --rows and --columns")
+    # An axis that varies but is in neither would pool different configurations in one cell.
+    missing = [a for a in varying if a not in rows and a not in columns]
+    if METRIC in rows:  # metrics stay the innermost rows
+        at = rows.index(METRIC)
+        rows[at:at] = missing
+    else:
+        rows += missing
+    if METRIC not in rows and METRIC not in columns:
+        rows.append(METRIC)
+    return rows, columns
+
+
+def _metrics(asked: tuple[str, ...] | None, records: list[Record]) -> list[Metric]:
+    if asked is not None:
+        unknown = [m for m in asked if m not in METRICS]
+        if unknown:
+            raise ReportError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")
+        return [METRICS[m] for m in asked]
+    results = [r.job.result for r in records if r.job.result and r.job.result.status is Status.OK]
+    chosen = []
+    for metric in METRIC_LIST:
+        seen = {v for result in results for v in metric.values(result)}
+        if seen and not (metric.hide_when_constant and len(seen) == 1):
+            chosen.append(metric)
+    return chosen or [METRICS[m] for m in DEFAULT_METRICS_WITHOUT_DATA]
+
+
+def _add(cell: Cell, record: Record) -> None:
+    cell.statuses.append(record.status)
+    result = record.job.result
+    if result is None:
+        return
+    if result.status is Status.SKIPPED:
+        cell.skipped_reasons.append((result.error or "").strip().split("\n")[0])
+    if result.status is not Status.OK:
+        return
+    values = cell.metric.values(result)
+    cell.values.extend(values)
+    if values and cell.metric.key in POWER_METRICS and (source := power_source(result)):
+        cell.notes.add(source)
+
+
+def _apply_baseline(pivot: Pivot, baseline: tuple[str, str], values: dict[str, list[Any]]) -> None:
+    axis, wanted = baseline
+    in_rows = axis in pivot.row_axes
+    if axis == METRIC or not (in_rows or axis in pivot.column_axes):
+        raise ReportError(
+            f"--baseline {axis}={wanted}: {axis!r} is not a row or column axis of this report "
+            f"(rows: {', '.join(pivot.row_axes)}; columns: {', '.join(pivot.column_axes)})"
+        )
+    match = [v for v in values.get(axis, []) if str(v) == wanted]
+    if not match:
+        choices = ", ".join(str(v) for v in values.get(axis, []))
+        raise ReportError(f"--baseline {axis}={wanted}: no such {axis} (have: {choices})")
+    pivot.baseline = (axis, wanted)
+    names = pivot.row_axes if in_rows else pivot.column_axes
+    at = names.index(axis)
+    for (row, column), cell in pivot.cells.items():
+        labels = row if in_rows else column
+        if labels[at] == match[0] or cell.stats is None:
+            continue
+        moved = labels[:at] + (match[0],) + labels[at + 1 :]
+        base = pivot.cells.get((moved, column) if in_rows else (row, moved))
+        if base is not None and base.stats is not None:
+            cell.comparison = compare(cell.stats, base.stats)

@@ -1,0 +1,136 @@
+"""Cell statistics and verdicts, on samples drawn from known distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchestrator.stats import (
+    UNSTABLE_SPREAD,
+    CellStats,
+    Verdict,
+    bootstrap_ci,
+    compare,
+    describe,
+)
+
+
+def _normal(mean: float, sd: float, n: int, seed: int) -> list[float]:
+    return [float(x) for x in np.random.default_rng(seed).normal(mean, sd, n)]
+
+
+def test_describe_knows_n_median_spread_and_ci() -> None:
+    stats = describe([10.0, 12.0, 11.0, 10.5, 11.5])
+
+    assert stats is not None
+    assert (stats.n, stats.median, stats.mad) == (5, 11.0, 0.5)
+    assert stats.rel_spread == pytest.approx(1.4826 * 0.5 / 11.0)
+    assert stats.ci_low is not None and stats.ci_high is not None
+    assert 10.0 <= stats.ci_low <= 11.0 <= stats.ci_high <= 12.0
+    assert not stats.unstable
+
+
+def test_describe_is_deterministic() -> None:
+    samples = _normal(40.0, 2.0, 7, seed=1)
+
+    assert describe(samples) == describe(list(samples))
+
+
+def test_fewer_than_three_samples_have_no_ci() -> None:
+    stats = describe([10.0, 12.0])
+
+    assert stats is not None and stats.ci_low is None and stats.ci_high is None
+    assert not stats.unstable  # two samples cannot tell
+
+
+def test_no_samples_is_none_never_zero() -> None:
+    assert describe([]) is None
+
+
+def test_unstable_when_the_robust_spread_is_above_the_threshold() -> None:
+    steady = describe([100.0, 101.0, 99.0, 100.5, 99.5])
+    noisy = describe([100.0, 130.0, 70.0, 115.0, 85.0])
+
+    assert steady is not None and noisy is not None
+    assert not steady.unstable
+    assert noisy.unstable and noisy.rel_spread is not None
+    assert noisy.rel_spread > UNSTABLE_SPREAD
+
+
+def test_bootstrap_ci_covers_the_true_median_about_95_percent_of_the_time() -> None:
+    hits = 0
+    for seed in range(200):
+        low, high = bootstrap_ci(_normal(50.0, 5.0, 15, seed), resamples=1000)
+        hits += low <= 50.0 <= high
+    assert 0.88 <= hits / 200 <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("effect", "verdict"),
+    [
+        (0.0, Verdict.SAME),
+        (0.002, Verdict.SAME),
+        (0.01, Verdict.SAME),
+        (0.10, Verdict.UP),
+        (0.30, Verdict.UP),
+        (-0.10, Verdict.DOWN),
+    ],
+)
+def test_verdict_flips_only_when_the_effect_is_large(effect: float, verdict: Verdict) -> None:
+    # 10 repetitions with a 3% standard deviation: a 1% difference cannot be told apart, 10% can.
+    baseline = describe(_normal(100.0, 3.0, 10, seed=11))
+    cell = describe(_normal(100.0 * (1 + effect), 3.0, 10, seed=12))
+    assert baseline is not None and cell is not None
+
+    comparison = compare(cell, baseline)
+
+    assert comparison.verdict is verdict
+    assert comparison.ratio == pytest.approx(cell.median / baseline.median)
+
+
+def test_verdict_sequence_is_monotonic_as_the_effect_grows() -> None:
+    baseline = describe(_normal(100.0, 3.0, 10, seed=21))
+    assert baseline is not None
+    verdicts = []
+    for effect in np.linspace(0.0, 0.2, 21):
+        cell = describe(_normal(100.0 * (1 + effect), 3.0, 10, seed=22))
+        assert cell is not None
+        verdicts.append(compare(cell, baseline).verdict)
+    first_up = verdicts.index(Verdict.UP)
+    assert first_up > 0  # the smallest effects are not distinguishable
+    assert set(verdicts[:first_up]) == {Verdict.SAME}
+    assert set(verdicts[first_up:]) == {Verdict.UP}
+
+
+def test_more_samples_resolve_a_smaller_effect() -> None:
+    # The same 3% effect: not distinguishable with 4 repetitions, a difference with 40.
+    few = compare(
+        describe(_normal(103.0, 3.0, 4, seed=31)),  # type: ignore[arg-type]
+        describe(_normal(100.0, 3.0, 4, seed=32)),  # type: ignore[arg-type]
+    )
+    many = compare(
+        describe(_normal(103.0, 3.0, 40, seed=31)),  # type: ignore[arg-type]
+        describe(_normal(100.0, 3.0, 40, seed=32)),  # type: ignore[arg-type]
+    )
+    assert few.verdict is Verdict.SAME
+    assert many.verdict is Verdict.UP
+
+
+def test_never_a_verdict_below_three_samples() -> None:
+    big = describe([200.0, 201.0])
+    small = describe([100.0, 101.0, 99.0])
+    assert big is not None and small is not None
+
+    assert compare(big, small).verdict is Verdict.TOO_FEW
+    assert compare(small, big).verdict is Verdict.TOO_FEW
+    assert compare(big, small).ratio == pytest.approx(200.5 / 100.0)
+
+
+def test_zero_baseline_has_no_ratio() -> None:
+    zero = CellStats(n=3, median=0.0, mad=0.0, rel_spread=None, ci_low=0.0, ci_high=0.0)
+    cell = describe([1.0, 1.1, 0.9])
+    assert cell is not None
+
+    comparison = compare(cell, zero)
+
+    assert comparison.ratio is None and comparison.verdict is Verdict.UP
