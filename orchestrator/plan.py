@@ -56,6 +56,8 @@ class PlanRow:
 
 
 def _seconds(value: float) -> str:
+    if value < 10:
+        return f"{value:.1f} s"
     if value >= 3600:
         return f"{value / 3600:.1f} h"
     return f"{value / 60:.1f} min" if value >= 120 else f"{value:.0f} s"

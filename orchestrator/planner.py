@@ -65,13 +65,19 @@ class Verdict:
     pool_bytes: int | None = None  # GPU + RAM, counting an APU's GTT (part of RAM) once
     reason: str = ""
 
+    def oom_text(self) -> str:
+        """What a skipped job's result says: "predicted OOM (needs 23.1 GB, has 0.5 GB)"."""
+        return f"predicted OOM (needs {_gb(self.needs_bytes)}, has {_gb(self.pool_bytes or 0)})"
+
     def text(self) -> str:
         needs = f"needs {_gb(self.needs_bytes)}"
         if self.kind == "unknown":
             return f"unknown ({needs}; {self.reason or 'no host facts'})"
         if self.kind == "will not load":
-            return f"skipped: predicted OOM ({needs}, has {_gb(self.pool_bytes or 0)})"
+            return f"will not load: {self.oom_text()}"
         gpu = f"has {_gb(self.gpu_bytes or 0)} GPU"
+        if not self.gpu_bytes and self.ram_bytes is not None:  # CPU-only: RAM is the pool
+            gpu = f"has {_gb(self.ram_bytes)} RAM"
         if self.kind == "spills":
             return f"spills ({needs}, {gpu} + {_gb(self.ram_bytes or 0)} RAM)"
         return f"fits ({needs}, {gpu}{self.reason and '; ' + self.reason})"

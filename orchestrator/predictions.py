@@ -4,7 +4,9 @@ A prediction holds when the outcome agrees with the verdict (predicted to load a
 predicted not to load and it failed to load), and the estimate is compared with the largest
 memory the engine's process used, as the telemetry measured it: its DRM buffers (VRAM + GTT,
 from fdinfo) where a GPU driver reported them, else its resident set (RSS). Only peaks measured
-in the same run are used; a job without telemetry says so instead of a number.
+in the same run are used; a job without telemetry says so instead of a number. RSS also
+counts the engine's own code and libraries (about 15 MiB for llama-server), which dominates for
+tiny models: read the ratio for models of a realistic size.
 """
 
 from __future__ import annotations

@@ -261,7 +261,7 @@ def skipped_result(job: JobSpec, row: PlanRow) -> RunResult:
     """The coordinator's result for a job it did not queue: the prediction, with its numbers."""
     assert row.verdict is not None
     now = datetime.now(UTC)
-    text = row.verdict.text().removeprefix("skipped: ")
+    text = row.verdict.oom_text()
     return RunResult(
         job_id=job.job_id,
         campaign=job.campaign,

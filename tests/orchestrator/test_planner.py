@@ -157,7 +157,8 @@ def test_strix_halo_512m_vs_32g() -> None:
     oom = verdict(need(140.0), small)
     assert oom.kind == "will not load"
     assert oom.pool_bytes == (512 << 20) + (128 * GIB - (512 << 20)) - GIB  # RAM less 1 GiB
-    assert oom.text() == "skipped: predicted OOM (needs 140.0 GB, has 136.4 GB)"
+    assert oom.text() == "will not load: predicted OOM (needs 140.0 GB, has 136.4 GB)"
+    assert oom.oom_text() == "predicted OOM (needs 140.0 GB, has 136.4 GB)"
 
 
 def test_discrete_gpu_and_cpu_only() -> None:
