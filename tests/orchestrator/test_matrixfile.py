@@ -426,3 +426,64 @@ def test_an_image_workload_is_refused_for_engines_without_images(tmp_path: Path)
     )
     problems = _problems(_write(tmp_path, text))
     assert any("workload.image: llama-bench cannot send an image" in p for p in problems)
+
+
+CONFIGURED = """\
+campaign: cfg
+hosts: [laptop-80w, minipc-120w]
+workload: {prompt_tokens: 64, gen_tokens: 32}
+configurations:
+  quiet-512m: {vram_split: 512M, platform_profile: low-power, power_limit_w: 45}
+  fast-32g: {vram_split: 32G, platform_profile: performance}
+matrix:
+  model: ["tiny:q8_0"]
+  context: [512]
+  configuration: [quiet-512m, fast-32g]
+exclude:
+  - {host: minipc-120w, vram_split: 512M}
+"""
+
+
+def test_named_configurations_expand_into_reboot_and_runtime_settings(tmp_path: Path) -> None:
+    jobs = load_matrix_file(_write(tmp_path, CONFIGURED)).jobs
+    got = {(j.host, j.config_name, j.queue, tuple(j.settings.items())) for j in jobs}
+    assert got == {
+        ("laptop-80w", "quiet-512m", "orch.laptop-80w.vram-512M",
+         (("platform_profile", "low-power"), ("power_limit_w", "45"))),
+        ("laptop-80w", "fast-32g", "orch.laptop-80w.vram-32G",
+         (("platform_profile", "performance"),)),
+        # the exclusion matched the named configuration's carve-out
+        ("minipc-120w", "fast-32g", "orch.minipc-120w.vram-32G",
+         (("platform_profile", "performance"),)),
+    }  # fmt: skip
+
+
+def test_runtime_settings_as_plain_axes(tmp_path: Path) -> None:
+    text = (
+        "campaign: caps\nhosts: [minipc-120w]\nworkload: {prompt_tokens: 64, gen_tokens: 32}\n"
+        "matrix: {model: [m], context: [512], power_limit_w: [45, 80.0], vram_split: [32G]}\n"
+    )
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    assert {j.settings.get("power_limit_w") for j in jobs} == {"45", "80"}
+    assert {j.queue for j in jobs} == {"orch.minipc-120w.vram-32G"}  # runtime: same queue
+
+
+def test_unknown_configuration_and_a_setting_given_twice(tmp_path: Path) -> None:
+    text = CONFIGURED.replace("[quiet-512m, fast-32g]", "[quiet-512m, turbo]").replace(
+        "  context: [512]\n", "  context: [512]\n  platform_profile: [balanced]\n"
+    )
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:11: matrix.configuration[1]: unknown configuration 'turbo' (defined: fast-32g, "
+        "quiet-512m)",
+        f"{path}:10: matrix.platform_profile: platform_profile is set both here and by "
+        "configuration 'quiet-512m': keep it in one place",
+    ]
+
+
+def test_a_power_limit_must_be_positive(tmp_path: Path) -> None:
+    path = _write(tmp_path, CONFIGURED.replace("power_limit_w: 45", "power_limit_w: 0"))
+    assert _problems(path) == [
+        f"{path}:5: configurations.quiet-512m.power_limit_w: expected a positive number of watts "
+        "(got 0)"
+    ]

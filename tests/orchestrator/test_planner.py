@@ -15,6 +15,7 @@ from orchestrator.planner import (
     MemoryEstimate,
     cache_type_bytes,
     estimate,
+    facts_in_configuration,
     kv_cache_bytes,
     verdict,
 )
@@ -180,3 +181,19 @@ def test_unknown_without_facts() -> None:
     assert result.kind == "unknown" and result.text() == "unknown (needs 1.2 GB; no host facts)"
     empty = HostFacts(detected_at=datetime(2025, 1, 1, tzinfo=UTC))
     assert verdict(need(1.2), empty).kind == "unknown"
+
+
+def test_facts_are_derived_for_a_carve_out_the_box_is_not_in_now() -> None:
+    now = strix_halo("512M")
+    derived, note = facts_in_configuration(now, {"vram_split": "32G"})
+    assert note == "derived for 32G from facts detected at 512M"
+    assert derived.vram_split == "32G"
+    assert derived.gpus[0].vram_total_bytes == 32 * GIB
+    assert derived.ram_bytes == strix_halo("32G").ram_bytes  # the carve-out comes out of RAM
+    assert derived.gtt_bytes == now.gtt_bytes  # the GTT limit does not follow the carve-out
+    # a 30 GB model fits the 32G carve-out itself, and only through GTT at 512M
+    model = need(30)
+    assert verdict(model, derived).kind == "fits" and verdict(model, derived).reason == ""
+    assert "VRAM + GTT" in verdict(model, now).reason
+    assert facts_in_configuration(now, {"vram_split": "512M"}) == (now, None)
+    assert facts_in_configuration(now, {}) == (now, None)

@@ -10,7 +10,7 @@ import pytest
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY
 from jobs.result import RunResult, Status
 from jobs.spec import JobSpec, Workload
-from worker.config import EngineConfig, WorkerConfig
+from worker.config import CooldownConfig, EngineConfig, SetterConfig, WorkerConfig
 from worker.engines import close_engines
 from worker.runner import execute
 
@@ -196,3 +196,48 @@ def test_a_real_run_stores_psutil_telemetry_split_by_phase(
     assert run_rss and all(m.peak is None or m.peak > 0 for m in run_rss)
     assert len(telemetry.series["t_s"]) == len(telemetry.series["rss_bytes"]) >= 2
     assert 0 <= telemetry.sampler_cpu_pct < 100
+
+
+def test_a_setting_that_cannot_be_applied_is_an_error_result_and_nothing_runs(
+    config: WorkerConfig, redis_client: Any, tmp_path: Path
+) -> None:
+    # A platform_profile the kernel refuses to take (here: the attribute is a directory).
+    (tmp_path / "sys" / "firmware" / "acpi" / "platform_profile").mkdir(parents=True)
+    (tmp_path / "sys" / "firmware" / "acpi" / "platform_profile_choices").write_text("low-power\n")
+    box = config.model_copy(
+        update={"setters": {"platform_profile": SetterConfig()}, "facts_root": tmp_path}
+    )
+    payload = {**_payload(), "settings": {"platform_profile": "low-power"}, "job_id": ""}
+    result = execute(payload, box, redis_client)
+    assert result is not None and result.status is Status.ERROR
+    assert "could not be applied, so it did not run: cannot write 'low-power'" in (
+        result.error or ""
+    )
+    assert result.measurements == [] and result.settings == {}
+
+
+def test_applied_settings_and_the_cool_down_are_recorded_with_the_result(
+    config: WorkerConfig, redis_client: Any, tmp_path: Path
+) -> None:
+    acpi = tmp_path / "sys" / "firmware" / "acpi"
+    acpi.mkdir(parents=True)
+    (acpi / "platform_profile").write_text("balanced\n")
+    (acpi / "platform_profile_choices").write_text("low-power balanced performance\n")
+    box = config.model_copy(
+        update={
+            "setters": {"platform_profile": SetterConfig()},
+            "facts_root": tmp_path,
+            # a power no GPU reaches (and no power source under this root): the gate times out
+            "cooldown": CooldownConfig(max_power_w=0.001, timeout_s=0.3, poll_s=0.1),
+        }
+    )
+    payload = {**_payload(), "settings": {"platform_profile": "performance"}, "job_id": ""}
+    result = execute(payload, box, redis_client)
+    assert result is not None and result.status is Status.OK, result.error
+    applied = result.settings["platform_profile"]
+    assert (applied.previous, applied.read_back, applied.restored) == (
+        "balanced", "performance", True
+    )  # fmt: skip
+    assert (acpi / "platform_profile").read_text().strip() == "balanced"
+    assert result.cooldown is not None and not result.cooldown.settled
+    assert result.cooldown.waited_s >= 0.3
