@@ -487,3 +487,16 @@ def test_a_power_limit_must_be_positive(tmp_path: Path) -> None:
         f"{path}:5: configurations.quiet-512m.power_limit_w: expected a positive number of watts "
         "(got 0)"
     ]
+
+
+def test_the_shipped_configurations_example_expands() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "configurations.yaml"
+    jobs = load_matrix_file(path).jobs
+    by_host: dict[str, set[str | None]] = {}
+    for job in jobs:
+        by_host.setdefault(job.host, set()).add(job.config_name)
+    assert by_host == {
+        "laptop-80w": {"quiet-512m", "fast-512m", "fast-32g"},
+        "minipc-120w": {"cap-85w", "cap-120w"},
+    }
+    assert len(jobs) == 5 * 2 * 2  # configurations x backends x contexts
