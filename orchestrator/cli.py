@@ -23,6 +23,7 @@ from orchestrator import status as status_mod
 from orchestrator.broker import connect, read_fleet
 from orchestrator.control import cancel, retry_failed
 from orchestrator.errors import OrchError
+from orchestrator.fleet.cli import fleet_group
 from orchestrator.hosts import render_hosts
 from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.matrixfile import load_matrix_file
@@ -258,6 +259,9 @@ def demo_cmd(ctx: click.Context, timeout: float) -> None:
             click.echo(f"campaign {outcome.campaign}: {len(outcome.published)} jobs", err=True)
             _wait_and_report(store, fleet.broker_url, outcome.campaign, timeout)
     click.echo(f"\nstore: {store.path}  (orch report {outcome.campaign} --format md)", err=True)
+
+
+cli.add_command(fleet_group)
 
 
 def main() -> None:
