@@ -1,0 +1,202 @@
+"""`orch fleet` end to end against a real OpenSSH server on this machine.
+
+The box is this machine reached over SSH on a loopback port (a second inventory entry reaches
+it with a key the server does not know). The deploy installs orch offline from a wheelhouse
+that scripts/test prepares, so nothing leaves the machine; the broker has a password.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+import yaml
+
+from orchestrator.broker import read_inventories
+from orchestrator.embedded import EmbeddedBroker
+from orchestrator.store import Store
+from tests.integration.conftest import orch
+from tests.integration.sshd import SshServer, sshd  # noqa: F401  (fixture)
+
+PASSWORD = "fleet-Test-pw-7e1"
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(tmp_path / "broker", password=PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def wheelhouse() -> Path:
+    folder = os.environ.get("ORCH_TEST_WHEELHOUSE")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip(
+            "no wheelhouse for the box's offline install (ORCH_TEST_WHEELHOUSE): "
+            "scripts/test prepares one"
+        )
+    return Path(folder)
+
+
+def _inventory(
+    tmp_path: Path,
+    server: SshServer,
+    broker: EmbeddedBroker,
+    wheelhouse: Path,
+    llama_bin: Path,
+    models: dict[str, Path],
+    hosts: dict[str, dict[str, Any]],
+    name: str = "fleet.yaml",
+) -> Path:
+    password = tmp_path / "redis-password"
+    password.write_text(PASSWORD + "\n")
+    password.chmod(0o600)
+    data = {
+        "broker": {"url": f"redis://127.0.0.1:{broker.port}/0", "password_file": str(password)},
+        "known_hosts": str(server.known_hosts),
+        "wheelhouse": str(wheelhouse),
+        "defaults": {"port": server.port, "key": str(server.client_key)},
+        "worker_template": {
+            "engines": {"llama-bench": {"backends": {"cpu": str(llama_bin / "llama-bench")}}},
+            "models": {"tiny:q8_0": str(models["tiny:q8_0"])},
+            "threads": 1,
+        },
+        "hosts": {
+            host: {"address": "127.0.0.1", "deploy_dir": str(tmp_path / host), **extra}
+            for host, extra in hosts.items()
+        },
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _row(stdout: str, host: str) -> str:
+    return next(line for line in stdout.splitlines() if line.split()[:1] == [host])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_deploy_runs_a_job_then_redeploy_is_a_noop_and_stop_ends_the_agent(
+    tmp_path: Path,
+    sshd: SshServer,  # noqa: F811
+    secure_broker: EmbeddedBroker,
+    wheelhouse: Path,
+    llama_bin: Path,
+    tiny_models: dict[str, Path],
+) -> None:
+    box_home = {"env": {"ORCH_HOME": str(tmp_path / "box-home")}}
+    hosts = {
+        "box": box_home,
+        "wrong-key": {"key": str(sshd.other_key)},
+        "old-box": {"python": "/nonexistent/python3"},
+    }
+    inventory = _inventory(tmp_path, sshd, secure_broker, wheelhouse, llama_bin, tiny_models, hosts)
+    client = redis.Redis.from_url(secure_broker.url)
+    try:
+        # 1. One deploy for all three: the good box comes up, the others say why they did not.
+        first = orch("fleet", "deploy", str(inventory), timeout=600)
+        output = first.stdout + first.stderr
+        assert first.returncode == 1, output  # a host failed
+        assert PASSWORD not in output
+        box_row = _row(first.stdout, "box")
+        assert "changed" in box_row and "registered" in box_row, output
+        mode = box_row.split()[1]
+        assert mode == ("systemd" if Path("/run/systemd/system").is_dir() else "supervisor")
+        assert "installed orch" in box_row and "started" in box_row
+        wrong = _row(first.stdout, "wrong-key")
+        assert "FAILED: auth failed" in wrong and str(sshd.other_key) in wrong, output
+        old = _row(first.stdout, "old-box")
+        assert "FAILED: no Python 3.11" in old and "/nonexistent/python3" in old, output
+
+        # The agent runs from the box's venv and registered its inventory on the broker.
+        agent = read_inventories(client)["box"]
+        process = psutil.Process(agent.pid)
+        assert str(tmp_path / "box" / "venv") in " ".join(process.cmdline())
+        assert agent.models == ["tiny:q8_0"]
+        for secret_file in ("worker.yaml", "agent.env"):
+            mode_bits = stat.S_IMODE((tmp_path / "box" / secret_file).stat().st_mode)
+            assert mode_bits == 0o600, secret_file
+        assert not (tmp_path / "wrong-key").exists()  # nothing was done on a failed box
+
+        # 2. A submitted job runs on the deployed agent and its result lands in the store.
+        matrix = tmp_path / "matrix.yaml"
+        matrix.write_text(
+            "campaign: fleet-deploy\nrepetitions: 2\nworkload: {prompt_tokens: 16, gen_tokens: 8}"
+            "\nhosts: [box]\nmatrix: {model: ['tiny:q8_0'], context: [256]}\n"
+        )
+        store_path = tmp_path / "orch.db"
+        done = orch("--store", str(store_path), "submit", str(matrix), "--broker",
+                    secure_broker.url, "--wait", "--timeout", "180")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        (row,) = Store.open(store_path).campaign_jobs("fleet-deploy")
+        assert row.result is not None and row.result.status.value == "ok", row.result
+        assert row.result.host == "box" and {m.test for m in row.result.measurements} == {
+            "pp",
+            "tg",
+        }
+
+        # 3. Deploying again changes nothing: same agent process, same instance.
+        again = orch("fleet", "deploy", str(inventory), "--hosts", "box", timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "unchanged" in _row(again.stdout, "box") and "nothing to do" in again.stdout
+        assert read_inventories(client)["box"].instance_id == agent.instance_id
+
+        # 4. A config the box rejects leaves the running agent and its config as they were.
+        before = (tmp_path / "box" / "worker.yaml").read_bytes()
+        broken = _inventory(
+            tmp_path, sshd, secure_broker, wheelhouse, llama_bin,
+            {"tiny:q8_0": tmp_path / "missing.gguf"}, {"box": box_home}, name="broken.yaml",
+        )  # fmt: skip
+        bad = orch("fleet", "deploy", str(broken), timeout=300)
+        assert bad.returncode == 1
+        bad_row = _row(bad.stdout, "box")
+        assert "FAILED: bad worker config" in bad_row and "missing.gguf does not exist" in bad_row
+        assert f"{broken}:" in bad_row  # names the inventory line of the host
+        assert (tmp_path / "box" / "worker.yaml").read_bytes() == before
+        assert process.is_running()
+
+        # 5. status and logs show the agent, never the password.
+        status = orch("fleet", "status", str(inventory), "--hosts", "box")
+        assert status.returncode == 0, status.stderr
+        assert "running" in _row(status.stdout, "box") and "online" in _row(status.stdout, "box")
+        logs = orch("fleet", "logs", "box", str(inventory), "-n", "200")
+        assert logs.returncode == 0, logs.stderr
+        assert "consumes orch.box.default" in logs.stdout
+        for text in (status.stdout, status.stderr, logs.stdout):
+            assert PASSWORD not in text
+
+        # 6. stop ends the agent; status says so.
+        stopped = orch("fleet", "stop", str(inventory), "--hosts", "box")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "stopped" in _row(stopped.stdout, "box")
+        deadline = time.monotonic() + 30
+        while not _gone(agent.pid):
+            assert time.monotonic() < deadline, "the agent process outlived `orch fleet stop`"
+            time.sleep(0.1)
+        after = orch("fleet", "status", str(inventory), "--hosts", "box")
+        assert "stopped" in _row(after.stdout, "box")
+    finally:
+        _kill_leftovers(tmp_path / "box" / "agent.pid")
+        client.close()
+
+
+def _kill_leftovers(pidfile: Path) -> None:
+    """Whatever happened above, leave no agent running (its process group)."""
+    try:
+        os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
