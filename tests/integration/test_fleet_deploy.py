@@ -8,6 +8,7 @@ that scripts/test prepares, so nothing leaves the machine; the broker has a pass
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import time
@@ -21,7 +22,7 @@ import redis
 import yaml
 
 from orchestrator.broker import read_inventories
-from orchestrator.embedded import EmbeddedBroker
+from orchestrator.embedded import EmbeddedBroker, free_port
 from orchestrator.store import Store
 from tests.integration.conftest import orch
 from tests.integration.sshd import SshServer, sshd  # noqa: F401  (fixture)
@@ -200,3 +201,48 @@ def _kill_leftovers(pidfile: Path) -> None:
         os.killpg(int(pidfile.read_text()), signal.SIGKILL)
     except (OSError, ValueError):
         pass
+
+
+def test_facts_and_deploy_name_what_is_wrong_with_each_box(
+    tmp_path: Path,
+    sshd: SshServer,  # noqa: F811
+    secure_broker: EmbeddedBroker,
+    wheelhouse: Path,
+    llama_bin: Path,
+    tiny_models: dict[str, Path],
+) -> None:
+    closed_port = free_port()  # nothing listens there
+    strange = tmp_path / "strange_known_hosts"
+    strange.write_text("")
+    hosts = {
+        "box": {},
+        "down": {"port": closed_port},
+        "full": {},
+    }
+    inventory = _inventory(tmp_path, sshd, secure_broker, wheelhouse, llama_bin, tiny_models, hosts)
+    facts = orch("fleet", "facts", str(inventory))
+    assert facts.returncode == 1  # `down` cannot be reached
+    box = _row(facts.stdout, "box")
+    assert str(os.cpu_count()) in box.split(), facts.stdout
+    assert re.search(r" 3\.1[1-9]\.\d+ ", box), facts.stdout  # the box's python3
+    assert "FAILED: unreachable" in _row(facts.stdout, "down")
+    assert f"127.0.0.1:{closed_port}" in facts.stderr
+
+    # An unknown host key is refused, not added.
+    data = yaml.safe_load(inventory.read_text())
+    data["known_hosts"] = str(strange)
+    data["min_free_mb"] = 10**9  # more than any disk here: the install must be refused
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(data))
+    refused = orch("fleet", "facts", str(other), "--hosts", "box")
+    assert refused.returncode == 1
+    assert "FAILED: unknown host key" in _row(refused.stdout, "box")
+    assert strange.read_text() == ""
+
+    data["known_hosts"] = str(sshd.known_hosts)
+    other.write_text(yaml.safe_dump(data))
+    full = orch("fleet", "deploy", str(other), "--hosts", "full")
+    assert full.returncode == 1
+    row = _row(full.stdout, "full")
+    assert "FAILED: disk full" in row and "min_free_mb" in row, full.stdout
+    assert not (tmp_path / "full" / "venv").exists()
