@@ -52,7 +52,6 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
         text=True,
         env={
             "ORCH_REDIS_PASSWORD": "test-only",
-            "ORCH_FLOWER_PASSWORD": "test-only",
             "PATH": "/usr/bin:/bin:/usr/local/bin",
         },
     )
@@ -63,7 +62,9 @@ def test_compose_flower_needs_a_password_and_listens_on_loopback_only() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     flower = compose["services"]["flower"]
     assert flower["environment"]["CELERY_BROKER_URL"].startswith("redis://:${ORCH_REDIS")
-    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("orch:${ORCH_FLOWER_PASSWORD:?")
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == (
+        "orch:${ORCH_FLOWER_PASSWORD:-${ORCH_REDIS_PASSWORD:?set ORCH_REDIS_PASSWORD}}"
+    )
     assert flower["ports"] == ["127.0.0.1:5555:5555"]
 
 
