@@ -125,7 +125,14 @@ def deploy_host(
     with Box.open(target, known_hosts) as box:
         facts = read_facts(box)
         layout = Layout(facts.deploy_root(target.deploy_dir))
-        mode = choose_mode(facts.systemd, target.sudo and facts.privileged or facts.uid == 0)
+        if target.sudo and not facts.privileged:
+            raise HostError(
+                target.name,
+                "sudo failed",
+                f"sudo is on for {target.user} but `sudo -n true` fails on the box: allow "
+                f"passwordless sudo, or set sudo: false for a user unit ({target.where})",
+            )
+        mode = choose_mode(facts.systemd, target.sudo or facts.uid == 0)
         outcome = HostOutcome(target.name, ok=True, mode=mode.value)
         box.run(f"mkdir -p {shlex.quote(layout.root)} && chmod 700 {shlex.quote(layout.root)}")
         state = read_state(box, layout)

@@ -17,6 +17,7 @@ from orchestrator.fleet.units import SERVICE, Layout, Mode
 
 _USER_ENV = 'XDG_RUNTIME_DIR="/run/user/$(id -u)" '
 _UP_FOR_S = 2.0
+_LOG_MAX_BYTES = 10 * 2**20
 _GROUP_ALIVE = shlex.quote(
     "$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}"
 )  # an agent that dies at once (bad broker URL...) is caught by this wait
@@ -69,6 +70,9 @@ def restart(box: Box, layout: Layout, mode: Mode) -> None:
     # does not end them; every descriptor is redirected so that it can close at once.
     box.run(
         f"umask 077 && cd {q(layout.root)} && rm -f {q(layout.pidfile)} || exit 1\n"
+        # One old log is kept, so that agent.log stays small without logrotate.
+        f'[ -f {q(layout.log)} ] && [ "$(wc -c < {q(layout.log)})" -gt {_LOG_MAX_BYTES} ] '
+        f"&& mv -f {q(layout.log)} {q(layout.log)}.1\n"
         f"setsid sh {q(layout.script)} >> {q(layout.log)} 2>&1 < /dev/null &\n"
         f"for i in $(seq 50); do test -s {q(layout.pidfile)} && exit 0; sleep 0.1; done; exit 1"
     )

@@ -238,6 +238,12 @@ def test_facts_and_deploy_name_what_is_wrong_with_each_box(
     assert refused.returncode == 1
     assert "FAILED: unknown host key" in _row(refused.stdout, "box")
     assert strange.read_text() == ""
+    # A host key other than the one on record (a reinstalled box, or someone in between).
+    key_type, key_b64 = sshd.other_key.with_suffix(".pub").read_text().split()[:2]
+    strange.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_b64}\n")
+    changed = orch("fleet", "facts", str(other), "--hosts", "box")
+    assert changed.returncode == 1
+    assert "FAILED: host key changed" in _row(changed.stdout, "box"), changed.stdout
 
     data["known_hosts"] = str(sshd.known_hosts)
     other.write_text(yaml.safe_dump(data))
