@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,8 @@ def test_deploy_runs_a_job_then_redeploy_is_a_noop_and_stop_ends_the_agent(
     }
     inventory = _inventory(tmp_path, sshd, secure_broker, wheelhouse, llama_bin, tiny_models, hosts)
     client = redis.Redis.from_url(secure_broker.url)
+    system_unit = Path("/etc/systemd/system/orch-agent.service")
+    unit_was_there = system_unit.exists()
     try:
         # 1. One deploy for all three: the good box comes up, the others say why they did not.
         first = orch("fleet", "deploy", str(inventory), timeout=600)
@@ -192,6 +195,10 @@ def test_deploy_runs_a_job_then_redeploy_is_a_noop_and_stop_ends_the_agent(
         assert "stopped" in _row(after.stdout, "box")
     finally:
         _kill_leftovers(tmp_path / "box" / "agent.pid")
+        if system_unit.exists() and not unit_was_there:  # a box with systemd: this one
+            subprocess.run(["systemctl", "disable", "--now", "orch-agent"], check=False)
+            system_unit.unlink()
+            subprocess.run(["systemctl", "daemon-reload"], check=False)
         client.close()
 
 
