@@ -27,6 +27,7 @@ echo "arch=$(uname -m)"
 echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
 echo "mem_kb=$(awk '/^MemTotal:/ {{print $2}}' /proc/meminfo 2>/dev/null)"
 echo "systemd=$(test -d /run/systemd/system && echo yes || echo no)"
+echo "setsid=$(command -v setsid >/dev/null 2>&1 && echo yes || echo no)"
 echo "sudo=$(sudo -n true >/dev/null 2>&1 && echo yes || echo no)"
 echo "disk_free_kb=$(df -Pk "$d" | awk 'NR==2 {{print $4}}')"
 echo "python=$({python} -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
@@ -45,6 +46,7 @@ class BoxFacts:
     cpus: str
     mem_gib: float | None
     systemd: bool
+    setsid: bool  # for the supervisor mode, where systemd does not run
     sudo: bool
     disk_free_mb: int | None  # where the deploy folder is (or would be)
     python: str  # "3.11.7", or "" when the inventory's python does not run
@@ -80,6 +82,7 @@ def read_facts(box: Box) -> BoxFacts:
         cpus=raw.get("cpus", ""),
         mem_gib=round(int(mem_kb) / 2**20, 1) if mem_kb.isdigit() else None,
         systemd=raw.get("systemd") == "yes",
+        setsid=raw.get("setsid") == "yes",
         sudo=raw.get("sudo") == "yes",
         disk_free_mb=int(disk_kb) // 1024 if disk_kb.isdigit() else None,
         python=raw.get("python", ""),

@@ -16,16 +16,21 @@ import click
 from tabulate import tabulate
 
 from jobs.protocol import redact_url
+from orchestrator.errors import FleetError
 from orchestrator.fleet import manage
 from orchestrator.fleet.deploy import HostOutcome, deploy_fleet
 from orchestrator.fleet.inventory import FleetFile, load_inventory
 from orchestrator.fleet.registry import try_connect
 
-_INVENTORY_HELP = "The inventory; default $ORCH_FLEET, else ./fleet.yaml."
-
 
 def _load(inventory: Path | None) -> FleetFile:
-    return load_inventory(inventory or Path(os.environ.get("ORCH_FLEET") or "fleet.yaml"))
+    path = inventory or Path(os.environ.get("ORCH_FLEET") or "fleet.yaml")
+    if inventory is None and not path.exists():
+        raise FleetError(
+            f"no inventory: {path} does not exist; name one (orch fleet status FLEET.yaml) "
+            "or set ORCH_FLEET (examples/fleet.yaml shows the format)"
+        )
+    return load_inventory(path)
 
 
 def _hosts(option: str | None) -> list[str] | None:
@@ -40,7 +45,10 @@ hosts_opt = click.option("--hosts", help="Only these hosts (comma-separated name
 
 @click.group("fleet")
 def fleet_group() -> None:
-    """Deploy and run orch agents on your boxes over SSH (inventory: fleet.yaml)."""
+    """Deploy and run orch agents on your boxes over SSH.
+
+    FLEET.yaml, the inventory, defaults to $ORCH_FLEET, else ./fleet.yaml.
+    """
 
 
 @fleet_group.command("deploy")

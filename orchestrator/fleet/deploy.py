@@ -133,6 +133,14 @@ def deploy_host(
                 f"passwordless sudo, or set sudo: false for a user unit ({target.where})",
             )
         mode = choose_mode(facts.systemd, target.sudo or facts.uid == 0)
+        if mode is Mode.SUPERVISOR and not facts.setsid:
+            raise HostError(
+                target.name,
+                "no service manager",
+                f"neither systemd nor setsid on the box ({facts.os}): orch fleet cannot keep "
+                "the agent running there yet; start `orch worker` with the box's own service "
+                "manager",
+            )
         outcome = HostOutcome(target.name, ok=True, mode=mode.value)
         box.run(f"mkdir -p {shlex.quote(layout.root)} && chmod 700 {shlex.quote(layout.root)}")
         state = read_state(box, layout)
