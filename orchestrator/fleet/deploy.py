@@ -142,7 +142,6 @@ def deploy_host(
                 "manager",
             )
         outcome = HostOutcome(target.name, ok=True, mode=mode.value)
-        box.run(f"mkdir -p {shlex.quote(layout.root)} && chmod 700 {shlex.quote(layout.root)}")
         state = read_state(box, layout)
         wanted = DeployState(
             orch_version=bundle.version,
@@ -152,10 +151,12 @@ def deploy_host(
             mode=mode.value,
         )
         installed = state is None or not state.same_install(wanted) or not _installed(box, layout)
-        if installed:
+        if installed:  # checked before anything is written on the box
             check_installable(
                 facts, target.name, target.python, target.where, fleet.inventory.min_free_mb
             )
+        box.run(f"mkdir -p {shlex.quote(layout.root)} && chmod 700 {shlex.quote(layout.root)}")
+        if installed:
             _install(box, layout, target.python, bundle)
             outcome.changes.append(f"installed orch {bundle.version} ({bundle.fingerprint[:12]})")
         if _write_config(box, target, layout, check=installed):

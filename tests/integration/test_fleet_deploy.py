@@ -134,7 +134,8 @@ def test_deploy_runs_a_job_then_redeploy_is_a_noop_and_stop_ends_the_agent(
         for secret_file in ("worker.yaml", "agent.env"):
             mode_bits = stat.S_IMODE((tmp_path / "box" / secret_file).stat().st_mode)
             assert mode_bits == 0o600, secret_file
-        assert not (tmp_path / "wrong-key").exists()  # nothing was done on a failed box
+        for failed in ("wrong-key", "old-box"):  # nothing was written on a refused box
+            assert not (tmp_path / failed).exists()
 
         # 2. A submitted job runs on the deployed agent and its result lands in the store.
         matrix = tmp_path / "matrix.yaml"
@@ -258,4 +259,4 @@ def test_facts_and_deploy_name_what_is_wrong_with_each_box(
     assert full.returncode == 1
     row = _row(full.stdout, "full")
     assert "FAILED: disk full" in row and "min_free_mb" in row, full.stdout
-    assert not (tmp_path / "full" / "venv").exists()
+    assert not (tmp_path / "full").exists()  # nothing was written on the refused box
