@@ -60,7 +60,10 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
     known_hosts = folder / "known_hosts"
     key_type, key_b64 = host_key.with_suffix(".pub").read_text().split()[:2]
     known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    try:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder (as root)
+    except OSError:
+        pass  # not root: sshd runs unprivileged and needs none
     options = {
         "Port": str(port),
         "ListenAddress": "127.0.0.1",
