@@ -26,7 +26,8 @@ from orchestrator.broker import read_inventories
 from orchestrator.embedded import EmbeddedBroker, free_port
 from orchestrator.store import Store
 from tests.integration.conftest import orch
-from tests.integration.sshd import SshServer, sshd  # noqa: F401  (fixture)
+from tests.integration.netns import NetNs, netns  # noqa: F401  (fixture)
+from tests.integration.sshd import SshServer, sshd, start_sshd  # noqa: F401  (fixture)
 
 PASSWORD = "fleet-Test-pw-7e1"
 
@@ -62,7 +63,10 @@ def _inventory(
     password.write_text(PASSWORD + "\n")
     password.chmod(0o600)
     data = {
-        "broker": {"url": f"redis://127.0.0.1:{broker.port}/0", "password_file": str(password)},
+        "broker": {
+            "url": f"redis://{broker.bind[0]}:{broker.port}/0",
+            "password_file": str(password),
+        },
         "known_hosts": str(server.known_hosts),
         "wheelhouse": str(wheelhouse),
         "defaults": {"port": server.port, "key": str(server.client_key)},
@@ -260,3 +264,58 @@ def test_facts_and_deploy_name_what_is_wrong_with_each_box(
     row = _row(full.stdout, "full")
     assert "FAILED: disk full" in row and "min_free_mb" in row, full.stdout
     assert not (tmp_path / "full").exists()  # nothing was written on the refused box
+
+
+def test_two_boxes_one_in_its_own_network_namespace_deploy_at_once_and_both_run_jobs(
+    tmp_path: Path,
+    netns: NetNs,  # noqa: F811
+    wheelhouse: Path,
+    llama_bin: Path,
+    tiny_models: dict[str, Path],
+) -> None:
+    """The second box has its own network stack: it reaches sshd's and the broker's
+    addresses on the veth pair only, as a box on a LAN would."""
+    known_hosts = tmp_path / "known_hosts"
+    local = start_sshd(tmp_path / "ssh", known_hosts)
+    remote = start_sshd(tmp_path / "ssh", known_hosts, address=netns.ns_ip, netns=netns.name)
+    broker = EmbeddedBroker(tmp_path / "broker", password=PASSWORD, bind=(netns.host_ip,))
+    broker.start()
+    try:
+        hosts = {
+            "box-a": {"port": local.port},
+            "box-b": {"address": netns.ns_ip, "port": remote.port},
+        }
+        inventory = _inventory(tmp_path, local, broker, wheelhouse, llama_bin, tiny_models, hosts)
+        deployed = orch("fleet", "deploy", str(inventory), timeout=600)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        for host in hosts:
+            row = _row(deployed.stdout, host)
+            assert "changed" in row and "registered" in row, deployed.stdout
+        client = redis.Redis.from_url(broker.url)
+        agents = read_inventories(client)
+        client.close()
+        in_ns = os.stat(f"/run/netns/{netns.name}").st_ino
+        assert os.stat(f"/proc/{agents['box-b'].pid}/ns/net").st_ino == in_ns
+        assert os.stat(f"/proc/{agents['box-a'].pid}/ns/net").st_ino != in_ns
+
+        matrix = tmp_path / "matrix.yaml"
+        matrix.write_text(
+            "campaign: two-boxes\nrepetitions: 1\nworkload: {prompt_tokens: 16, gen_tokens: 8}"
+            "\nhosts: [box-a, box-b]\nmatrix: {model: ['tiny:q8_0'], context: [128]}\n"
+        )
+        done = orch("--store", str(tmp_path / "orch.db"), "submit", str(matrix), "--broker",
+                    broker.url, "--wait", "--timeout", "180")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        rows = Store.open(tmp_path / "orch.db").campaign_jobs("two-boxes")
+        assert sorted(
+            (r.spec.host, r.result.host, r.result.status.value) for r in rows if r.result
+        ) == [
+            ("box-a", "box-a", "ok"),
+            ("box-b", "box-b", "ok"),
+        ]
+    finally:
+        for host in ("box-a", "box-b"):
+            _kill_leftovers(tmp_path / host / "agent.pid")
+        broker.stop()
+        local.stop()
+        remote.stop()
