@@ -89,6 +89,21 @@ def _row(stdout: str, host: str) -> str:
     return next(line for line in stdout.splitlines() if line.split()[:1] == [host])
 
 
+def _run_tiny_matrix(tmp_path: Path, campaign: str, hosts: list[str], broker: str) -> list[Any]:
+    """Submit one tiny llama-bench job per host, wait for them; the store's rows."""
+    matrix = tmp_path / f"{campaign}.yaml"
+    matrix.write_text(
+        f"campaign: {campaign}\nrepetitions: 2\nworkload: {{prompt_tokens: 16, gen_tokens: 8}}\n"
+        f"hosts: [{', '.join(hosts)}]\nmatrix: {{model: ['tiny:q8_0'], context: [256]}}\n"
+    )
+    store_path = tmp_path / "orch.db"
+    done = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker,
+                "--wait", "--timeout", "180")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+    return list(Store.open(store_path).campaign_jobs(campaign))
+
+
 def _gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -142,16 +157,7 @@ def test_deploy_runs_a_job_then_redeploy_is_a_noop_and_stop_ends_the_agent(
             assert not (tmp_path / failed).exists()
 
         # 2. A submitted job runs on the deployed agent and its result lands in the store.
-        matrix = tmp_path / "matrix.yaml"
-        matrix.write_text(
-            "campaign: fleet-deploy\nrepetitions: 2\nworkload: {prompt_tokens: 16, gen_tokens: 8}"
-            "\nhosts: [box]\nmatrix: {model: ['tiny:q8_0'], context: [256]}\n"
-        )
-        store_path = tmp_path / "orch.db"
-        done = orch("--store", str(store_path), "submit", str(matrix), "--broker",
-                    secure_broker.url, "--wait", "--timeout", "180")  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        (row,) = Store.open(store_path).campaign_jobs("fleet-deploy")
+        (row,) = _run_tiny_matrix(tmp_path, "fleet-deploy", ["box"], secure_broker.url)
         assert row.result is not None and row.result.status.value == "ok", row.result
         assert row.result.host == "box" and {m.test for m in row.result.measurements} == {
             "pp",
@@ -298,15 +304,7 @@ def test_two_boxes_one_in_its_own_network_namespace_deploy_at_once_and_both_run_
         assert os.stat(f"/proc/{agents['box-b'].pid}/ns/net").st_ino == in_ns
         assert os.stat(f"/proc/{agents['box-a'].pid}/ns/net").st_ino != in_ns
 
-        matrix = tmp_path / "matrix.yaml"
-        matrix.write_text(
-            "campaign: two-boxes\nrepetitions: 1\nworkload: {prompt_tokens: 16, gen_tokens: 8}"
-            "\nhosts: [box-a, box-b]\nmatrix: {model: ['tiny:q8_0'], context: [128]}\n"
-        )
-        done = orch("--store", str(tmp_path / "orch.db"), "submit", str(matrix), "--broker",
-                    broker.url, "--wait", "--timeout", "180")  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        rows = Store.open(tmp_path / "orch.db").campaign_jobs("two-boxes")
+        rows = _run_tiny_matrix(tmp_path, "two-boxes", list(hosts), broker.url)
         assert sorted(
             (r.spec.host, r.result.host, r.result.status.value) for r in rows if r.result
         ) == [
