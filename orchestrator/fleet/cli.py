@@ -114,7 +114,7 @@ def restart_cmd(inventory: Path | None, hosts: str | None) -> None:
 @inventory_arg
 @hosts_opt
 def stop_cmd(inventory: Path | None, hosts: str | None) -> None:
-    """Stop the agent on each box (a running job goes back to its queue)."""
+    """Stop the agent on each box (a job it was running is queued again when it restarts)."""
     fleet = _load(inventory)
     _print_outcomes(manage.stop(fleet, fleet.targets(_hosts(hosts))))
 

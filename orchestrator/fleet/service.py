@@ -87,9 +87,9 @@ def stop(box: Box, layout: Layout, mode: Mode) -> bool:
     if not was_running:
         return False
     pidfile = shlex.quote(layout.pidfile)
-    # SIGTERM to the whole group: the loop ends and the agent shuts down cleanly (a running
-    # job goes back to its queue); SIGKILL after 60 s. Zombies (exited, not yet reaped by
-    # init) do not count as running.
+    # SIGTERM to the whole group: the loop ends and the agent shuts down (a job it was
+    # running is re-queued by the next agent); SIGKILL after 60 s. Zombies (exited, not yet
+    # reaped by init) do not count as running.
     alive = f'ps -A -o pgid= -o stat= | awk -v g="$pid" {_GROUP_ALIVE}'
     box.run(
         f'pid=$(cat {pidfile}); kill -TERM -- "-$pid" 2>/dev/null\n'

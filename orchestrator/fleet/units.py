@@ -120,7 +120,7 @@ def systemd_unit(layout: Layout, mode: Mode, user: str) -> str:
         # The agent exits 0 when another agent took its host's lease: do not fight it.
         "Restart=on-failure",
         "RestartSec=10",
-        # SIGTERM stops the agent; an interrupted job goes back to its queue (acks late).
+        # SIGTERM stops the agent; the next agent re-queues a job it left unacknowledged.
         "KillSignal=SIGTERM",
         "TimeoutStopSec=60",
         "UMask=0077",
