@@ -13,7 +13,6 @@ would add it silently), and so is one whose key changed.
 from __future__ import annotations
 
 import shlex
-import socket
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -149,7 +148,7 @@ def connect_error(target: Target, known_hosts: Path, exc: Exception) -> HostErro
             f"(ssh-keyscan -p {target.port} {target.address} >> {known_hosts}) "
             "or set known_hosts in the inventory",
         )
-    if isinstance(exc, socket.timeout | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return HostError(target.name, "unreachable", f"{where}: no answer within the timeout")
     if isinstance(exc, OSError):  # refused, no route, unknown name (NoValidConnectionsError)
         reason = exc.strerror or str(exc)

@@ -194,12 +194,22 @@ def test_deploy_runs_a_job_then_redeploy_is_a_noop_and_stop_ends_the_agent(
         for text in (status.stdout, status.stderr, logs.stdout):
             assert PASSWORD not in text
 
-        # 6. stop ends the agent; status says so.
+        # 6. restart gives a new agent process, which registers in its turn.
+        restarted = orch("fleet", "restart", str(inventory), "--hosts", "box")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "restarted" in _row(restarted.stdout, "box")
+        deadline = time.monotonic() + 60
+        while (new := read_inventories(client)["box"]).instance_id == agent.instance_id:
+            assert time.monotonic() < deadline, "the restarted agent did not register"
+            time.sleep(0.2)
+        assert _gone(agent.pid) and new.pid != agent.pid
+
+        # 7. stop ends the agent; status says so.
         stopped = orch("fleet", "stop", str(inventory), "--hosts", "box")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert "stopped" in _row(stopped.stdout, "box")
         deadline = time.monotonic() + 30
-        while not _gone(agent.pid):
+        while not _gone(new.pid):
             assert time.monotonic() < deadline, "the agent process outlived `orch fleet stop`"
             time.sleep(0.1)
         after = orch("fleet", "status", str(inventory), "--hosts", "box")
