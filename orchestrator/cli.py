@@ -24,6 +24,7 @@ from orchestrator.broker import connect, read_fleet
 from orchestrator.cli_report import COMMANDS as REPORT_COMMANDS
 from orchestrator.control import cancel, retry_failed
 from orchestrator.errors import OrchError
+from orchestrator.fleet.cli import fleet_group
 from orchestrator.hosts import render_hosts
 from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.matrixfile import load_matrix_file
@@ -266,6 +267,7 @@ def demo_cmd(ctx: click.Context, timeout: float) -> None:
 
 for _command in REPORT_COMMANDS:  # report, compare, campaigns, import
     cli.add_command(_command)
+cli.add_command(fleet_group)
 
 
 def main() -> None:

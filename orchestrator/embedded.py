@@ -49,26 +49,43 @@ def free_port() -> int:
 class EmbeddedBroker:
     """Start/stop a private Valkey with `appendonly yes` and `noeviction` (DESIGN.md)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        password: str | None = None,
+        bind: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.password = password  # `requirepass`: as a fleet's broker should run
+        self.bind = bind  # addresses to listen on; the URL names the first
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.bind[0]}:{self.port}/0"
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "server.log"
         argv = [
             str(server_binary()),
-            "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
+            "--bind", *self.bind, "--port", str(self.port), "--protected-mode", "yes",
             "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
             "--maxmemory-policy", "noeviction", "--logfile", str(log), "--daemonize", "no",
         ]  # fmt: skip
+        if self.password:
+            # In a mode-600 config file rather than on the command line, where `ps` shows it.
+            conf = self.data_dir / "secret.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(f"requirepass {self.password}\n")
+            argv.insert(1, str(conf))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        client = redis_lib.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
+        client = redis_lib.Redis(
+            host=self.bind[0], port=self.port, password=self.password, socket_connect_timeout=1
+        )
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -4,7 +4,11 @@ OrchError                   base: a message for the user, exit code 2
 ├── MatrixError             the matrix file is invalid (every problem, each with file:line: key)
 ├── SubmitError             the matrix is valid but cannot run (unknown host/model/backend)
 ├── BrokerError             the broker cannot be reached or refused us
-└── StoreError              the result store cannot be opened or is from a newer orch
+├── StoreError              the result store cannot be opened or is from a newer orch
+├── InventoryError          the fleet inventory (fleet.yaml) is invalid (file:line: key)
+├── FleetError              a fleet command cannot start at all (no such host, no wheel)
+└── HostError               one box failed (unreachable, auth failed, no Python 3.11, disk
+                            full...): it becomes that host's row, the other hosts go on
 """
 
 from __future__ import annotations
@@ -38,3 +42,25 @@ class BrokerError(OrchError):
 
 class StoreError(OrchError):
     """The result store cannot be used."""
+
+
+class InventoryError(OrchError):
+    """One or more problems in a fleet inventory; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class FleetError(OrchError):
+    """A fleet command that cannot start (a host failing on its own is reported in its row)."""
+
+
+class HostError(OrchError):
+    """One box of the fleet failed; `reason` is the short kind shown in the table."""
+
+    def __init__(self, host: str, reason: str, detail: str) -> None:
+        self.host = host
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{host}: {reason}: {detail}")

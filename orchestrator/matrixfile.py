@@ -13,55 +13,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from jobs.matrix import HOST_SETTING_KEYS, HostConfiguration, Matrix, Selector
 from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, JobSpec
 from orchestrator.errors import MatrixError
+from orchestrator.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
 
-Path_ = tuple[str | int, ...]
-
-_FRIENDLY = {
-    "greater_than": "expected a positive integer",
-    "int_parsing": "expected an integer",
-    "int_type": "expected an integer",
-    "int_from_float": "expected an integer",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "missing": "required key is missing",
-    "too_short": "must not be empty",
-    "less_than_equal": "too large",
-}
+Path_ = KeyPath
 
 
 def read_matrix_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError as exc:
-        raise MatrixError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    return read_text(path, MatrixError)
 
 
 def load_matrix(path: Path, text: str) -> tuple[Matrix, dict[Path_, int]]:
     """Parse and validate `text` (read from `path`); return it and a key path -> line map."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
-        message = f"{path}:{line}: invalid YAML: {exc.problem}"
-        if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
-            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
-        raise MatrixError([message]) from exc
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        _index_lines(node, (), lines)
+    data, lines = parse_yaml(path, text, MatrixError)
     if not isinstance(data, dict):
         raise MatrixError([f"{path}:1: expected a mapping with campaign, hosts and matrix keys"])
     try:
         return Matrix.model_validate(data), lines
     except ValidationError as exc:
-        raise MatrixError(_describe(path, exc, lines)) from exc
+        raise MatrixError(describe(path, exc, lines)) from exc
 
 
 @dataclass(frozen=True)
@@ -76,7 +50,7 @@ class MatrixFile:
 
     def where(self, loc: Path_) -> str:
         """`matrix.yaml:7: matrix.context[1]`"""
-        return f"{self.path}:{_line(self.lines, loc)}: {_dotted(loc)}"
+        return f"{self.path}:{line_of(self.lines, loc)}: {dotted(loc)}"
 
     def where_value(self, axis: str, value: object) -> str:
         """Where the matrix names `value` for `axis` (first place), for messages about it."""
@@ -112,7 +86,9 @@ def _checked_jobs(path: Path, matrix: Matrix, lines: dict[Path_, int]) -> list[J
     if not problems and not jobs:
         problems.append((("exclude",), "the exclusions remove every job: nothing would run"))
     if problems:
-        raise MatrixError([f"{path}:{_line(lines, p)}: {_dotted(p)}: {msg}" for p, msg in problems])
+        raise MatrixError(
+            [f"{path}:{line_of(lines, p)}: {dotted(p)}: {msg}" for p, msg in problems]
+        )
     return jobs
 
 
@@ -256,53 +232,3 @@ def _context_problems(matrix: Matrix, context: int, where: Path_) -> list[tuple[
             )
         ]
     return []
-
-
-def _describe(path: Path, exc: ValidationError, lines: dict[Path_, int]) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif err["type"] == "greater_than" and "power_limit_w" in loc:
-            message = "expected a positive number of watts"
-        elif err["type"] in _FRIENDLY:
-            message = _FRIENDLY[err["type"]]
-        else:
-            message = str(err["msg"]).removeprefix("Value error, ")
-        if (
-            err["type"] not in ("missing",)
-            and "input" in err
-            and not isinstance(err["input"], dict | list)
-        ):
-            message += f" (got {err['input']!r})"
-        out.append(f"{path}:{_line(lines, loc)}: {_dotted(loc)}: {message}")
-    return out
-
-
-def _dotted(loc: Path_) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _line(lines: dict[Path_, int], loc: Path_) -> int:
-    """Line of the deepest known ancestor of `loc` (a missing key points at its parent)."""
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return 1
-
-
-def _index_lines(node: yaml.Node, here: Path_, lines: dict[Path_, int]) -> None:
-    lines.setdefault(here, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*here, str(key_node.value))
-            lines[child] = key_node.start_mark.line + 1
-            _index_lines(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[(*here, i)] = item.start_mark.line + 1
-            _index_lines(item, (*here, i), lines)

@@ -30,18 +30,42 @@ def test_compose_redis_is_durable_and_password_protected() -> None:
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client on this machine")
+def _compose_command() -> list[str]:
+    """`docker compose` (the plugin) or a standalone `docker-compose` v2, else skip."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        version = subprocess.run([standalone, "version"], capture_output=True, text=True)
+        if "v2." in version.stdout:
+            return [standalone]
+    pytest.skip("no docker compose v2 here (neither the docker plugin nor docker-compose)")
+
+
 def test_compose_file_is_accepted_by_docker_compose() -> None:
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("docker client without the compose plugin")
+    compose = _compose_command()
     done = subprocess.run(
-        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+        [*compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
         capture_output=True,
         text=True,
-        env={"ORCH_REDIS_PASSWORD": "test-only", "PATH": "/usr/bin:/bin"},
+        env={
+            "ORCH_REDIS_PASSWORD": "test-only",
+            "PATH": "/usr/bin:/bin:/usr/local/bin",
+        },
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_compose_flower_needs_a_password_and_listens_on_loopback_only() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    flower = compose["services"]["flower"]
+    assert flower["environment"]["CELERY_BROKER_URL"].startswith("redis://:${ORCH_REDIS")
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == (
+        "orch:${ORCH_FLOWER_PASSWORD:-${ORCH_REDIS_PASSWORD:?set ORCH_REDIS_PASSWORD}}"
+    )
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
 
 
 @pytest.mark.parametrize(

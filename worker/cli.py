@@ -33,7 +33,9 @@ def _fail(exc: Exception) -> None:
     required=True,
     help="worker.yaml: declared facts, engines, models.",
 )
-@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help="redis://... URL.")
+@click.option(
+    "--broker", envvar="ORCH_BROKER_URL", help="redis://... URL; default $ORCH_BROKER_URL."
+)
 @click.option(
     "--lease-wait",
     type=float,
@@ -41,7 +43,14 @@ def _fail(exc: Exception) -> None:
     show_default=True,
     help="Seconds to wait for a dead predecessor's queue lease to lapse before giving up.",
 )
-def worker_command(host: str | None, config_path: Path, broker: str, lease_wait: float) -> None:
+@click.option(
+    "--check-config",
+    is_flag=True,
+    help="Check the config (keys, binaries and model files exist) and exit; no broker needed.",
+)
+def worker_command(
+    host: str | None, config_path: Path, broker: str | None, lease_wait: float, check_config: bool
+) -> None:
     """Run the agent: consume this host's queue, one job at a time."""
     from worker.agent import Agent
     from worker.config import load_worker_config
@@ -51,12 +60,17 @@ def worker_command(host: str | None, config_path: Path, broker: str, lease_wait:
     )
     try:
         config = load_worker_config(config_path, host)
+        if check_config:
+            click.echo(f"{config_path}: ok ({config.host}, queue {config.queue})")
+            return
+        if not broker:
+            raise WorkerError("no broker: pass --broker redis://HOST:6379/0 or set ORCH_BROKER_URL")
         Agent(config, broker).run(lease_wait_s=lease_wait)
     except WorkerError as exc:
         _fail(exc)
     except (redis.RedisError, ValueError) as exc:
         # e.g. a wrong password, an unreachable host, a URL that is not redis://
-        _fail(WorkerError(f"cannot use the broker at {redact_url(broker)}: {exc}"))
+        _fail(WorkerError(f"cannot use the broker at {redact_url(broker or '')}: {exc}"))
 
 
 @click.group("engines")

@@ -1,0 +1,129 @@
+"""Start, stop, check and read the logs of the agent on a box, in each service mode.
+
+Example::
+
+    service.restart(box, layout, Mode.SUPERVISOR)
+    service.is_running(box, layout, Mode.SUPERVISOR)   # True
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+from orchestrator.errors import HostError
+from orchestrator.fleet.remote import Box
+from orchestrator.fleet.units import SERVICE, Layout, Mode
+
+_USER_ENV = 'XDG_RUNTIME_DIR="/run/user/$(id -u)" '
+_UP_FOR_S = 2.0
+_LOG_MAX_BYTES = 10 * 2**20
+_GROUP_ALIVE = shlex.quote(
+    "$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}"
+)  # an agent that dies at once (bad broker URL...) is caught by this wait
+
+
+def _systemctl(box: Box, mode: Mode, args: str, check: bool = True) -> int:
+    if mode is Mode.SYSTEMD:
+        result = box.run(f"systemctl {args}", sudo=box.target.user != "root", check=check)
+    else:
+        result = box.run(f"{_USER_ENV}systemctl --user {args}", check=check)
+    return int(result.exited)
+
+
+def install_unit(box: Box, mode: Mode, path: str, unit: bytes) -> bool:
+    """Write the unit where it differs, reload systemd and enable it; True if it changed."""
+    if box.read(path) == unit:
+        return False
+    q = shlex.quote
+    if mode is Mode.SYSTEMD:
+        staged = f"{path.rsplit('/', 1)[1]}.staged"
+        home = box.run("pwd").stdout.strip()
+        box.write(f"{home}/{staged}", unit)
+        box.run(
+            f"install -m 644 {q(home + '/' + staged)} {q(path)} && rm -f {q(home + '/' + staged)}",
+            sudo=box.target.user != "root",
+        )
+    else:
+        box.run(f"mkdir -p {q(path.rsplit('/', 1)[0])}")
+        box.write(path, unit)
+        # Lingering keeps the user's services running without a login session.
+        box.run('loginctl enable-linger "$(id -un)"', check=False)
+    _systemctl(box, mode, "daemon-reload")
+    _systemctl(box, mode, f"enable {SERVICE}")
+    return True
+
+
+def is_running(box: Box, layout: Layout, mode: Mode) -> bool:
+    if mode is Mode.SUPERVISOR:
+        return bool(box.run(_supervisor_alive(layout), check=False).exited == 0)
+    return _systemctl(box, mode, f"is-active --quiet {SERVICE}", check=False) == 0
+
+
+def restart(box: Box, layout: Layout, mode: Mode) -> None:
+    if mode is not Mode.SUPERVISOR:
+        _systemctl(box, mode, f"restart {SERVICE}")
+        return
+    stop(box, layout, mode)
+    q = shlex.quote
+    # setsid: the loop and the agent get their own session, so closing this SSH session
+    # does not end them; every descriptor is redirected so that it can close at once.
+    box.run(
+        f"umask 077 && cd {q(layout.root)} && rm -f {q(layout.pidfile)} || exit 1\n"
+        # One old log is kept, so that agent.log stays small without logrotate.
+        f'[ -f {q(layout.log)} ] && [ "$(wc -c < {q(layout.log)})" -gt {_LOG_MAX_BYTES} ] '
+        f"&& mv -f {q(layout.log)} {q(layout.log)}.1\n"
+        f"setsid sh {q(layout.script)} >> {q(layout.log)} 2>&1 < /dev/null &\n"
+        f"for i in $(seq 50); do test -s {q(layout.pidfile)} && exit 0; sleep 0.1; done; exit 1"
+    )
+
+
+def stop(box: Box, layout: Layout, mode: Mode) -> bool:
+    """Stop the agent; True if it was running."""
+    was_running = is_running(box, layout, mode)
+    if mode is not Mode.SUPERVISOR:
+        _systemctl(box, mode, f"stop {SERVICE}", check=False)
+        return was_running
+    if not was_running:
+        return False
+    pidfile = shlex.quote(layout.pidfile)
+    # SIGTERM to the whole group: the loop ends and the agent shuts down (a job it was
+    # running is re-queued by the next agent); SIGKILL after 60 s. Zombies (exited, not yet
+    # reaped by init) do not count as running.
+    alive = f'ps -A -o pgid= -o stat= | awk -v g="$pid" {_GROUP_ALIVE}'
+    box.run(
+        f'pid=$(cat {pidfile}); kill -TERM -- "-$pid" 2>/dev/null\n'
+        f"for i in $(seq 600); do {alive} || break; sleep 0.1; done\n"
+        f'kill -KILL -- "-$pid" 2>/dev/null; rm -f {pidfile}; true'
+    )
+    return True
+
+
+def wait_running(box: Box, layout: Layout, mode: Mode) -> None:
+    """HostError with the log's tail when the agent is not running a moment after its start."""
+    time.sleep(_UP_FOR_S)
+    if not is_running(box, layout, mode):
+        raise HostError(
+            box.target.name,
+            "agent did not start",
+            f"its log ends with:\n{logs(box, layout, mode, 15)}",
+        )
+
+
+def logs(box: Box, layout: Layout, mode: Mode, lines: int) -> str:
+    if mode is Mode.SUPERVISOR:
+        command = f"tail -n {lines} {shlex.quote(layout.log)}"
+        return str(box.run(command, check=False).stdout)
+    if mode is Mode.SYSTEMD:
+        command = f"journalctl -u {SERVICE} -n {lines} --no-pager"
+        return str(box.run(command, sudo=box.target.user != "root", check=False).stdout)
+    command = f"{_USER_ENV}journalctl --user -u {SERVICE} -n {lines} --no-pager"
+    return str(box.run(command, check=False).stdout)
+
+
+def _supervisor_alive(layout: Layout) -> str:
+    pidfile, script = shlex.quote(layout.pidfile), shlex.quote(layout.script)
+    return (
+        f'pid=$(cat {pidfile} 2>/dev/null) && kill -0 "$pid" 2>/dev/null '
+        f'&& ps -o args= -p "$pid" | grep -qF {script}'
+    )
