@@ -17,7 +17,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 # History:
 #   1 - first version: CPU, RAM, DRM GPUs, carve-out, GTT, power cap, ryzenadj, platform
 #       profile, Vulkan/ROCm/NVIDIA driver versions, engine versions, model sha256, sources.
-FACTS_VERSION = 1
+#   2 - ttm_pages_limit.
+FACTS_VERSION = 2
 
 
 class GpuFacts(BaseModel):
@@ -55,6 +56,8 @@ class HostFacts(BaseModel):
     # jobs.spec.normalize_vram_split; None without an amdgpu APU.
     vram_split: str | None = None
     gtt_bytes: int | None = Field(default=None, ge=0)
+    # /sys/module/ttm/parameters/pages_limit (4 KiB pages the GPU may map, ttm.pages_limit)
+    ttm_pages_limit: int | None = Field(default=None, ge=0)
     power_cap_w: float | None = Field(default=None, ge=0)  # hwmon power1_cap or nvidia-smi
     ryzenadj: dict[str, float] = Field(default_factory=dict)  # "STAPM LIMIT" -> W (as printed)
     platform_profile: str | None = None

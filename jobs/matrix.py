@@ -34,11 +34,11 @@ from jobs.spec import Name, VramSplit, Workload
 
 # Keys a selector (exclude/include entry) may name; `host` plus every matrix axis.
 SELECTOR_KEYS = (
-    "host", "engine", "model", "backend", "context", "vram_split", "platform_profile",
-    "power_limit_w", "configuration",
+    "host", "engine", "model", "backend", "context", "vram_split", "ttm_pages_limit",
+    "platform_profile", "power_limit_w", "configuration",
 )  # fmt: skip
 # Axes a named configuration sets (reboot-bound and runtime alike).
-HOST_SETTING_KEYS = ("vram_split", "platform_profile", "power_limit_w")
+HOST_SETTING_KEYS = ("vram_split", "ttm_pages_limit", "platform_profile", "power_limit_w")
 
 
 class HostConfiguration(BaseModel):
@@ -47,6 +47,7 @@ class HostConfiguration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vram_split: VramSplit | None = None
+    ttm_pages_limit: PositiveInt | None = None
     platform_profile: Name | None = None
     power_limit_w: PositiveFloat | None = None
 
@@ -62,6 +63,7 @@ class MatrixAxes(BaseModel):
     context: list[PositiveInt] = Field(min_length=1)
     vram_split: list[VramSplit] = Field(default_factory=list)
     engine: list[Name] = Field(default_factory=list)  # when empty: the top-level `engine`
+    ttm_pages_limit: list[PositiveInt] = Field(default_factory=list)
     platform_profile: list[Name] = Field(default_factory=list)
     power_limit_w: list[PositiveFloat] = Field(default_factory=list)
     configuration: list[Name] = Field(default_factory=list)  # names from `configurations`
@@ -78,6 +80,7 @@ class Selector(BaseModel):
     backend: Name | None = None
     context: PositiveInt | None = None
     vram_split: VramSplit | None = None
+    ttm_pages_limit: PositiveInt | None = None
     platform_profile: Name | None = None
     power_limit_w: PositiveFloat | None = None
     configuration: Name | None = None

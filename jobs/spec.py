@@ -15,9 +15,11 @@ from jobs.version import SCHEMA_VERSION
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VRAM = re.compile(r"^(\d+)\s*([MG])(?:i?B)?$", re.IGNORECASE)
 
-# Host settings that need a reboot to change (BIOS carve-out). A job that names one waits in the
-# queue of that configuration until the box runs in it.
-CONFIGURATION_AXES = ("vram_split",)
+# Host settings that need a reboot to change: the BIOS carve-out, and the kernel's TTM page limit
+# (`ttm.pages_limit`, 4 KiB pages: how much RAM the iGPU may map through GTT). A job that names
+# one waits in the queue of that configuration until the box runs in it.
+CONFIGURATION_AXES = ("vram_split", "ttm_pages_limit")
+TTM_PAGE_BYTES = 4096
 # Host settings a worker can change at runtime, through setters its owner allowed in the worker
 # config: applied before the job, restored after. They do not route: same queue.
 RUNTIME_AXES = ("platform_profile", "power_limit_w")
@@ -45,6 +47,17 @@ def vram_split_bytes(label: str) -> int:
     """ "512M" -> 536870912, "32G" -> 34359738368 (a normalized carve-out label, in bytes)."""
     label = normalize_vram_split(label)
     return int(label[:-1]) * (2**30 if label.endswith("G") else 2**20)
+
+
+def normalize_pages_limit(value: object) -> str:
+    """`ttm.pages_limit` as the kernel takes it: a positive number of 4 KiB pages."""
+    try:
+        pages = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"ttm_pages_limit {value!r} is not a number of 4 KiB pages") from None
+    if pages <= 0:
+        raise ValueError(f"ttm_pages_limit must be positive, not {value!r}")
+    return str(pages)
 
 
 def normalize_setting(axis: str, value: object) -> str:
@@ -92,6 +105,8 @@ def queue_name(host: str, configuration: dict[str, str]) -> str:
     The configuration part is one dot-free segment, so `host_of_queue` can undo it.
     """
     parts = [f"vram-{configuration['vram_split']}"] if configuration.get("vram_split") else []
+    if configuration.get("ttm_pages_limit"):
+        parts.append(f"ttm-{configuration['ttm_pages_limit']}")
     return f"orch.{host}." + ("+".join(parts) if parts else "default")
 
 
@@ -130,13 +145,16 @@ class JobSpec(BaseModel):
     timeout_s: PositiveInt = 3600
     job_id: str = ""
 
-    @field_validator("configuration")
+    @field_validator("configuration", mode="before")
     @classmethod
-    def _normalize_configuration(cls, value: dict[str, str]) -> dict[str, str]:
+    def _normalize_configuration(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value  # pydantic says what is wrong with it
         unknown = sorted(set(value) - set(CONFIGURATION_AXES))
         if unknown:
             raise ValueError(f"unknown configuration axes {unknown}: known {CONFIGURATION_AXES}")
-        return {k: normalize_vram_split(v) if k == "vram_split" else v for k, v in value.items()}
+        normalize = {"vram_split": normalize_vram_split, "ttm_pages_limit": normalize_pages_limit}
+        return {k: normalize[k](v) for k, v in value.items()}
 
     @field_validator("settings", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ import gguf
 
 from jobs.facts import HostFacts
 from jobs.modelshape import ModelShape
-from jobs.spec import vram_split_bytes
+from jobs.spec import TTM_PAGE_BYTES, vram_split_bytes
 
 # llama.cpp allocates KV cells in multiples of 256 (seen: -c 1000 logs "1024 cells").
 KV_CELL_PAD = 256
@@ -187,28 +187,38 @@ def estimate(
 def facts_in_configuration(
     facts: HostFacts, configuration: dict[str, str]
 ) -> tuple[HostFacts, str | None]:
-    """The host's facts as they will be when it runs in `configuration` (another carve-out).
+    """The host's facts as they will be when it runs in `configuration` (another boot setting).
 
     Facts are detected in the configuration the box runs in now. A job for another carve-out
     will see that carve-out as VRAM, and the OS will see RAM grow or shrink by the difference
-    (the carve-out is taken from the same DIMMs). GTT is kept as detected, capped at the new
-    RAM: its kernel limit (`ttm.pages_limit`) does not follow the carve-out. Returns the facts
-    and a note saying what was derived, None when nothing was.
+    (the carve-out is taken from the same DIMMs). GTT follows `ttm.pages_limit` when the job's
+    configuration sets it; otherwise it is kept as detected (its limit does not follow the
+    carve-out). Either way it is capped at the RAM. Returns the facts and a note saying what was
+    derived, None when nothing was.
     """
+    update: dict[str, object] = {}
+    changed = []
     wanted = configuration.get("vram_split")
-    if not wanted or facts.vram_split is None or wanted == facts.vram_split:
+    ram = facts.ram_bytes
+    if wanted and facts.vram_split is not None and wanted != facts.vram_split:
+        delta = vram_split_bytes(facts.vram_split) - vram_split_bytes(wanted)
+        ram = None if ram is None else max(0, ram + delta)
+        update["gpus"] = [
+            g.model_copy(update={"vram_total_bytes": vram_split_bytes(wanted)}) if g.is_apu else g
+            for g in facts.gpus
+        ]
+        update["vram_split"], update["ram_bytes"] = wanted, ram
+        changed.append(f"{wanted} from facts detected at {facts.vram_split}")
+    pages = configuration.get("ttm_pages_limit")
+    gtt = facts.gtt_bytes
+    if pages and str(facts.ttm_pages_limit) != pages:
+        gtt = int(pages) * TTM_PAGE_BYTES
+        update["ttm_pages_limit"] = int(pages)
+        changed.append(f"GTT from ttm.pages_limit={pages}")
+    if not changed:
         return facts, None
-    delta = vram_split_bytes(facts.vram_split) - vram_split_bytes(wanted)
-    ram = None if facts.ram_bytes is None else max(0, facts.ram_bytes + delta)
-    gpus = [
-        g.model_copy(update={"vram_total_bytes": vram_split_bytes(wanted)}) if g.is_apu else g
-        for g in facts.gpus
-    ]
-    gtt = facts.gtt_bytes if ram is None or facts.gtt_bytes is None else min(facts.gtt_bytes, ram)
-    derived = facts.model_copy(
-        update={"vram_split": wanted, "ram_bytes": ram, "gpus": gpus, "gtt_bytes": gtt}
-    )
-    return derived, f"derived for {wanted} from facts detected at {facts.vram_split}"
+    update["gtt_bytes"] = gtt if ram is None or gtt is None else min(gtt, ram)
+    return facts.model_copy(update=update), "derived for " + ", ".join(changed)
 
 
 def _is_apu(facts: HostFacts) -> bool:

@@ -43,6 +43,7 @@ class DeclaredFacts(BaseModel):
     form_factor: str | None = None
     power_limit_w: float | None = Field(default=None, gt=0)
     vram_split: VramSplit | None = None
+    ttm_pages_limit: PositiveInt | None = None  # the kernel's ttm.pages_limit (4 KiB pages)
 
 
 class EngineConfig(BaseModel):

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from jobs.spec import JobSpec, Workload, configuration_of, normalize_vram_split, queue_name
+from jobs.spec import (
+    JobSpec,
+    Workload,
+    configuration_of,
+    host_of_queue,
+    normalize_vram_split,
+    queue_name,
+)
 from jobs.version import SCHEMA_VERSION
 
 
@@ -265,3 +272,12 @@ def test_axes_names_the_job_for_a_report() -> None:
         "context": 2048,
         "vram_split": "32G",
     }
+
+
+def test_ttm_pages_limit_is_a_reboot_axis_with_its_own_queue() -> None:
+    job = _spec(configuration={"vram_split": "512m", "ttm_pages_limit": 27648000})
+    assert job.configuration == {"vram_split": "512M", "ttm_pages_limit": "27648000"}
+    assert job.queue == "orch.laptop-80w.vram-512M+ttm-27648000"
+    assert host_of_queue(job.queue) == "laptop-80w"
+    with pytest.raises(ValidationError, match="not a number of 4 KiB pages"):
+        _spec(configuration={"ttm_pages_limit": "lots"})

@@ -197,3 +197,15 @@ def test_facts_are_derived_for_a_carve_out_the_box_is_not_in_now() -> None:
     assert "VRAM + GTT" in verdict(model, now).reason
     assert facts_in_configuration(now, {"vram_split": "512M"}) == (now, None)
     assert facts_in_configuration(now, {}) == (now, None)
+
+
+def test_a_ttm_pages_limit_configuration_sets_the_gtt_pool() -> None:
+    now = strix_halo("512M")  # GTT: half of RAM, about 68 GB
+    derived, note = facts_in_configuration(
+        now, {"vram_split": "512M", "ttm_pages_limit": "27648000"}
+    )
+    assert note == "derived for GTT from ttm.pages_limit=27648000"
+    assert derived.gtt_bytes == 27648000 * 4096 and derived.ttm_pages_limit == 27648000
+    model = need(100)  # 100 GB: only through a raised GTT limit
+    assert verdict(model, now).kind == "spills"
+    assert verdict(model, derived).kind == "fits"

@@ -27,6 +27,7 @@ def conflicts(declared: Mapping[str, object], facts: HostFacts) -> list[str]:
     and where the detected one was read."""
     return [
         *_vram_split(declared.get("vram_split"), facts),
+        *_ttm_pages_limit(declared.get("ttm_pages_limit"), facts),
         *_power_limit(declared.get("power_limit_w"), facts),
         *_platform_profile(declared.get("platform_profile"), facts),
     ]
@@ -48,6 +49,16 @@ def _vram_split(value: object, facts: HostFacts) -> list[str]:
     where = facts.sources.get("vram_split", "detected")
     return [
         f"declared vram_split {declared} but this box has a {facts.vram_split} carve-out ({where})"
+    ]
+
+
+def _ttm_pages_limit(value: object, facts: HostFacts) -> list[str]:
+    if value is None or facts.ttm_pages_limit is None or str(value) == str(facts.ttm_pages_limit):
+        return []
+    where = facts.sources.get("ttm_pages_limit", "detected")
+    return [
+        f"declared ttm_pages_limit {value} but this box boots with {facts.ttm_pages_limit} "
+        f"({where})"
     ]
 
 

@@ -24,7 +24,7 @@ from worker.facts.acpi import read_platform_profile
 from worker.facts.cpu import read_cpu
 from worker.facts.engines import engine_versions
 from worker.facts.gpu import DrmCard, carve_out_label, read_drm_cards
-from worker.facts.memory import read_ram_bytes
+from worker.facts.memory import read_ram_bytes, read_ttm_pages_limit
 from worker.facts.models import hash_models
 from worker.facts.nvidia import NvidiaGpu, probe_nvidia
 from worker.facts.pciids import lookup_pci_name, read_pci_ids
@@ -76,6 +76,7 @@ def detect_host_facts(
         gpus=gpus,
         vram_split=_vram_split(primary, log),
         gtt_bytes=_gtt_bytes(primary, log),
+        ttm_pages_limit=read_ttm_pages_limit(root, log),
         power_cap_w=_power_cap_w(primary, cards, nvidia, log),
         ryzenadj=ryzenadj,
         platform_profile=profile.current,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.facts._common import FactLog
-from worker.sysfs import read_text
+from worker.facts._common import FactLog, shown
+from worker.sysfs import read_int, read_text
 
 MEMINFO = "proc/meminfo"
 _UNITS = {"kB": 1024, "": 1}  # the kernel writes "kB" and means KiB; counters have no unit
@@ -28,6 +28,22 @@ def parse_meminfo(text: str) -> dict[str, int]:
         if unit in _UNITS:
             values[key.strip()] = int(parts[0]) * _UNITS[unit]
     return values
+
+
+TTM_PAGES_LIMIT = "sys/module/ttm/parameters/pages_limit"
+
+
+def read_ttm_pages_limit(root: Path, log: FactLog) -> int | None:
+    """The kernel's TTM page limit (`ttm.pages_limit`, 4 KiB pages): how much system RAM GPU
+    drivers may map, GTT included. Set on the kernel command line or in modprobe.d; the kernel's
+    default is half of RAM. None when the ttm module is not loaded."""
+    path = root / TTM_PAGES_LIMIT
+    pages = read_int(path)
+    if pages is None:
+        log.note(f"ttm_pages_limit: {shown(root, path)} is missing or unreadable (ttm not loaded)")
+        return None
+    log.source("ttm_pages_limit", f"{shown(root, path)} = {pages}")
+    return pages
 
 
 def read_ram_bytes(root: Path, log: FactLog) -> int | None:

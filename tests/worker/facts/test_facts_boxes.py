@@ -25,6 +25,7 @@ NO_PROFILE = (
 )
 NO_AMDGPU = "vram_split: no amdgpu card, so no BIOS carve-out to read"
 NO_GTT = "gtt_bytes: no amdgpu APU, so no GTT pool to read"
+NO_TTM = "ttm_pages_limit: /sys/module/ttm/parameters/pages_limit is missing or unreadable (ttm not loaded)"  # noqa: E501
 NO_ROCM = "rocm_version: no /opt/rocm/.info/version and rocminfo is not on PATH"
 
 
@@ -75,6 +76,7 @@ def test_strix_halo_apu_with_512m_carve_out(tmp_path: Path) -> None:
         ],
         vram_split="512M",
         gtt_bytes=113246208000,
+        ttm_pages_limit=27648000,
         power_cap_w=None,  # amdgpu hides power1_cap on this APU; ryzenadj has the limits
         ryzenadj={  # settings only: the VALUE rows are readings that change every call
             "STAPM LIMIT": 120.0,
@@ -99,6 +101,7 @@ def test_strix_halo_apu_with_512m_carve_out(tmp_path: Path) -> None:
             "ryzenadj": "ryzenadj -i: STAPM LIMIT = 120.000",
             "vram_split": "/sys/class/drm/card1/device/mem_info_vram_total = 536870912",
             "gtt_bytes": "/sys/class/drm/card1/device/mem_info_gtt_total = 113246208000",
+            "ttm_pages_limit": "/sys/module/ttm/parameters/pages_limit = 27648000",
             "vulkan": "vulkaninfo --summary",
             "rocm_version": "/opt/rocm/.info/version = 6.4.1-83",
         },
@@ -137,6 +140,7 @@ def test_no_gpu_arm_vm_says_why_each_fact_is_missing(tmp_path: Path) -> None:
             NO_PROFILE,
             NO_RYZENADJ,
             NO_GTT,
+            NO_TTM,
             "power_cap_w: no GPU exposes a power cap (hwmon power1_cap or nvidia-smi)",
             NO_ROCM,
         ],
@@ -181,6 +185,7 @@ def test_nvidia_box_without_drm_cards_uses_nvidia_smi(tmp_path: Path) -> None:
             NO_PROFILE,
             NO_RYZENADJ,
             NO_GTT,
+            NO_TTM,
             NO_ROCM,
         ],
     )
@@ -224,6 +229,7 @@ def test_discrete_radeon_is_not_a_carve_out(tmp_path: Path) -> None:
             NO_PROFILE,
             NO_RYZENADJ,
             NO_GTT,
+            NO_TTM,
             "rocm_version: no /opt/rocm/.info/version (a distribution build?); "
             "recorded rocminfo's HSA runtime version instead of the ROCm release",
         ],

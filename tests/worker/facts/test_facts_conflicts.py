@@ -117,3 +117,15 @@ def test_unreadable_declared_values_are_named() -> None:
         "declared vram_split 'lots' is not a VRAM size such as 512M or 32G",
         "declared power_limit_w 'eighty' is not a number of watts",
     ]
+
+
+def test_a_declared_ttm_pages_limit_the_kernel_did_not_boot_with_is_refused(
+    tmp_path: Path,
+) -> None:
+    facts = facts_of("strix-halo", tmp_path)
+    declared = DeclaredFacts(ttm_pages_limit=16469033).model_dump(exclude_none=True)
+    assert conflicts(declared, facts) == [
+        "declared ttm_pages_limit 16469033 but this box boots with 27648000 "
+        "(/sys/module/ttm/parameters/pages_limit = 27648000)"
+    ]
+    assert conflicts({"ttm_pages_limit": 27648000}, facts) == []
