@@ -27,10 +27,10 @@ to run in it) and runtime ones (platform_profile, power_limit_w: the worker appl
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
-from jobs.spec import Name, VramSplit, Workload
+from jobs.spec import Name, VramSplit, Watts, Workload
 
 # Keys a selector (exclude/include entry) may name; `host` plus every matrix axis.
 SELECTOR_KEYS = (
@@ -49,7 +49,7 @@ class HostConfiguration(BaseModel):
     vram_split: VramSplit | None = None
     ttm_pages_limit: PositiveInt | None = None
     platform_profile: Name | None = None
-    power_limit_w: PositiveFloat | None = None
+    power_limit_w: Watts | None = None
 
     def named(self) -> dict[str, object]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -65,7 +65,7 @@ class MatrixAxes(BaseModel):
     engine: list[Name] = Field(default_factory=list)  # when empty: the top-level `engine`
     ttm_pages_limit: list[PositiveInt] = Field(default_factory=list)
     platform_profile: list[Name] = Field(default_factory=list)
-    power_limit_w: list[PositiveFloat] = Field(default_factory=list)
+    power_limit_w: list[Watts] = Field(default_factory=list)
     configuration: list[Name] = Field(default_factory=list)  # names from `configurations`
 
 
@@ -82,7 +82,7 @@ class Selector(BaseModel):
     vram_split: VramSplit | None = None
     ttm_pages_limit: PositiveInt | None = None
     platform_profile: Name | None = None
-    power_limit_w: PositiveFloat | None = None
+    power_limit_w: Watts | None = None
     configuration: Name | None = None
 
     def named(self) -> dict[str, object]:

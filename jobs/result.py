@@ -81,7 +81,7 @@ class AppliedSetting(BaseModel):
     requested: str
     previous: str | None = None  # as read before the job (None: the setter cannot read it)
     read_back: str | None = None  # as read after applying (None: cannot be read back)
-    changed: bool = False  # False when the box already was in the requested state
+    changed: bool = False  # orch wrote it (False: the box already was in the requested state)
     restored: bool | None = None  # put back after the job (None: nothing to restore)
     method: str = ""  # how: "sysfs", "hwmon", "command"
     error: str | None = None  # restoring failed (the job's figures still stand)

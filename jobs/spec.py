@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Annotated, Any
 
@@ -67,8 +68,8 @@ def normalize_setting(axis: str, value: object) -> str:
             watts = float(str(value))
         except ValueError:
             raise ValueError(f"power_limit_w {value!r} is not a number of watts") from None
-        if not watts > 0:
-            raise ValueError(f"power_limit_w must be positive, not {value!r}")
+        if not (watts > 0 and math.isfinite(watts)):
+            raise ValueError(f"power_limit_w must be a positive, finite number, not {value!r}")
         return f"{watts:g}"
     if axis == "platform_profile":
         return _check_name(str(value))
@@ -76,6 +77,8 @@ def normalize_setting(axis: str, value: object) -> str:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
+# A positive, finite number of watts ("1e999" would reach a setter as infinity).
+Watts = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 VramSplit = Annotated[str, AfterValidator(normalize_vram_split)]
 
 

@@ -31,7 +31,7 @@ def retry_failed(campaign: str, broker_url: str, store: Store) -> list[JobSpec]:
             row.spec
             for row in store.campaign_jobs(campaign)
             if row.result is not None
-            and row.result.status is not Status.OK
+            and row.result.status not in (Status.OK, Status.SKIPPED)  # skipped: user's choice
             and row.spec.job_id not in in_broker
         ),
         key=JobSpec.load_group,

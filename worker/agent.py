@@ -50,7 +50,7 @@ from worker.engines import close_engines
 from worker.errors import ConfigError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
 from worker.runner import execute, flush_spool
-from worker.settings import build_setters
+from worker.settings import build_setters, journal_in, recover_settings
 
 log = logging.getLogger("orch.worker")
 
@@ -110,10 +110,10 @@ class Agent:
             )
         for problem in problems:
             log.warning("declared fact disagrees (check_declared is off): %s", problem)
-        try:
-            setters = build_setters(self.config.setters, self.config.facts_root)
-        except KeyError as exc:
-            raise ConfigError(str(exc.args[0])) from exc
+        setters = build_setters(self.config.setters, self.config.facts_root)
+        for axis, error in recover_settings(setters, journal_in(self.spool)).items():
+            if error:  # the box may be left in a job's setting: say so loudly, run anyway
+                log.error("could not put %s back after an interrupted job: %s", axis, error)
         self.setters = {axis: setter.info() for axis, setter in setters.items()}
         self.model_shapes = _model_shapes(self.config.models)
         return facts

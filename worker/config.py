@@ -24,14 +24,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     model_validator,
 )
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
-from jobs.spec import RUNTIME_AXES, Name, VramSplit, configuration_of, queue_name
+from jobs.spec import RUNTIME_AXES, Name, VramSplit, Watts, configuration_of, queue_name
 from worker.errors import ConfigError
 
 
@@ -94,11 +93,11 @@ class SetterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["sysfs", "hwmon", "command"] = "sysfs"
-    min_w: PositiveFloat | None = None
-    max_w: PositiveFloat | None = None
+    min_w: Watts | None = None
+    max_w: Watts | None = None
     # method command: the argv, with {w}, {mw} or {uw} where the value goes (never a shell).
     command: list[str] = Field(default_factory=list)
-    restore_w: PositiveFloat | None = None  # method command: the value put back after a job
+    restore_w: Watts | None = None  # method command: the value put back after a job
     card: Name | None = None  # method hwmon: the DRM card ("card1"); default the first with a cap
 
     @model_validator(mode="after")
@@ -106,6 +105,9 @@ class SetterConfig(BaseModel):
         if self.method == "command":
             if not self.command or self.restore_w is None:
                 raise ValueError("method command needs `command` (argv) and `restore_w`")
+            if self.min_w is None or self.max_w is None:
+                # Nothing reads the limit back: the owner's bounds are the only guard.
+                raise ValueError("method command needs `min_w` and `max_w` (the allowed range)")
             for part in self.command:
                 names = {field for _, field, _, _ in Formatter().parse(part) if field is not None}
                 if names - _PLACEHOLDERS:
@@ -126,10 +128,11 @@ class CooldownConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_gpu_temp_c: PositiveFloat | None = None
-    max_power_w: PositiveFloat | None = None
+    max_gpu_temp_c: Watts | None = None  # (a positive, finite number: °C here)
+    max_power_w: Watts | None = None
     settle_s: float = Field(default=5.0, ge=0)
-    timeout_s: float = Field(default=300.0, gt=0)
+    # Bounded well under the broker's visibility margin (1 h above the longest job).
+    timeout_s: float = Field(default=300.0, gt=0, le=1800)
     poll_s: float = Field(default=1.0, gt=0, le=60)
 
     @model_validator(mode="after")

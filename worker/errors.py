@@ -3,6 +3,7 @@
     WorkerError                 anything the agent refuses or cannot do
     ├── ConfigError             worker.yaml is wrong (names the file and key)
     ├── ProvisionError          building an engine or writing a model failed
+    ├── SettingError            a job's runtime setting could not be applied (the job does not run)
     └── QueueBusyError          another live worker already consumes this host/configuration queue
 
 A failing *benchmark* is not an exception: it becomes a RunResult with a failure status.
@@ -21,6 +22,10 @@ class ConfigError(WorkerError):
 
 class ProvisionError(WorkerError):
     """An engine build or model generation failed."""
+
+
+class SettingError(WorkerError):
+    """A runtime setting could not be applied, or read back as something else."""
 
 
 class QueueBusyError(WorkerError):

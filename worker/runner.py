@@ -34,7 +34,7 @@ from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.cooldown import CooldownGate
 from worker.engines import EngineOutcome, RunTarget, get_engine
-from worker.settings import RuntimeSettings, SettingError, build_setters
+from worker.settings import RuntimeSettings, SettingError, build_setters, journal_in
 from worker.telemetry import Sampler
 
 log = logging.getLogger("orch.worker")
@@ -83,7 +83,7 @@ def execute(
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
     wrapped = _Wrapped()
     try:
-        outcome, telemetry = _measure(job, config, wrapped)
+        outcome, telemetry = _measure(job, config, wrapped, spool)
     except SettingError as exc:
         reason = f"runtime settings {job.settings} could not be applied, so it did not run: {exc}"
         result = _error_result(job, config, attempt, reason, started)
@@ -129,13 +129,17 @@ def _facts_as_run(facts: HostFacts | None, settings: dict[str, AppliedSetting]) 
 
 
 def _measure(
-    job: JobSpec, config: WorkerConfig, wrapped: _Wrapped
+    job: JobSpec, config: WorkerConfig, wrapped: _Wrapped, spool: Path | None = None
 ) -> tuple[EngineOutcome, Telemetry | None]:
     """Run the engine inside the wrappers: runtime settings (applied first, restored last), the
     cool-down gate, then the telemetry sampler; phases come back relative to its start."""
     engine = get_engine(job.engine)  # first: it stops other engines' warm servers
     with contextlib.ExitStack() as stack:
-        settings = RuntimeSettings(build_setters(config.setters, config.facts_root), job.settings)
+        settings = RuntimeSettings(
+            build_setters(config.setters, config.facts_root),
+            job.settings,
+            journal=journal_in(spool) if spool is not None else None,
+        )
         stack.callback(lambda: setattr(wrapped, "settings", settings.record))
         stack.enter_context(settings)
         if config.cooldown is not None:

@@ -3,6 +3,7 @@ command method against a real program: applied before the job, read back, restor
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import stat
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from worker.config import SetterConfig, WorkerConfig
-from worker.settings import RuntimeSettings, SettingError, build_setters
+from worker.settings import (
+    RuntimeSettings,
+    SettingError,
+    build_setters,
+    recover_settings,
+    registered_setters,
+)
 
 FACTS = Path(__file__).resolve().parent.parent / "fixtures" / "facts"
 PROFILE = "sys/firmware/acpi/platform_profile"
@@ -126,7 +133,9 @@ def test_command_failure_names_the_command_and_its_words(tmp_path: Path) -> None
     tool = tmp_path / "fails"
     tool.write_text(f"#!{sys.executable}\nimport sys\nsys.exit('Only root can do this')\n")
     tool.chmod(0o755)
-    config = SetterConfig(method="command", command=[str(tool), "{w}"], restore_w=80)
+    config = SetterConfig(
+        method="command", command=[str(tool), "{w}"], restore_w=80, min_w=10, max_w=100
+    )
     setters = build_setters({"power_limit_w": config}, tmp_path)
     with pytest.raises(SettingError, match="exited 1: Only root can do this"):
         RuntimeSettings(setters, {"power_limit_w": "60"}).__enter__()
@@ -139,10 +148,23 @@ def test_command_failure_names_the_command_and_its_words(tmp_path: Path) -> None
         ({"platform_profile": {"method": "hwmon"}}, "does not set it (use sysfs)"),
         ({"power_limit_w": {"method": "command", "command": ["x"]}}, "needs `command`"),
         (
-            {"power_limit_w": {"method": "command", "command": ["x", "{cmd}"], "restore_w": 1}},
+            {
+                "power_limit_w": {
+                    "method": "command",
+                    "command": ["x", "{cmd}"],
+                    "restore_w": 1,
+                    "min_w": 1,
+                    "max_w": 2,
+                }
+            },
             "only {w}, {mw} and {uw}",
         ),
         ({"power_limit_w": {"method": "hwmon", "restore_w": 80}}, "belong to method command"),
+        (
+            {"power_limit_w": {"method": "command", "command": ["x", "{w}"], "restore_w": 80}},
+            "needs `min_w` and `max_w`",
+        ),
+        ({"power_limit_w": {"method": "hwmon", "max_w": "inf"}}, "finite number"),
     ],
 )
 def test_worker_config_refuses_unsafe_or_incomplete_setters(
@@ -150,3 +172,58 @@ def test_worker_config_refuses_unsafe_or_incomplete_setters(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         WorkerConfig.model_validate({"host": "h", "setters": setters})
+
+
+@pytest.mark.parametrize(("axis", "method"), registered_setters())
+def test_every_registered_setter_reads_applies_and_restores(
+    axis: str, method: str, halo: Path, dgpu: Path, tmp_path: Path
+) -> None:
+    """The family test: each member against its real-shaped tree (or program)."""
+    log = tmp_path / "calls.txt"
+    tool = tmp_path / "set-limit"
+    tool.write_text(
+        f"#!{sys.executable}\nimport sys\nopen({str(log)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+    )
+    tool.chmod(0o755)
+    config, root, value = {
+        ("platform_profile", "sysfs"): (SetterConfig(), halo, "balanced"),
+        ("power_limit_w", "hwmon"): (SetterConfig(method="hwmon"), dgpu, "300"),
+        ("power_limit_w", "command"): (
+            SetterConfig(method="command", command=[str(tool), "{w}"], restore_w=120,
+                         min_w=45, max_w=140),
+            tmp_path, "45",
+        ),
+    }[(axis, method)]  # fmt: skip
+    setters = build_setters({axis: config}, root)
+    before = setters[axis].read()
+    with RuntimeSettings(setters, {axis: value}) as applied:
+        assert setters[axis].read() in (value, None)  # None: a command cannot be read back
+    record = applied.record[axis]
+    assert record.changed and record.restored is True and record.error is None
+    assert setters[axis].read() == before
+
+
+def test_a_killed_worker_leaves_a_journal_that_the_next_agent_replays(halo: Path) -> None:
+    setters = build_setters({"platform_profile": SetterConfig()}, halo)
+    journal = halo / "spool" / "settings.restore"
+    settings = RuntimeSettings(setters, {"platform_profile": "low-power"}, journal=journal)
+    settings.__enter__()  # ... and the worker is SIGKILLed mid-job: __exit__ never runs
+    assert (halo / PROFILE).read_text().strip() == "low-power"
+    assert json.loads(journal.read_text()) == {"platform_profile": "performance"}
+    assert recover_settings(setters, journal) == {"platform_profile": None}
+    assert (halo / PROFILE).read_text().strip() == "performance" and not journal.exists()
+    assert recover_settings(setters, journal) == {}  # nothing left to do
+
+
+def test_a_restore_that_does_not_stick_is_recorded_as_failed(
+    halo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setters = build_setters({"platform_profile": SetterConfig()}, halo)
+    journal = halo / "settings.restore"
+    with RuntimeSettings(setters, {"platform_profile": "low-power"}, journal=journal) as applied:
+        # firmware that locks the profile while the job runs (ignores the write back)
+        monkeypatch.setattr(type(setters["platform_profile"]), "apply", lambda self, v: None)
+    record = applied.record["platform_profile"]
+    assert record.restored is False
+    assert record.error == "restored 'performance', but the box reads back 'low-power'"
+    assert journal.exists()  # the next agent tries again

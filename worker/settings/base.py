@@ -22,10 +22,7 @@ from typing import TypeVar
 
 from jobs.inventory import SetterInfo
 from worker.config import SetterConfig
-
-
-class SettingError(Exception):
-    """A setting could not be applied (or read back as applied): the job must not run."""
+from worker.errors import ConfigError
 
 
 class Setter(ABC):
@@ -80,6 +77,11 @@ def register_setter(axis: str, method: str) -> Callable[[S], S]:
     return decorate
 
 
+def registered_setters() -> list[tuple[str, str]]:
+    """(axis, method) of every setter, for tests parametrised over the family."""
+    return sorted(_REGISTRY)
+
+
 def build_setters(configs: Mapping[str, SetterConfig], root: Path) -> dict[str, Setter]:
     """The setters a worker config allows, by axis."""
     out = {}
@@ -87,6 +89,6 @@ def build_setters(configs: Mapping[str, SetterConfig], root: Path) -> dict[str, 
         cls = _REGISTRY.get((axis, config.method))
         if cls is None:
             methods = sorted(m for a, m in _REGISTRY if a == axis)
-            raise KeyError(f"setters.{axis}: no method {config.method!r} (have: {methods})")
+            raise ConfigError(f"setters.{axis}: no method {config.method!r} (have: {methods})")
         out[axis] = cls(config, root)
     return out

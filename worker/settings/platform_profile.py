@@ -8,8 +8,9 @@ needs write access to the file: root, or a udev rule that the box's owner adds.
 from __future__ import annotations
 
 from jobs.inventory import SetterInfo
+from worker.errors import SettingError
 from worker.facts.acpi import CHOICES, PROFILE
-from worker.settings.base import Setter, SettingError, register_setter
+from worker.settings.base import Setter, register_setter
 from worker.sysfs import read_text
 
 

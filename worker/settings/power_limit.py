@@ -23,7 +23,8 @@ import subprocess
 from pathlib import Path
 
 from jobs.inventory import SetterInfo
-from worker.settings.base import Setter, SettingError, register_setter
+from worker.errors import SettingError
+from worker.settings.base import Setter, register_setter
 from worker.sysfs import read_int
 
 _COMMAND_TIMEOUT_S = 60
@@ -60,7 +61,7 @@ class HwmonPowerCap(Setter):
         hw_min, hw_max = (
             read_int(cap.with_name("power1_cap_min")),
             read_int(cap.with_name("power1_cap_max")),
-        )  # noqa: E501
+        )
         if hw_min is not None:
             low = max(low or 0.0, hw_min / 1e6)
         if hw_max is not None:
