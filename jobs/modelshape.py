@@ -12,9 +12,12 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import gguf
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import gguf
 
 
 class ModelShape(BaseModel):
@@ -57,7 +60,11 @@ def _int(reader: gguf.GGUFReader, key: str) -> int | None:
 
 
 def read_model_shape(path: Path) -> ModelShape:
-    """Read the shape of a GGUF model (architecture, heads, lengths, experts, sizes) from `path`."""
+    """Read the shape of a GGUF model (architecture, heads, lengths, experts, sizes) from `path`.
+
+    gguf (and numpy with it) is imported here only, so that readers of shapes stay light."""
+    import gguf
+
     reader = gguf.GGUFReader(path)
     arch = str(_field(reader, "general.architecture"))
 

@@ -121,7 +121,11 @@ def _selector_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
         for key in ("host", "model", "context"):
             if getattr(entry, key) is None:
                 problems.append((("include", i), f"an include entry must name `{key}`"))
+        config = matrix.configurations.get(entry.configuration or "")
+        by_config = config.named() if config is not None else {}
         for key in ("backend", *HOST_SETTING_KEYS, "configuration"):
+            if key in by_config:
+                continue
             if getattr(entry, key) is None and len(getattr(matrix.matrix, key)) > 1:
                 problems.append((("include", i), f"an include entry must name `{key}`"))
     for i, entry in enumerate(matrix.exclude):
@@ -150,6 +154,14 @@ def _configuration_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
     for where, name in named:
         if name not in matrix.configurations:
             problems.append((where, f"unknown configuration {name!r} (defined: {known})"))
+    for i, entry in enumerate(matrix.include):
+        config = matrix.configurations.get(entry.configuration or "")
+        for key in config.named() if config is not None else {}:
+            if getattr(entry, key) is not None:
+                problems.append(
+                    (("include", i, key), f"{key} is set both here and by configuration "
+                     f"{entry.configuration!r}: keep it in one place")
+                )  # fmt: skip
     for name in matrix.matrix.configuration:
         for key in matrix.configurations.get(name, HostConfiguration()).named():
             if getattr(matrix.matrix, key):
@@ -181,12 +193,19 @@ def expand(matrix: Matrix) -> list[JobSpec]:
     rows = [_resolved(matrix, dict(zip(_ROW_KEYS, c, strict=True))) for c in combos]
     rows = [row for row in rows if not any(_matches(row, sel) for sel in matrix.exclude)]
     for entry in matrix.include:
-        # Unnamed axes default to the matrix's value when it has exactly one.
+        # Unnamed axes default to the matrix's value when it has exactly one, except where the
+        # entry's named configuration sets them.
         row: dict[str, Any] = {"engine": matrix.engine, "backend": axes.backend[0]}
-        for key in (*HOST_SETTING_KEYS, "configuration"):
+        named = entry.named()
+        if "configuration" not in named and len(axes.configuration) == 1:
+            named["configuration"] = axes.configuration[0]
+        config = matrix.configurations.get(str(named.get("configuration", "")))
+        set_by_config = config.named() if config is not None else {}
+        for key in HOST_SETTING_KEYS:
             listed = getattr(axes, key)
-            row[key] = listed[0] if len(listed) == 1 else None
-        row.update(entry.named())
+            if key not in set_by_config:
+                row[key] = listed[0] if len(listed) == 1 else None
+        row.update(named)
         rows.append(_resolved(matrix, row))
     jobs: dict[str, JobSpec] = {}
     for row in rows:

@@ -17,6 +17,10 @@ def render_status(store: Store, client: Any | None, campaign: str | None) -> str
     out: list[str] = []
     if client is not None:
         out += _hosts(client, broker_time(client), store)
+        if not campaign:  # with one, the campaign's own notes follow below
+            fleet = read_fleet(client)
+            pending = [j for j in store.pending_jobs() if j.host in fleet.inventories]
+            out += waiting_notes(pending, fleet.inventories, broker_time(client))
     else:
         out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     rejected = store.rejected_count()
@@ -46,6 +50,7 @@ def _hosts(client: Any, now: float, store: Store) -> list[str]:
     fleet = read_fleet(client)
     waiting, running = queue_counts(client)
     done = store.done_by_queue()
+    names = store.config_names_by_queue()
     for host, reason in sorted(fleet.unreadable.items()):
         rows.append([host, f"unreadable: {reason}", "", "", "", "", ""])
     for host, inv in sorted(fleet.inventories.items()):
@@ -58,7 +63,8 @@ def _hosts(client: Any, now: float, store: Store) -> list[str]:
                 [
                     host if current else "",
                     state if current else "",
-                    _configuration_label(queue) + (" (now)" if current else ""),
+                    _configuration_label(queue, names.get(queue, []))
+                    + (" (now)" if current else ""),
                     done.get(queue, 0),
                     running.get(queue, 0),
                     waiting.get(queue, 0),
@@ -71,9 +77,11 @@ def _hosts(client: Any, now: float, store: Store) -> list[str]:
     return [tabulate(rows, headers, tablefmt="simple", disable_numparse=True)]
 
 
-def _configuration_label(queue: str) -> str:
-    """`orch.halo.vram-512M` -> `vram-512M`."""
-    return queue.rsplit(".", 1)[-1]
+def _configuration_label(queue: str, names: list[str]) -> str:
+    """`orch.halo.vram-512M` -> `vram-512M`, with the matrix's names for it (`quiet-512m,
+    fast-512m`: configurations that differ only in runtime settings share a queue)."""
+    label = queue.rsplit(".", 1)[-1]
+    return f"{label}: {', '.join(names)}" if names else label
 
 
 def _campaign(store: Store, campaign: str, client: Any | None) -> list[str]:

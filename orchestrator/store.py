@@ -362,6 +362,26 @@ class Store:
         )
         return {queue: int(count) for queue, count in rows}
 
+    def config_names_by_queue(self) -> dict[str, list[str]]:
+        """The matrix's configuration names that route to each queue (all campaigns)."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT queue, json_extract(spec, '$.config_name') FROM jobs "
+            "WHERE json_extract(spec, '$.config_name') IS NOT NULL ORDER BY 2"
+        )
+        out: dict[str, list[str]] = {}
+        for queue, name in rows:
+            out.setdefault(queue, []).append(name)
+        return out
+
+    def pending_jobs(self) -> list[JobSpec]:
+        """Every submitted job with no result that was not cancelled (all campaigns)."""
+        rows = self.conn.execute(
+            "SELECT j.spec FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id "
+            "LEFT JOIN cancelled c ON c.job_id = j.job_id "
+            "WHERE r.job_id IS NULL AND c.job_id IS NULL ORDER BY j.rowid"
+        )
+        return [JobSpec.model_validate_json(spec) for (spec,) in rows]
+
     @staticmethod
     def shape_key(job: JobSpec) -> str:
         """What makes two jobs the same run, campaign aside (for durations across campaigns)."""

@@ -133,10 +133,7 @@ def _settings_problems(mf: MatrixFile, job: JobSpec, inv: WorkerInventory) -> li
     """Runtime settings the host's owner did not allow, or outside the allowed values."""
     problems = []
     for axis, value in job.settings.items():
-        listed = float(value) if axis == "power_limit_w" else value
-        where = mf.where_value(axis, listed) if getattr(mf.matrix.matrix, axis) else None
-        if where is None:
-            where = mf.where_value("configuration", job.config_name)
+        where = _setting_where(mf, job, axis, value)
         setter = inv.setters.get(axis)
         if setter is None:
             problems.append(
@@ -154,6 +151,21 @@ def _settings_problems(mf: MatrixFile, job: JobSpec, inv: WorkerInventory) -> li
                     f"{where}: host {job.host} allows {axis} {low:g}-{high:g} W, not {value} W"
                 )
     return problems
+
+
+def _setting_where(mf: MatrixFile, job: JobSpec, axis: str, value: str) -> str:
+    """Where the matrix gave `job` this setting: its named configuration, the axis, or an
+    include entry for its host."""
+    config = mf.matrix.configurations.get(job.config_name or "")
+    if config is not None and axis in config.named():
+        return mf.where(("configurations", job.config_name or "", axis))
+    listed = float(value) if axis == "power_limit_w" else value
+    if listed in getattr(mf.matrix.matrix, axis):
+        return mf.where_value(axis, listed)
+    for i, entry in enumerate(mf.matrix.include):
+        if entry.host == job.host and getattr(entry, axis) == listed:
+            return mf.where(("include", i, axis))
+    return mf.where((axis,))
 
 
 def _config_words(configuration: dict[str, str]) -> str:
@@ -205,8 +217,12 @@ def submit(
     ids = [j.job_id for j in jobs]
     finished = store.finished_job_ids(ids)
     skipped_before = store.skipped_job_ids(ids)
-    if not skip_predicted_failures:
-        finished -= skipped_before  # asked to run everything this time: they run
+    # A skipped job runs when asked to run everything, or when it is no longer predicted to
+    # fail (a reboot into a larger carve-out, a better --model file).
+    finished -= {
+        j for j in skipped_before
+        if not skip_predicted_failures or not _will_not_load(predictions[j])
+    }  # fmt: skip
     known = store.known_job_ids(ids)
     in_broker = waiting_job_ids(client)
     done = [j for j in jobs if j.job_id in finished]
@@ -223,7 +239,9 @@ def submit(
     publisher = Publisher(broker_url)
     try:
         store.record_campaign(mf.matrix.campaign, str(path.resolve()), mf.text)
-        for job in jobs:
+        # The verdict each job is queued (or skipped) under; a finished job keeps the one its
+        # outcome is checked against.
+        for job in [*fresh, *skipped]:
             _record_prediction(store, predictions[job.job_id])
         for job in skipped:
             store.record_job(job)

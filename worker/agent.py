@@ -46,6 +46,7 @@ from jobs.protocol import (
 from jobs.spec import host_of_queue
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
+from worker.cooldown import CooldownGate
 from worker.engines import close_engines
 from worker.errors import ConfigError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
@@ -115,6 +116,14 @@ class Agent:
             if error:  # the box may be left in a job's setting: say so loudly, run anyway
                 log.error("could not put %s back after an interrupted job: %s", axis, error)
         self.setters = {axis: setter.info() for axis, setter in setters.items()}
+        if self.config.cooldown is not None:
+            gate = CooldownGate(self.config.cooldown, root=self.config.facts_root)
+            for missing in gate.missing_readings():
+                log.warning(
+                    "cool-down: nothing on this box reads %s: every job will wait the full "
+                    "timeout_s (%.0f s) and be marked not settled",
+                    missing, self.config.cooldown.timeout_s,
+                )  # fmt: skip
         self.model_shapes = _model_shapes(self.config.models)
         return facts
 

@@ -32,6 +32,8 @@ _SOURCES = ("amdgpu", "nvml", "rapl")
 
 
 class CooldownGate:
+    """Context manager: waits on enter (see the module docstring); `record` says how it went."""
+
     def __init__(
         self,
         config: CooldownConfig,
@@ -58,6 +60,24 @@ class CooldownGate:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+    def missing_readings(self) -> list[str]:
+        """Thresholds no source on this box can read (the gate would always time out)."""
+        sources = self._sources()
+        try:
+            temp, power = self._read(sources, self.clock())
+            if power is None and any(s.name == "rapl" for s in sources):
+                self.sleep(0.2)  # RAPL gives power from two energy readings
+                temp, power = self._read(sources, self.clock())
+        finally:
+            for source in sources:
+                source.close()
+        missing = []
+        if self.config.max_gpu_temp_c is not None and temp is None:
+            missing.append("max_gpu_temp_c (no GPU temperature)")
+        if self.config.max_power_w is not None and power is None:
+            missing.append("max_power_w (no power reading)")
+        return missing
 
     def wait(self) -> Cooldown:
         sources = self._sources()

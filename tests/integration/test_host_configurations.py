@@ -56,8 +56,8 @@ exclude:
   - {host: desktop, configuration: fast-32g}
   - {host: desktop, configuration: cap-250w}
 include:
-  # 100M tokens of KV cache: about 51 GB, more than this machine's RAM
-  - {host: desktop, model: 'tiny:q8_0', context: 100000000, configuration: stock}
+  # 2G tokens of KV cache: terabytes, more than any machine running this test has
+  - {host: desktop, model: 'tiny:q8_0', context: 2000000000, configuration: stock}
 """
 
 
@@ -105,7 +105,9 @@ def test_three_hosts_in_their_configurations_with_a_reboot_setters_and_a_skipped
             cooldown={"max_gpu_temp_c": 60, "settle_s": 0.5, "timeout_s": 30, "poll_s": 0.2},
         )  # fmt: skip
     )
-    start_worker(_worker_config(tmp_path / "desktop.yaml", "desktop", llama_bin, tiny_models, None))
+    desktop = start_worker(
+        _worker_config(tmp_path / "desktop.yaml", "desktop", llama_bin, tiny_models, None)
+    )
 
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(MATRIX)
@@ -134,8 +136,13 @@ def test_three_hosts_in_their_configurations_with_a_reboot_setters_and_a_skipped
         status.stdout
     )
     hosts_table = orch("--store", str(db), "status", "--broker", broker).stdout
-    assert re.search(r"laptop-80w\s+online\s+vram-512M \(now\)\s+2\s+0\s+0", hosts_table)
-    assert re.search(r"\n\s+vram-32G\s+0\s+0\s+2", hosts_table), hosts_table
+    assert re.search(
+        r"laptop-80w\s+online\s+vram-512M: quiet-512m \(now\)\s+2\s+0\s+0", hosts_table
+    )
+    assert re.search(r"\n\s+vram-32G: fast-32g\s+0\s+0\s+2", hosts_table), hosts_table
+    # minipc's two configurations differ only at runtime: one queue, both names
+    assert re.search(r"minipc-120w\s+online\s+default: cap-250w, stock \(now\)\s+4", hosts_table)
+    assert "laptop-80w: 2 job(s) wait for vram_split=32G (now vram_split=512M)" in hosts_table
 
     # The owner reboots the laptop into the 32G BIOS setting.
     laptop.stop()
@@ -155,7 +162,7 @@ def test_three_hosts_in_their_configurations_with_a_reboot_setters_and_a_skipped
 
     results = _results(store, "three-hosts")
     assert len(results) == 11
-    skipped = results[("desktop", "stock", "tiny:q8_0", 100000000)]
+    skipped = results[("desktop", "stock", "tiny:q8_0", 2000000000)]
     assert skipped.status is Status.SKIPPED and skipped.error.startswith("predicted OOM (needs ")
     ran = {k: r for k, r in results.items() if r.status is not Status.SKIPPED}
     assert {r.status for r in ran.values()} == {Status.OK}, {
@@ -192,7 +199,19 @@ def test_three_hosts_in_their_configurations_with_a_reboot_setters_and_a_skipped
     report = orch("--store", str(db), "report", "three-hosts")
     assert report.returncode == 0, report.stderr
     assert "skipped: predicted OOM (needs" in report.stdout
-    assert re.search(r"(\d+)/\1 predictions held", report.stdout), report.stdout
+    assert "10/10 predictions held" in report.stdout, report.stdout
 
     replan = orch("--store", str(db), "plan", str(matrix), "--broker", broker)
     assert re.search(r"laptop-80w .*~[\d.]+ s \(n=1\)", replan.stdout), replan.stdout
+
+    # Skipped jobs are not failures; submitting without the flag queues them after all.
+    retried = orch("--store", str(db), "retry", "three-hosts", "--failed", "--broker", broker)
+    assert "0 failed job(s) of three-hosts queued again" in retried.stdout
+    desktop.stop()  # so that the 2G-token job waits instead of failing to load
+    again = orch("--store", str(db), "submit", str(matrix), "--broker", broker)
+    assert again.returncode == 0, again.stderr
+    assert "1 job(s) queued" in again.stderr and "10 already done" in again.stderr
+    assert _results(store, "three-hosts")[("desktop", "stock", "tiny:q8_0", 2000000000)] is None
+    flagged = orch("--store", str(db), "submit", str(matrix), "--broker", broker,
+                   "--skip-predicted-failures")  # fmt: skip
+    assert "0 job(s) queued, 1 already waiting" in flagged.stderr  # queued: left to run

@@ -500,3 +500,29 @@ def test_the_shipped_configurations_example_expands() -> None:
         "minipc-120w": {"cap-85w", "cap-120w"},
     }
     assert len(jobs) == 5 * 2 * 2  # configurations x backends x contexts
+
+
+def test_an_include_naming_a_configuration_takes_its_settings(tmp_path: Path) -> None:
+    text = CONFIGURED.replace(
+        "  configuration: [quiet-512m, fast-32g]\n",
+        "  configuration: [fast-32g]\n  vram_split: []\n",
+    ).replace("exclude:\n  - {host: minipc-120w, vram_split: 512M}\n", "") + (
+        "include:\n  - {host: minipc-120w, model: 'tiny:q8_0', context: 512, "
+        "configuration: quiet-512m}\n"
+    )
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    [quiet] = [j for j in jobs if j.config_name == "quiet-512m"]
+    assert quiet.queue == "orch.minipc-120w.vram-512M"  # not the matrix's other carve-out
+    assert quiet.settings == {"platform_profile": "low-power", "power_limit_w": "45"}
+
+
+def test_an_include_may_not_override_its_configuration(tmp_path: Path) -> None:
+    text = CONFIGURED + (
+        "include:\n  - {host: minipc-120w, model: 'tiny:q8_0', context: 512, "
+        "configuration: quiet-512m, vram_split: 32G}\n"
+    )
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:14: include[0].vram_split: vram_split is set both here and by configuration "
+        "'quiet-512m': keep it in one place"
+    ]

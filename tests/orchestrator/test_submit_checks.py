@@ -44,11 +44,11 @@ def test_settings_outside_what_each_host_allows_are_refused(tmp_path: Path) -> N
         }
     )  # fmt: skip
     assert check_against_fleet(mf, mf.jobs, fleet) == [
-        f"{path}:9: matrix.configuration[0]: host laptop-80w offers platform_profile low-power, "
-        "balanced, not 'quiet'",
+        f"{path}:5: configurations.quiet.platform_profile: host laptop-80w offers "
+        "platform_profile low-power, balanced, not 'quiet'",
         f"{path}:10: matrix.power_limit_w[0]: host laptop-80w allows power_limit_w 50-120 W, "
         "not 45 W",
-        f"{path}:9: matrix.configuration[0]: host minipc-120w does not allow setting "
+        f"{path}:5: configurations.quiet.platform_profile: host minipc-120w does not allow setting "
         "platform_profile (add it under `setters:` in its worker config)",
         f"{path}:10: matrix.power_limit_w[0]: host minipc-120w does not allow setting "
         "power_limit_w (add it under `setters:` in its worker config)",
