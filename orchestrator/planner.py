@@ -134,20 +134,25 @@ def compute_buffer_bytes(
     activations, not their sum. Calibrated on llama.cpp 0.3.36's CPU backend (tiny model,
     contexts 512-16384, ubatch 256/512, flash attention on/off; see the integration test):
     - per token, the FFN is the peak: residual + normed input (2 x n_embd) and gate, up and
-      their product (3 x n_ff) in f32; for MoE, n_ff is that of the experts used per token;
+      their product (3 x n_ff) in f32; for MoE, n_ff is that of the experts used per token,
+      plus each used expert's n_embd output, kept until their weighted sum;
     - the attention mask, one f16 (FA) or f32 (no FA) per KV cell per token, and without flash
       attention the full f32 KQ matrix per head: this term grows with context;
     - a quantized KV cache adds one f32 K-sized row per token for the conversion;
     - the logits of one output per sequence (the server samples only the last token).
-    Matches the CPU log within 0.1 MiB for the dense tiny model with FA. Not covered: GPU
-    backends' extra copies, recurrent/SSM layers, vision towers, and llama.cpp versions that
-    reserve logits for a whole ubatch (then add n_vocab x n_ubatch x 4).
+    Matches the CPU log within 0.1 MiB for the dense tiny model with FA, and within 10% for
+    tiny GQA and 8-expert MoE variants (tests/integration/test_planner_llamacpp.py). Not
+    covered: GPU backends' extra copies, recurrent/SSM layers, vision towers, and llama.cpp
+    versions that reserve logits for a whole ubatch (then add n_vocab x n_ubatch x 4).
     """
-    if shape.expert_count and shape.expert_used_count:
-        ff_active = (shape.expert_ff or shape.n_ff) * shape.expert_used_count
+    used = shape.expert_used_count if shape.expert_count else None
+    if used:
+        ff_active = (shape.expert_ff or shape.n_ff) * used
     else:
         ff_active = shape.n_ff
-    per_token = 4 * (2 * shape.n_embd + 3 * ff_active)
+    # MoE: each used expert's down projection is kept until their weighted sum.
+    expert_out = shape.n_embd * used if used else 0
+    per_token = 4 * (2 * shape.n_embd + 3 * ff_active + expert_out)
     cells = kv_cells(context)
     per_cell = 2 if flash_attn else 4 + 4 * shape.n_head
     quant_rows = 4 * shape.n_head_kv * shape.key_length if quantized_cache else 0

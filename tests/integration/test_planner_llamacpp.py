@@ -15,6 +15,7 @@ import pytest
 from jobs.modelshape import read_model_shape
 from orchestrator.planner import estimate
 from worker.engines.server_process import ServerProcess, free_port
+from worker.provision.tiny_model import TinyShape, write_tiny_variant
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +64,26 @@ def test_estimate_matches_llama_cpp_log(
         f"{logged_mib:.2f} MiB; compute planned {planned.compute_bytes / MIB:.3f} MiB, "
         f"logged {logged['compute']:.2f} MiB"
     )
+
+
+@pytest.mark.parametrize("context", [512, 4096])
+@pytest.mark.parametrize(
+    "shape",
+    [TinyShape(n_head_kv=1), TinyShape(n_head_kv=2, n_expert=8, n_expert_used=2)],
+    ids=["gqa-4q-1kv", "moe-8x2-gqa"],
+)
+def test_estimate_matches_llama_cpp_log_for_gqa_and_moe(
+    llama_bin: Path, tmp_path: Path, shape: TinyShape, context: int
+) -> None:
+    """The metadata shapes the issue names besides dense llama: grouped-query attention (KV
+    heads < query heads: a smaller KV cache) and a mixture of experts (all experts' weights
+    are loaded; only the used ones' activations count in the compute buffer)."""
+    model = write_tiny_variant(tmp_path / "variant.gguf", shape)
+    logged = logged_buffers(llama_bin, model, context)
+    parsed = read_model_shape(model)
+    assert parsed.n_head_kv == shape.n_head_kv
+    assert parsed.expert_count == (shape.n_expert or None)
+    planned = estimate(parsed, context)
+    assert planned.kv_bytes / MIB == pytest.approx(logged["KV"], abs=0.01)
+    assert planned.weight_bytes / MIB == pytest.approx(logged["model"], abs=0.01)
+    assert planned.compute_bytes / MIB == pytest.approx(logged["compute"], rel=0.10)

@@ -118,7 +118,10 @@ def test_estimate_totals_and_moe_compute() -> None:
     no_fa = estimate(shape_of(), 8192, flash_attn=False)
     assert no_fa.compute_bytes > need.compute_bytes
     moe = shape_of(expert_count=128, expert_used_count=8, expert_ff=768)
-    assert estimate(moe, 8192).compute_bytes < need.compute_bytes  # 8 x 768 < 14336 active
+    # per token: the 8 used experts' FFN (3 x 8 x 768) and their outputs (8 x 4096) instead of
+    # the dense 3 x 14336: 59392 vs 51200 floats
+    per_token_delta = 4 * ((3 * 8 * 768 + 8 * 4096) - 3 * 14336)
+    assert estimate(moe, 8192).compute_bytes - need.compute_bytes == 512 * per_token_delta
     with pytest.raises(ValueError):
         estimate(shape_of(), 0)
 

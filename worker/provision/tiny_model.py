@@ -60,6 +60,20 @@ need house picture try us again animal point mother world near build self earth 
 
 
 @dataclass(frozen=True)
+class TinyShape:
+    """The architecture knobs a tiny model can vary: grouped-query attention (fewer KV heads
+    than query heads) and a mixture of experts (Mixtral-style, llama architecture). The
+    default is the dense tiny model every test uses; its bytes do not depend on this."""
+
+    n_head_kv: int = N_HEAD_KV
+    n_expert: int = 0  # 0: dense FFN
+    n_expert_used: int = 0
+
+
+DENSE = TinyShape()
+
+
+@dataclass(frozen=True)
 class TinyModel:
     """One written model file, named the way orch refers to it in a matrix (`tiny:q8_0`)."""
 
@@ -90,7 +104,9 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def _weights(n_vocab: int, n_banned: int, seed: int) -> dict[str, np.ndarray]:
+def _weights(
+    n_vocab: int, n_banned: int, seed: int, shape: TinyShape = DENSE
+) -> dict[str, np.ndarray]:
     """Random llama weights in numpy layout (rows = outputs); gguf reverses the shapes on write."""
     rng = np.random.default_rng(seed)
 
@@ -105,25 +121,40 @@ def _weights(n_vocab: int, n_banned: int, seed: int) -> dict[str, np.ndarray]:
     output = normal(n_vocab, N_EMBD)
     output[:n_banned, 0] = BANNED_LOGIT_WEIGHT
     tensors = {"token_embd.weight": embd, "output_norm.weight": ones, "output.weight": output}
+    kv_width = shape.n_head_kv * HEAD_DIM
     for layer in range(N_LAYERS):
-        attn_output, ffn_down = normal(N_EMBD, N_EMBD), normal(N_EMBD, N_FF)
+        attn_output = normal(N_EMBD, N_EMBD)
         attn_output[0, :] = 0.0
-        ffn_down[0, :] = 0.0
         tensors |= {
             f"blk.{layer}.attn_norm.weight": ones,
             f"blk.{layer}.attn_q.weight": normal(N_EMBD, N_EMBD),
-            f"blk.{layer}.attn_k.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD),
-            f"blk.{layer}.attn_v.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD),
+            f"blk.{layer}.attn_k.weight": normal(kv_width, N_EMBD),
+            f"blk.{layer}.attn_v.weight": normal(kv_width, N_EMBD),
             f"blk.{layer}.attn_output.weight": attn_output,
             f"blk.{layer}.ffn_norm.weight": ones,
-            f"blk.{layer}.ffn_gate.weight": normal(N_FF, N_EMBD),
-            f"blk.{layer}.ffn_up.weight": normal(N_FF, N_EMBD),
-            f"blk.{layer}.ffn_down.weight": ffn_down,
         }
+        if shape.n_expert:
+            n = shape.n_expert
+            down = normal(n, N_EMBD, N_FF)
+            down[:, 0, :] = 0.0
+            tensors |= {
+                f"blk.{layer}.ffn_gate_inp.weight": normal(n, N_EMBD),
+                f"blk.{layer}.ffn_gate_exps.weight": normal(n, N_FF, N_EMBD),
+                f"blk.{layer}.ffn_up_exps.weight": normal(n, N_FF, N_EMBD),
+                f"blk.{layer}.ffn_down_exps.weight": down,
+            }
+        else:
+            ffn_down = normal(N_EMBD, N_FF)
+            ffn_down[0, :] = 0.0
+            tensors |= {
+                f"blk.{layer}.ffn_gate.weight": normal(N_FF, N_EMBD),
+                f"blk.{layer}.ffn_up.weight": normal(N_FF, N_EMBD),
+                f"blk.{layer}.ffn_down.weight": ffn_down,
+            }
     return tensors
 
 
-def _write_gguf(path: Path, quant: str, seed: int) -> None:
+def _write_gguf(path: Path, quant: str, seed: int, shape: TinyShape = DENSE) -> None:
     """Write one f16 or q8_0 file; a half-written file never appears under the final name."""
     tensor_type, file_type = _GGUF_TYPES[quant]
     tokens, scores, types = _vocab()
@@ -138,7 +169,10 @@ def _write_gguf(path: Path, quant: str, seed: int) -> None:
         writer.add_block_count(N_LAYERS)
         writer.add_feed_forward_length(N_FF)
         writer.add_head_count(N_HEAD)
-        writer.add_head_count_kv(N_HEAD_KV)
+        writer.add_head_count_kv(shape.n_head_kv)
+        if shape.n_expert:
+            writer.add_expert_count(shape.n_expert)
+            writer.add_expert_used_count(shape.n_expert_used)
         writer.add_rope_dimension_count(HEAD_DIM)
         writer.add_layer_norm_rms_eps(1e-5)
         writer.add_tokenizer_model("llama")
@@ -150,7 +184,7 @@ def _write_gguf(path: Path, quant: str, seed: int) -> None:
         writer.add_eos_token_id(2)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
-        for name, array in _weights(len(tokens), n_banned, seed).items():
+        for name, array in _weights(len(tokens), n_banned, seed, shape).items():
             if array.ndim == 1:
                 writer.add_tensor(name, array)  # norms stay F32, as llama.cpp expects
             else:
@@ -226,3 +260,17 @@ def write_tiny_models(
             _write_gguf(path, quant, seed)
         models.append(TinyModel(name=f"tiny:{quant}", quant=quant, path=path))
     return models
+
+
+def write_tiny_variant(path: Path, shape: TinyShape, *, quant: str = "f16", seed: int = 0) -> Path:
+    """A tiny model of another architecture shape (GQA, MoE), e.g. for checking the planner
+    against llama.cpp's own buffer sizes on more than the dense model."""
+    if quant not in _GGUF_TYPES:
+        raise ProvisionError(
+            f"tiny variants are written as {' or '.join(_GGUF_TYPES)}, not {quant}"
+        )
+    if shape.n_expert and not 0 < shape.n_expert_used <= shape.n_expert:
+        raise ProvisionError("n_expert_used must be between 1 and n_expert")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_gguf(path, quant, seed, shape)
+    return path
