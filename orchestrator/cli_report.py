@@ -124,7 +124,7 @@ def report_cmd(
     "fail_pct",
     type=float,
     default=None,
-    help="Exit 1 when B is worse than A by more than PCT percent (and the CIs do not overlap).",
+    help="Exit 1 when B is worse than A by more than PCT percent (a real difference at 5%).",
 )
 @click.pass_context
 def compare_cmd(

@@ -3,8 +3,8 @@
 Jobs are matched on everything that identifies them (host, engine, model, backend, context,
 carve-out, workload) except what is compared; B's cells carry their ratio to A's and a verdict.
 `regressions` lists the cells where B is worse than A by more than a threshold *and* the
-difference is real (the CIs do not overlap), so `--fail-on-regression 5` can guard an upgrade
-of a driver or of llama.cpp without failing on noise.
+difference is real (an exact Mann-Whitney U test rejects at 5%), so `--fail-on-regression 5`
+can guard an upgrade of a driver or of llama.cpp without failing on noise.
 
 Example::
 

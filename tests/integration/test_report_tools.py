@@ -103,7 +103,7 @@ def test_real_llama_bench_json_round_trips_into_a_report(
     for metric in ("tg tokens/s", "pp tokens/s"):
         line = next(x for x in report.stdout.splitlines() if metric in x)
         # a noisy shared machine may flag the cell unstable (⚠): that is the report being honest
-        assert re.search(rf"{metric}\s+[\d.]+ \[[\d.]+–[\d.]+\] n=3( ⚠)?$", line), line
+        assert re.search(rf"{metric}\s+[\d.]+ \([\d.]+–[\d.]+\) n=3( ⚠)?$", line), line
     assert "engine llama-bench, model tiny-q8_0, backend cpu, context 24" in report.stdout
 
     # Export in llama-bench's own fields, import again (the file names its host), same figures.

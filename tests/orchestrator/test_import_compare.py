@@ -147,7 +147,7 @@ def test_compare_shows_ratio_and_verdict(tmp_path: Path) -> None:
     assert done.exit_code == 0
     tg = next(line for line in done.output.splitlines() if "tg tokens/s" in line)
     assert re.search(
-        r"\| 43\.1 \[[\d.]+–[\d.]+\] n=5 +\| 34\.4 \[[\d.]+–[\d.]+\] n=5 · 0\.80× slower", tg
+        r"\| 43\.1 \([\d.]+–[\d.]+\) n=5 +\| 34\.4 \([\d.]+–[\d.]+\) n=5 · 0\.80× slower", tg
     )
 
 

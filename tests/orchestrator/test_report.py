@@ -278,23 +278,23 @@ def test_cell_texts() -> None:
     texts = _texts(build_pivot(CAMPAIGN, _campaign_rows()))
 
     assert texts == {
-        # tg 60.7 61.5 61.9: median 61.5, bootstrap CI of the median within [min, max]
+        # tg 60.7 61.5 61.9: median 61.5 and the range; no CI below 6 samples
         ("tiny:q4_k_m", 512, "tg"): {
-            "laptop-80w": "61.5 [60.7–61.9] n=3",
+            "laptop-80w": "61.5 (60.7–61.9) n=3",
             "minipc-120w": "waiting",
         },
-        ("tiny:q4_k_m", 512, "pp"): {"laptop-80w": "655 [650–661] n=3", "minipc-120w": "waiting"},
+        ("tiny:q4_k_m", 512, "pp"): {"laptop-80w": "655 (650–661) n=3", "minipc-120w": "waiting"},
         ("tiny:q4_k_m", 2048, "tg"): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
         ("tiny:q4_k_m", 2048, "pp"): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
-        ("tiny:q8_0", 512, "tg"): {"laptop-80w": "43.1 [42.8–43.5] n=3", "minipc-120w": "waiting"},
-        ("tiny:q8_0", 512, "pp"): {"laptop-80w": "805 [798–812] n=3", "minipc-120w": "waiting"},
+        ("tiny:q8_0", 512, "tg"): {"laptop-80w": "43.1 (42.8–43.5) n=3", "minipc-120w": "waiting"},
+        ("tiny:q8_0", 512, "pp"): {"laptop-80w": "805 (798–812) n=3", "minipc-120w": "waiting"},
         ("tiny:q8_0", 2048, "tg"): {
-            "laptop-80w": "40.2 [39.9–41.0] n=3",
-            "minipc-120w": "47.6 [47.1–48.0] n=3",
+            "laptop-80w": "40.2 (39.9–41.0) n=3",
+            "minipc-120w": "47.6 (47.1–48.0) n=3",
         },
         ("tiny:q8_0", 2048, "pp"): {
-            "laptop-80w": "760 [752–772] n=3",
-            "minipc-120w": "901 [898–905] n=3",
+            "laptop-80w": "760 (752–772) n=3",
+            "minipc-120w": "901 (898–905) n=3",
         },
     }
 
@@ -308,14 +308,14 @@ def test_every_cell_knows_n_median_spread_and_ci() -> None:
     assert (stats.n, stats.median) == (3, 47.6)
     assert stats.mad == pytest.approx(0.4)
     assert stats.rel_spread == pytest.approx(1.4826 * 0.4 / 47.6)
-    assert stats.ci_low == pytest.approx(47.1) and stats.ci_high == pytest.approx(48.0)
+    assert stats.ci_low is None and stats.ci_high is None  # 3 samples: no honest 95% CI
 
 
 def test_cell_pools_the_figures_it_was_given() -> None:
     cell = Cell(METRICS["tg"], values=[43.1, 42.8, 43.5], statuses=["ok"])
 
     assert cell.stats is not None and cell.stats.median == 43.1
-    assert cell_text(cell) == "43.1 [42.8–43.5] n=3"
+    assert cell_text(cell) == "43.1 (42.8–43.5) n=3"
 
 
 def test_cell_with_fewer_than_three_samples_has_no_ci() -> None:
@@ -325,7 +325,7 @@ def test_cell_with_fewer_than_three_samples_has_no_ci() -> None:
 def test_cell_counts_failures_beside_good_figures() -> None:
     cell = Cell(METRICS["tg"], values=[40.0, 41.0, 42.0], statuses=["ok", "error", "timeout"])
 
-    assert cell_text(cell) == "41.0 [40.0–42.0] n=3 (+error, timeout)"
+    assert cell_text(cell) == "41.0 (40.0–42.0) n=3 (+error, timeout)"
 
 
 def test_cell_lists_distinct_failures_in_words() -> None:
@@ -391,7 +391,7 @@ def test_rows_and_columns_can_be_chosen() -> None:
     assert pivot.columns[:2] == [("tiny:q4_k_m", "tg"), ("tiny:q4_k_m", "pp")]
     headers, body = table(pivot)
     assert headers[:3] == ["host", "context", "tiny:q4_k_m tg tokens/s"]
-    assert body[0][:3] == ["laptop-80w", "512", "61.5 [60.7–61.9] n=3"]
+    assert body[0][:3] == ["laptop-80w", "512", "61.5 (60.7–61.9) n=3"]
 
 
 def test_an_axis_that_varies_is_never_pooled() -> None:
@@ -420,11 +420,32 @@ def test_baseline_adds_ratio_and_verdict() -> None:
     pivot = build_pivot(CAMPAIGN, _campaign_rows(), PivotOptions(baseline=("host", "laptop-80w")))
     texts = _texts(pivot)
 
-    # 47.6 vs 40.2 tokens/s with non-overlapping CIs: a real difference.
-    assert texts[("tiny:q8_0", 2048, "tg")]["minipc-120w"] == "47.6 [47.1–48.0] n=3 · 1.18× faster"
-    assert texts[("tiny:q8_0", 2048, "tg")]["laptop-80w"] == "40.2 [39.9–41.0] n=3"
+    # 47.6 vs 40.2 tokens/s, 3 repetitions each: the smallest exact p is 0.1, so no verdict.
+    assert texts[("tiny:q8_0", 2048, "tg")]["minipc-120w"] == "47.6 (47.1–48.0) n=3 · 1.18× ≈"
+    assert texts[("tiny:q8_0", 2048, "tg")]["laptop-80w"] == "40.2 (39.9–41.0) n=3"
     # No baseline figures to compare with: no ratio.
     assert texts[("tiny:q4_k_m", 512, "tg")]["minipc-120w"] == "waiting"
+
+
+def test_baseline_claims_a_difference_the_exact_test_supports() -> None:
+    laptop = _spec("laptop-80w", "tiny:q8_0", 512)
+    minipc = _spec("minipc-120w", "tiny:q8_0", 512)
+    base = _result(laptop)
+    six = [43.1, 42.8, 43.5, 43.0, 42.9, 43.3]
+    faster = [47.6, 47.1, 48.0, 47.4, 47.9, 47.5]
+
+    def with_tg(spec: JobSpec, tg: list[float]) -> RunResult:
+        measurements = [m.model_copy(update={"samples_ts": tg}) for m in base.measurements]
+        update = {"job_id": spec.job_id, "host": spec.host, "measurements": measurements}
+        return base.model_copy(update=update)
+
+    rows = [JobRow(laptop, with_tg(laptop, six)), JobRow(minipc, with_tg(minipc, faster))]
+    options = PivotOptions(metrics=("tg",), baseline=("host", "laptop-80w"))
+    cell = build_pivot(CAMPAIGN, rows, options).cell(("tg",), ("minipc-120w",))
+
+    assert cell is not None and cell.comparison is not None
+    assert cell.comparison.p_value is not None and cell.comparison.p_value < 0.05
+    assert re.fullmatch(r"47\.5 \[[\d.]+–[\d.]+\] n=6 · 1\.10× faster", cell_text(cell))
 
 
 def test_baseline_never_claims_what_the_data_does_not_support() -> None:
@@ -441,7 +462,7 @@ def test_baseline_never_claims_what_the_data_does_not_support() -> None:
     close = [JobRow(laptop, base), JobRow(minipc, minipc_result([43.3, 42.6, 43.9]))]
     few = [JobRow(laptop, base), JobRow(minipc, minipc_result([90.0, 91.0]))]
 
-    # Overlapping CIs: not distinguishable. Two samples: a ratio but no verdict.
+    # The exact test cannot reject: not distinguishable. Two samples: a ratio but no verdict.
     same = build_pivot(CAMPAIGN, close, options).cell(("tg",), ("minipc-120w",))
     short = build_pivot(CAMPAIGN, few, options).cell(("tg",), ("minipc-120w",))
     assert cell_text(same).endswith("· 1.00× ≈")
@@ -490,8 +511,8 @@ def test_markdown_is_a_github_pipe_table_with_legend() -> None:
         "",
         "2048",
         "tg tokens/s",
-        "40.2 [39.9–41.0] n=3",
-        "47.6 [47.1–48.0] n=3",
+        "40.2 (39.9–41.0) n=3",
+        "47.6 (47.1–48.0) n=3",
     ]
     assert [c.strip() for c in table_lines[4].strip("|").split("|")] == [
         "",
@@ -549,8 +570,8 @@ def test_host_without_a_job_for_a_configuration_shows_a_dash() -> None:
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in _table_lines(text)[2:]]
 
     assert cells == [
-        ["512", "tg tokens/s", "43.1 [42.8–43.5] n=3", "-"],
-        ["", "pp tokens/s", "805 [798–812] n=3", "-"],
+        ["512", "tg tokens/s", "43.1 (42.8–43.5) n=3", "-"],
+        ["", "pp tokens/s", "805 (798–812) n=3", "-"],
         ["2048", "all metrics", "-", "waiting"],
     ]
     assert "Failures:" not in text

@@ -122,7 +122,7 @@ def test_html_is_self_contained_with_charts(store: Store) -> None:
     assert kinds == ["bar"] * 3 + ["timeline"] * 4
     assert html.count("<svg") == 7
     assert "<figcaption>tg tokens/s by configuration (median, 95% CI)</figcaption>" in html
-    assert '<td class="figure">42.9 [42.2–43.4] n=5 · 2.48× faster</td>' in html
+    assert '<td class="figure">42.9 (42.2–43.4) n=5 · 2.48× faster</td>' in html
     assert "skipped: predicted OOM (needs 23.1 GB, has 0.5 GB)" in html
     assert render(pivot, "html") == html  # deterministic, so it can be diffed
 
