@@ -683,3 +683,54 @@ def test_csv_output_has_a_header_and_one_line_per_job() -> None:
 def test_csv_of_nothing_is_empty() -> None:
     assert render(build_pivot(CAMPAIGN, []), "csv") == ""
     assert json.loads(render(build_pivot(CAMPAIGN, []), "json")) == []
+
+
+# -- telemetry over several requests -----------------------------------------------------------
+
+
+def test_server_telemetry_counts_every_decode_window() -> None:
+    from jobs.telemetry import MetricSummary, PhaseSummary
+    from tests.orchestrator import report_data
+
+    job = report_data.spec("vulkan", "32G")
+    base = report_data.result(job)
+    assert base.telemetry is not None
+
+    def window(phase: str, start: float, busy: float, power: float, tokens: int, energy: float):
+        return PhaseSummary(
+            phase=phase,  # type: ignore[arg-type]
+            start_s=start,
+            end_s=start + 1.0,
+            tokens=tokens,
+            metrics={
+                "gpu_busy_pct": MetricSummary(mean=busy, peak=busy),
+                "engine_dma_busy_pct": MetricSummary(mean=busy / 10, peak=busy / 10),
+                "power_w": MetricSummary(mean=power, peak=power),
+            },
+            energy_j=energy if phase == "decode" else None,
+            j_per_token=energy / tokens if phase == "decode" else None,
+            tokens_per_s_per_w=tokens / energy if phase == "decode" else None,
+        )
+
+    # Three requests: prefill then decode each; the decode windows differ in size and power.
+    phases = [
+        window("prefill", 0.0, 99.0, 120.0, 21, 0.0),
+        window("decode", 1.0, 60.0, 50.0, 100, 200.0),
+        window("prefill", 2.0, 98.0, 110.0, 21, 0.0),
+        window("decode", 3.0, 70.0, 60.0, 300, 450.0),
+        window("prefill", 4.0, 97.0, 115.0, 21, 0.0),
+        window("decode", 5.0, 80.0, 70.0, 600, 1350.0),
+    ]
+    result = base.model_copy(
+        update={"telemetry": base.telemetry.model_copy(update={"phases": phases})}
+    )
+
+    assert METRICS["gpu_busy"].values(result) == [60.0, 70.0, 80.0]
+    assert METRICS["copy_busy"].values(result) == [6.0, 7.0, 8.0]
+    assert METRICS["power"].values(result) == [50.0, 60.0, 70.0]
+    # Energy: all decode windows together, weighted by their tokens (not the last one's 2.25).
+    assert METRICS["j_per_token"].values(result) == [pytest.approx(2000.0 / 1000)]
+    assert METRICS["tps_per_w"].values(result) == [pytest.approx(1000 / 2000.0)]
+    cell = build_pivot(CAMPAIGN, [JobRow(job, result)], PivotOptions(metrics=("gpu_busy",)))
+    [gpu] = cell.cells.values()
+    assert gpu.stats is not None and (gpu.stats.n, gpu.stats.median) == (3, 70.0)
