@@ -26,7 +26,10 @@ from orchestrator.report.pivot import AXES, METRIC
 from orchestrator.store import Store
 
 BROKER_HELP = "Broker URL (redis://[:password@]host:port/db); default $ORCH_BROKER_URL."
-_AXES_HELP = f"Comma-separated axes: {', '.join((*AXES, METRIC))}."
+_AXES_HELP = (
+    f"Comma-separated axes: {', '.join((*AXES, METRIC))}, and any configuration part or "
+    "setting the jobs have (configuration, ttm_pages_limit, platform_profile, power_limit_w)."
+)
 
 
 def _store(ctx: click.Context) -> Store:

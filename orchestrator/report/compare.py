@@ -68,13 +68,14 @@ def compare_within(
     store: Store, campaign: str, a: str, b: str, options: PivotOptions | None = None
 ) -> Pivot:
     """Two values of one axis in one campaign, e.g. `host=laptop-80w` and `host=minipc-120w`."""
-    axis, value_a = _selector(a)
-    axis_b, value_b = _selector(b)
+    jobs = [(job, job_axes(job.spec)) for job in _jobs(store, campaign)]
+    known = [*AXES, *sorted({k for _, axes in jobs for k in axes} - set(AXES))]
+    axis, value_a = _selector(a, known)
+    axis_b, value_b = _selector(b, known)
     if axis_b != axis:
         raise ReportError(f"compare one axis at a time: {a!r} and {b!r} name different axes")
     records = []
-    for job in _jobs(store, campaign):
-        axes = job_axes(job.spec)
+    for job, axes in jobs:
         value = str(axes.get(axis))
         if value in (value_a, value_b):
             axes[axis] = "-"  # matched on everything else
@@ -85,11 +86,12 @@ def compare_within(
     return _pivot(f"{campaign}: {b} vs {a}", records, f"{axis}={value_a}", b, options)
 
 
-def _selector(text: str) -> tuple[str, str]:
+def _selector(text: str, known: list[str]) -> tuple[str, str]:
+    """AXIS=VALUE, AXIS any axis the campaign's jobs have (configuration, power_limit_w...)."""
     axis, sep, value = text.partition("=")
-    if not sep or axis not in AXES:
+    if not sep or axis not in known:
         raise ReportError(
-            f"{text!r}: expected AXIS=VALUE with AXIS one of {', '.join(AXES)} "
+            f"{text!r}: expected AXIS=VALUE with AXIS one of {', '.join(known)} "
             "(e.g. host=laptop-80w)"
         )
     return axis, value

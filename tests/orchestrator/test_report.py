@@ -734,3 +734,79 @@ def test_server_telemetry_counts_every_decode_window() -> None:
     cell = build_pivot(CAMPAIGN, [JobRow(job, result)], PivotOptions(metrics=("gpu_busy",)))
     [gpu] = cell.cells.values()
     assert gpu.stats is not None and (gpu.stats.n, gpu.stats.median) == (3, 70.0)
+
+
+# -- configurations are never pooled -----------------------------------------------------------
+
+
+def _configured(configuration: dict[str, str], name: str | None = None, **settings: str):
+    from tests.orchestrator import report_data
+
+    job = report_data.spec("vulkan", "32G").model_copy(
+        update={"configuration": configuration, "config_name": name, "settings": settings}
+    )
+    job = job.model_copy(update={"job_id": JobSpec.model_validate(
+        job.model_dump(exclude={"job_id"})).job_id})  # fmt: skip
+    result = report_data.result(report_data.spec("vulkan", "32G"))
+    return JobRow(job, result.model_copy(update={"job_id": job.job_id, "job": job}))
+
+
+def test_every_configuration_part_is_an_axis() -> None:
+    small = _configured({"vram_split": "512M", "ttm_pages_limit": "1048576"})
+    large = _configured({"vram_split": "512M", "ttm_pages_limit": "8388608"})
+    assert small.spec.job_id != large.spec.job_id
+
+    pivot = build_pivot(CAMPAIGN, [small, large], PivotOptions(metrics=("tg",)))
+
+    assert "ttm_pages_limit" in pivot.column_axes + pivot.row_axes
+    assert len(pivot.cells) == 2  # one cell per configuration, not one pooling both
+    assert all(c.stats is not None and c.stats.n == 5 for c in pivot.cells.values())
+
+
+def test_a_named_configuration_stands_for_its_parts() -> None:
+    from orchestrator.report.pivot import job_axes
+
+    row = _configured({"vram_split": "512M", "ttm_pages_limit": "1048576"}, "big-gtt")
+    plain = _configured({"vram_split": "512M"}, None, power_limit_w="45")
+
+    assert job_axes(row.spec)["configuration"] == "big-gtt"
+    assert job_axes(row.spec)["vram_split"] == "-" and "ttm_pages_limit" not in job_axes(row.spec)
+    assert job_axes(plain.spec)["vram_split"] == "512M"
+    assert job_axes(plain.spec)["power_limit_w"] == "45"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("ttm_pages_limit=1048576", "ttm_pages_limit=8388608"),
+        ("power_limit_w=45", "power_limit_w=80"),
+        ("configuration=small", "configuration=large"),
+    ],
+)
+def test_compare_within_takes_any_axis_the_campaign_has(tmp_path: Any, a: str, b: str) -> None:
+    from orchestrator.report.compare import compare_within
+    from orchestrator.store import Store
+
+    axis = a.split("=")[0]
+    value_a, value_b = a.split("=")[1], b.split("=")[1]
+    if axis == "ttm_pages_limit":
+        rows = [_configured({"ttm_pages_limit": v}) for v in (value_a, value_b)]
+    elif axis == "power_limit_w":
+        rows = [
+            _configured({"vram_split": "32G"}, None, power_limit_w=v) for v in (value_a, value_b)
+        ]
+    else:
+        rows = [_configured({"vram_split": s}, n) for s, n in (("512M", "small"), ("32G", "large"))]
+    store = Store.open(tmp_path / "orch.db")
+    campaign = rows[0].spec.campaign
+    store.record_campaign(campaign, "m.yaml", "")
+    for row in rows:
+        store.record_job(row.spec)
+        assert row.result is not None
+        store.upsert_result(row.result)
+
+    pivot = compare_within(store, campaign, a, b, PivotOptions(metrics=("tg",)))
+
+    assert pivot.columns == [(a,), (b,)]
+    with pytest.raises(ReportError, match=f"AXIS one of .*{axis}"):
+        compare_within(store, campaign, "colour=red", "colour=blue")
