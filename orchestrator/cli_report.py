@@ -197,6 +197,12 @@ def import_llama_bench_cmd(
     store = _store(ctx)
     done = import_llama_bench(store, file, host, campaign=campaign, backend=backend, model=model)
     click.echo(done.campaign)
+    if done.skipped_pg:
+        click.echo(
+            f"skipped {done.skipped_pg} -pg test(s): prompt and generation timed together give "
+            "a rate that is neither pp nor tg",
+            err=True,
+        )
     click.echo(
         f"{done.tests} test(s) as {done.jobs} job(s), {done.new_results} new; "
         f"`orch report {done.campaign}` shows them",
