@@ -255,6 +255,7 @@ def _layout(
 
 def _metrics(asked: tuple[str, ...] | None, records: list[Record]) -> list[Metric]:
     if asked is not None:
+        asked = tuple(dict.fromkeys(asked))  # `tg,tg` is one row, not the samples twice
         unknown = [m for m in asked if m not in METRICS]
         if unknown:
             raise ReportError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")

@@ -66,7 +66,9 @@ def render_tidy(pivot: Pivot, fmt: str) -> str:
         return json.dumps(records, indent=2, default=str, ensure_ascii=False)
     buf = io.StringIO()
     if records:
-        writer = csv.DictWriter(buf, fieldnames=list(records[0]))
+        # Jobs may carry different axes (power_limit_w on some only): every key, first seen first.
+        fields = list(dict.fromkeys(k for record in records for k in record))
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="")
         writer.writeheader()
         for record in records:
             writer.writerow(

@@ -810,3 +810,22 @@ def test_compare_within_takes_any_axis_the_campaign_has(tmp_path: Any, a: str, b
     assert pivot.columns == [(a,), (b,)]
     with pytest.raises(ReportError, match=f"AXIS one of .*{axis}"):
         compare_within(store, campaign, "colour=red", "colour=blue")
+
+
+def test_csv_takes_every_axis_when_jobs_carry_different_ones() -> None:
+    limited = _configured({"vram_split": "32G"}, None, power_limit_w="45")
+    plain = _configured({"vram_split": "32G"})
+
+    text = render(build_pivot(CAMPAIGN, [plain, limited]), "csv")
+
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 2
+    assert sorted(r["power_limit_w"] for r in rows) == ["", "45"]
+
+
+def test_a_metric_asked_twice_is_shown_once() -> None:
+    pivot = build_pivot(CAMPAIGN, _campaign_rows(), PivotOptions(metrics=("tg", "tg")))
+
+    assert [m.key for m in pivot.metrics] == ["tg"]
+    cell = pivot.cell(("tiny:q8_0", 512, "tg"), ("laptop-80w",))
+    assert cell is not None and cell.stats is not None and cell.stats.n == 3
