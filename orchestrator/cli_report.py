@@ -127,7 +127,8 @@ def report_cmd(
     "fail_pct",
     type=float,
     default=None,
-    help="Exit 1 when B is worse than A by more than PCT percent (a real difference at 5%).",
+    help="Exit 1 when B is worse than A by more than PCT percent (a real difference at 5%), "
+    "or failed, is missing or has no result where A has figures.",
 )
 @click.pass_context
 def compare_cmd(

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.result import Status
 from orchestrator.errors import OrchError
 from orchestrator.report.pivot import (
     AXES,
+    CANCELLED,
+    WAITING,
+    Cell,
     Pivot,
     PivotOptions,
     Record,
@@ -123,26 +127,50 @@ def _pivot(
 
 
 def regressions(pivot: Pivot, threshold_pct: float) -> list[Regression]:
-    """Cells really worse than their baseline by more than `threshold_pct`, and cells that
-    failed where the baseline has figures."""
+    """Cells really worse than their baseline by more than `threshold_pct`, and, wherever the
+    baseline has figures, B cells that failed (even beside good jobs), have no job, or have no
+    result yet: a guard must not pass because B did not run."""
     found = []
-    baseline = pivot.baseline[1] if pivot.baseline else None
-    for (row, column), cell in pivot.cells.items():
-        metric = cell.metric
-        labels = [str(v) for a, v in zip(pivot.row_axes, row, strict=True) if a != "metric"]
-        where = " ".join([*labels, metric.title])
-        if cell.stats is None and cell.failures and column != (baseline,):
-            base = pivot.cell(row, (baseline,))
-            if base is not None and base.stats is not None:
-                found.append(Regression(where, ", ".join(cell.failures)))
-            continue
-        comparison = cell.comparison
-        if comparison is None or comparison.ratio is None or metric.regression is None:
-            continue
-        if comparison.verdict not in (Verdict.UP, Verdict.DOWN):
-            continue
-        worse = (metric.regression == "up") == (comparison.verdict is Verdict.UP)
-        change = abs(comparison.ratio - 1.0) * 100.0
-        if worse and change > threshold_pct:
-            found.append(Regression(where, f"{comparison.ratio:.3f}× ({change:.1f}% worse)"))
+    baseline = (pivot.baseline[1],) if pivot.baseline else None
+    for row in pivot.rows:
+        base = pivot.cell(row, baseline) if baseline else None
+        base_has_figures = base is not None and base.stats is not None
+        for column in pivot.columns:
+            if column == baseline:
+                continue
+            metric = pivot.metric_of(row, column)
+            labels = [str(v) for a, v in zip(pivot.row_axes, row, strict=True) if a != "metric"]
+            where = " ".join([*labels, metric.title])
+            cell = pivot.cell(row, column)
+            if base_has_figures and (missing := _not_measured(cell)):
+                found.append(Regression(where, missing))
+            if cell is None:
+                continue
+            found += _worse(cell, where, threshold_pct)
     return found
+
+
+def _not_measured(cell: Cell | None) -> str | None:
+    """Why B has no trustworthy figures here, or None when all its jobs ran fine."""
+    if cell is None:
+        return "no job in B"
+    if cell.failures:
+        ok = cell.statuses.count(Status.OK.value)
+        return ", ".join(cell.failures) + (f" (beside {ok} ok job(s))" if ok else "")
+    pending = [s for s in (WAITING, CANCELLED) if s in cell.statuses]
+    if pending:
+        return f"{' and '.join(pending)}: no result in B"
+    return None
+
+
+def _worse(cell: Cell, where: str, threshold_pct: float) -> list[Regression]:
+    metric, comparison = cell.metric, cell.comparison
+    if comparison is None or comparison.ratio is None or metric.regression is None:
+        return []
+    if comparison.verdict not in (Verdict.UP, Verdict.DOWN):
+        return []
+    worse = (metric.regression == "up") == (comparison.verdict is Verdict.UP)
+    change = abs(comparison.ratio - 1.0) * 100.0
+    if worse and change > threshold_pct:
+        return [Regression(where, f"{comparison.ratio:.3f}× ({change:.1f}% worse)")]
+    return []
