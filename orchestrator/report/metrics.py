@@ -50,10 +50,9 @@ def _ttft(result: RunResult) -> list[float]:
 
 
 def _gen_tokens(result: RunResult) -> list[float]:
-    if result.requests:
-        return [float(r.gen_tokens) for r in result.requests]
-    m = result.measurement("tg")
-    return [float(m.n_gen)] * len(m.samples_ts) if m else []
+    """Tokens each request generated, as counted; llama-bench's n_gen is what it was told to
+    generate, a setting rather than a measurement, so it gives no figure here."""
+    return [float(r.gen_tokens) for r in result.requests]
 
 
 def _load_time(result: RunResult) -> list[float]:
@@ -154,7 +153,7 @@ METRIC_LIST = (
     Metric("ttft", "TTFT (s)", "ttft_s", _ttft, *_TIME),
     Metric(
         "tokens",
-        "total tokens",
+        "generated tokens / request",
         "gen_tokens",
         _gen_tokens,
         "more",
