@@ -66,7 +66,7 @@ def test_html_report_renders_with_charts_in_chromium(tmp_path: Path) -> None:
         dom,
     )
     assert [kind for kind, _ in figures] == ["bar"] * 3 + ["timeline"] * 4
-    assert figures[0][1] == "tg tokens/s by configuration (median, 95% CI)"
+    assert figures[0][1] == "tg tokens/s by configuration (median; 95% CI from 6 samples)"
     assert all(caption.startswith("telemetry: halo ") for _, caption in figures[3:])
     assert dom.count("<svg") == 7  # every chart's SVG was parsed into the document
     assert "2.48× faster" in dom
