@@ -26,7 +26,10 @@ from orchestrator.report.pivot import AXES, METRIC
 from orchestrator.store import Store
 
 BROKER_HELP = "Broker URL (redis://[:password@]host:port/db); default $ORCH_BROKER_URL."
-_AXES_HELP = f"Comma-separated axes: {', '.join((*AXES, METRIC))}."
+_AXES_HELP = (
+    f"Comma-separated axes: {', '.join((*AXES, METRIC))}, and any configuration part or "
+    "setting the jobs have (configuration, ttm_pages_limit, platform_profile, power_limit_w)."
+)
 
 
 def _store(ctx: click.Context) -> Store:
@@ -124,7 +127,8 @@ def report_cmd(
     "fail_pct",
     type=float,
     default=None,
-    help="Exit 1 when B is worse than A by more than PCT percent (and the CIs do not overlap).",
+    help="Exit 1 when B is worse than A by more than PCT percent (a real difference at 5%), "
+    "or failed, is missing or has no result where A has figures.",
 )
 @click.pass_context
 def compare_cmd(
@@ -194,6 +198,12 @@ def import_llama_bench_cmd(
     store = _store(ctx)
     done = import_llama_bench(store, file, host, campaign=campaign, backend=backend, model=model)
     click.echo(done.campaign)
+    if done.skipped_pg:
+        click.echo(
+            f"skipped {done.skipped_pg} -pg test(s): prompt and generation timed together give "
+            "a rate that is neither pp nor tg",
+            err=True,
+        )
     click.echo(
         f"{done.tests} test(s) as {done.jobs} job(s), {done.new_results} new; "
         f"`orch report {done.campaign}` shows them",

@@ -4,15 +4,17 @@ Medians and the median absolute deviation (MAD) rather than mean and standard de
 benchmark run on a shared box gets the odd slow repetition, and one outlier should not move the
 figure a reader takes away.
 
-`describe` adds what a report cell needs to be trusted: a 95% bootstrap confidence interval of
-the median and a relative spread; `compare` turns two cells into a ratio and a conservative
-verdict.
+`describe` adds what a report cell needs to be trusted: a relative spread and, from
+MIN_SAMPLES_FOR_CI samples, a 95% bootstrap confidence interval of the median; `compare` turns
+two cells into a ratio and a verdict that only an exact two-sided Mann-Whitney U test at 5% can
+give (with 3 samples a side, the smallest possible p is 0.1: no verdict, whatever the data).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -59,8 +61,17 @@ def fmt_number(value: float) -> str:
 # threshold is pyperf's (it warns when the standard deviation is above 10% of the mean).
 UNSTABLE_SPREAD = 0.10
 _MAD_TO_SIGMA = 1.4826
-# Fewer samples than this: no confidence interval and never a verdict.
-MIN_SAMPLES_FOR_CI = 3
+# Fewer samples than this on either side: never a verdict (and no "unstable" mark).
+MIN_SAMPLES_FOR_VERDICT = 3
+# Fewer samples than this: no confidence interval, the range (min-max) instead. The percentile
+# bootstrap of the median at n <= 5 is about [min, max], which holds the true median only 75%
+# (n=3) to about 90% (n=5) of the time: calling that a 95% interval would overclaim. From 6
+# samples it covers about 95% (tests/orchestrator/test_stats.py measures it).
+MIN_SAMPLES_FOR_CI = 6
+# A difference is claimed only when the exact two-sided Mann-Whitney U test rejects at this level.
+ALPHA = 0.05
+# Pooled sample counts up to this use the exact null distribution; above, the normal approximation.
+EXACT_TEST_MAX_SAMPLES = 60
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 4000
 BOOTSTRAP_SEED = 20250301  # fixed: the same samples always give the same interval
@@ -71,7 +82,8 @@ class CellStats:
     """What a report cell knows about its samples: n, median, spread and a 95% CI.
 
     `ci_low`/`ci_high` bound the median (percentile bootstrap, seeded, so deterministic);
-    None when there are fewer than MIN_SAMPLES_FOR_CI samples.
+    None when there are fewer than MIN_SAMPLES_FOR_CI samples. `samples` are kept for the test
+    that `compare` makes.
     """
 
     n: int
@@ -80,11 +92,12 @@ class CellStats:
     rel_spread: float | None  # 1.4826 * MAD / |median|; None when the median is 0
     ci_low: float | None
     ci_high: float | None
+    samples: tuple[float, ...] = ()
 
     @property
     def unstable(self) -> bool:
         return (
-            self.n >= MIN_SAMPLES_FOR_CI
+            self.n >= MIN_SAMPLES_FOR_VERDICT
             and self.rel_spread is not None
             and self.rel_spread > UNSTABLE_SPREAD
         )
@@ -99,7 +112,7 @@ def describe(samples: list[float]) -> CellStats | None:
     low = high = None
     if base.n >= MIN_SAMPLES_FOR_CI:
         low, high = bootstrap_ci(samples)
-    return CellStats(base.n, base.median, base.mad, spread, low, high)
+    return CellStats(base.n, base.median, base.mad, spread, low, high, tuple(samples))
 
 
 def bootstrap_ci(
@@ -119,8 +132,52 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the Mann-Whitney U test (rank-sum) that `a` and `b` come from one
+    distribution.
+
+    Exact for up to EXACT_TEST_MAX_SAMPLES pooled samples: the rank sum of `a` is compared with
+    its distribution over every split of the pooled (mid-)ranks, counted by dynamic programming,
+    so ties are handled exactly. Above that, the normal approximation with the tie correction.
+    """
+    n, m = len(a), len(b)
+    pooled = np.asarray([*a, *b], dtype=float)
+    total = n + m
+    order = np.argsort(pooled, kind="mergesort")
+    ranks2 = np.empty(total, dtype=np.int64)  # twice the mid-ranks: integers, exact
+    values = pooled[order]
+    start = 0
+    while start < total:
+        end = start
+        while end + 1 < total and values[end + 1] == values[start]:
+            end += 1
+        ranks2[order[start : end + 1]] = start + end + 2  # 2 * mean of ranks start+1..end+1
+        start = end + 1
+    observed = int(ranks2[:n].sum())
+    centre = n * (total + 1)  # twice the expected rank sum
+    distance = abs(observed - centre)
+    if total > EXACT_TEST_MAX_SAMPLES:
+        _, counts = np.unique(pooled, return_counts=True)
+        ties = float(np.sum(counts**3 - counts))
+        variance = n * m / 12.0 * ((total + 1) - ties / (total * (total - 1)))
+        if variance <= 0:
+            return 1.0
+        z = (distance / 2.0) / math.sqrt(variance)
+        return min(1.0, math.erfc(z / math.sqrt(2.0)))
+    # ways[k][s]: how many k-subsets of the ranks seen so far sum (doubled) to s.
+    max_sum = int(ranks2.sum())
+    ways = np.zeros((n + 1, max_sum + 1))
+    ways[0, 0] = 1.0
+    for r in ranks2:
+        ways[1:, r:] += ways[:-1, : max_sum + 1 - r].copy()
+    sums = np.arange(max_sum + 1)
+    dist = ways[n]
+    extreme = dist[np.abs(sums - centre) >= distance].sum()
+    return float(min(1.0, extreme / dist.sum()))
+
+
 class Verdict(StrEnum):
-    """How a cell compares with its baseline. UP/DOWN only when the 95% CIs do not overlap."""
+    """How a cell compares with its baseline. UP/DOWN only when the exact test says so."""
 
     UP = "up"
     DOWN = "down"
@@ -132,26 +189,22 @@ class Verdict(StrEnum):
 class Comparison:
     ratio: float | None  # median / baseline median; None when the baseline median is 0
     verdict: Verdict
+    p_value: float | None = None  # two-sided Mann-Whitney U; None below MIN_SAMPLES_FOR_VERDICT
 
 
 def compare(cell: CellStats, baseline: CellStats) -> Comparison:
-    """Ratio of medians and a conservative verdict.
+    """Ratio of medians and a verdict that claims no more than the samples show.
 
-    The rule: a difference is claimed only when the two cells' 95% bootstrap CIs of the median
-    do not overlap (each needs at least MIN_SAMPLES_FOR_CI samples). Non-overlap of two 95%
-    intervals is stricter than a 5% test, so a claimed difference is a real one far more often
-    than not; a small true difference with few samples stays "not distinguishable".
+    The rule: a difference is claimed only when the exact two-sided Mann-Whitney U test of the
+    two cells' samples rejects "same distribution" at ALPHA, and its direction is that of the
+    medians; each side needs MIN_SAMPLES_FOR_VERDICT samples. Same-distribution pairs are then
+    called different at most 5% of the time, at any n. With 3 samples a side the smallest
+    possible p is 2/20 = 0.1, so 3 repetitions can never show a difference: use 5 or more.
     """
     ratio = cell.median / baseline.median if baseline.median else None
-    if (
-        cell.ci_low is None
-        or cell.ci_high is None
-        or baseline.ci_low is None
-        or baseline.ci_high is None
-    ):
+    if cell.n < MIN_SAMPLES_FOR_VERDICT or baseline.n < MIN_SAMPLES_FOR_VERDICT:
         return Comparison(ratio, Verdict.TOO_FEW)
-    if cell.ci_low > baseline.ci_high:
-        return Comparison(ratio, Verdict.UP)
-    if cell.ci_high < baseline.ci_low:
-        return Comparison(ratio, Verdict.DOWN)
-    return Comparison(ratio, Verdict.SAME)
+    p = mann_whitney_p(cell.samples, baseline.samples)
+    if p > ALPHA or cell.median == baseline.median:
+        return Comparison(ratio, Verdict.SAME, p)
+    return Comparison(ratio, Verdict.UP if cell.median > baseline.median else Verdict.DOWN, p)

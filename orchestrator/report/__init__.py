@@ -3,8 +3,9 @@
 `build_pivot` places a campaign's jobs in cells (by default configurations/hosts as columns
 and metrics as rows, like the tables people post); `render` writes it as a terminal table,
 GitHub Markdown, tidy CSV/JSON (one row per job), a self-contained HTML page with charts, or
-llama-bench's own JSON. Every cell knows n, median, spread and a 95% bootstrap CI; with a
-baseline, a ratio and a conservative verdict (see `orchestrator.stats.compare`).
+llama-bench's own JSON. Every cell knows n, median, spread and, from 6 samples, a 95% bootstrap
+CI; with a baseline, a ratio and a verdict only an exact test can give (see
+`orchestrator.stats.compare`).
 
 Example::
 

@@ -1,6 +1,7 @@
 """Charts for the HTML report, drawn with matplotlib (no pyplot state) as inline SVG.
 
-- `bar_charts`: one metric by configuration and host/column, medians with 95% CI whiskers;
+- `bar_charts`: one metric by configuration and host/column, medians with 95% CI whiskers
+  (from 6 samples; none below);
 - `context_charts`: tokens/s against context length, one line per configuration;
 - `timeline_charts`: per job, the telemetry series (GPU and copy-engine busy, power, VRAM/GTT).
 The SVG is deterministic for the same data (fixed hash salt, no date), and self-contained
@@ -88,7 +89,7 @@ def _bar_chart(pivot: Pivot, metric: Metric) -> Chart | None:
     ax.set_xticklabels(list(groups), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(metric.title)
     ax.legend(fontsize=8)
-    title = f"{metric.title} by configuration (median, 95% CI)"
+    title = f"{metric.title} by configuration (median; 95% CI from 6 samples)"
     ax.set_title(title, fontsize=10)
     return Chart("bar", title, _svg(fig))
 
@@ -142,7 +143,7 @@ def _line_chart(metric: Metric, lines: dict[str, dict[int, list[float]]]) -> Cha
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(metric.title)
     ax.legend(fontsize=8)
-    title = f"{metric.title} vs context length (median, 95% CI)"
+    title = f"{metric.title} vs context length (median; 95% CI from 6 samples)"
     ax.set_title(title, fontsize=10)
     return Chart("context", title, _svg(fig))
 

@@ -3,8 +3,8 @@
 Jobs are matched on everything that identifies them (host, engine, model, backend, context,
 carve-out, workload) except what is compared; B's cells carry their ratio to A's and a verdict.
 `regressions` lists the cells where B is worse than A by more than a threshold *and* the
-difference is real (the CIs do not overlap), so `--fail-on-regression 5` can guard an upgrade
-of a driver or of llama.cpp without failing on noise.
+difference is real (an exact Mann-Whitney U test rejects at 5%), so `--fail-on-regression 5`
+can guard an upgrade of a driver or of llama.cpp without failing on noise.
 
 Example::
 
@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.result import Status
 from orchestrator.errors import OrchError
 from orchestrator.report.pivot import (
     AXES,
+    CANCELLED,
+    WAITING,
+    Cell,
     Pivot,
     PivotOptions,
     Record,
@@ -68,13 +72,14 @@ def compare_within(
     store: Store, campaign: str, a: str, b: str, options: PivotOptions | None = None
 ) -> Pivot:
     """Two values of one axis in one campaign, e.g. `host=laptop-80w` and `host=minipc-120w`."""
-    axis, value_a = _selector(a)
-    axis_b, value_b = _selector(b)
+    jobs = [(job, job_axes(job.spec)) for job in _jobs(store, campaign)]
+    known = [*AXES, *sorted({k for _, axes in jobs for k in axes} - set(AXES))]
+    axis, value_a = _selector(a, known)
+    axis_b, value_b = _selector(b, known)
     if axis_b != axis:
         raise ReportError(f"compare one axis at a time: {a!r} and {b!r} name different axes")
     records = []
-    for job in _jobs(store, campaign):
-        axes = job_axes(job.spec)
+    for job, axes in jobs:
         value = str(axes.get(axis))
         if value in (value_a, value_b):
             axes[axis] = "-"  # matched on everything else
@@ -85,11 +90,12 @@ def compare_within(
     return _pivot(f"{campaign}: {b} vs {a}", records, f"{axis}={value_a}", b, options)
 
 
-def _selector(text: str) -> tuple[str, str]:
+def _selector(text: str, known: list[str]) -> tuple[str, str]:
+    """AXIS=VALUE, AXIS any axis the campaign's jobs have (configuration, power_limit_w...)."""
     axis, sep, value = text.partition("=")
-    if not sep or axis not in AXES:
+    if not sep or axis not in known:
         raise ReportError(
-            f"{text!r}: expected AXIS=VALUE with AXIS one of {', '.join(AXES)} "
+            f"{text!r}: expected AXIS=VALUE with AXIS one of {', '.join(known)} "
             "(e.g. host=laptop-80w)"
         )
     return axis, value
@@ -121,26 +127,50 @@ def _pivot(
 
 
 def regressions(pivot: Pivot, threshold_pct: float) -> list[Regression]:
-    """Cells really worse than their baseline by more than `threshold_pct`, and cells that
-    failed where the baseline has figures."""
+    """Cells really worse than their baseline by more than `threshold_pct`, and, wherever the
+    baseline has figures, B cells that failed (even beside good jobs), have no job, or have no
+    result yet: a guard must not pass because B did not run."""
     found = []
-    baseline = pivot.baseline[1] if pivot.baseline else None
-    for (row, column), cell in pivot.cells.items():
-        metric = cell.metric
-        labels = [str(v) for a, v in zip(pivot.row_axes, row, strict=True) if a != "metric"]
-        where = " ".join([*labels, metric.title])
-        if cell.stats is None and cell.failures and column != (baseline,):
-            base = pivot.cell(row, (baseline,))
-            if base is not None and base.stats is not None:
-                found.append(Regression(where, ", ".join(cell.failures)))
-            continue
-        comparison = cell.comparison
-        if comparison is None or comparison.ratio is None or metric.regression is None:
-            continue
-        if comparison.verdict not in (Verdict.UP, Verdict.DOWN):
-            continue
-        worse = (metric.regression == "up") == (comparison.verdict is Verdict.UP)
-        change = abs(comparison.ratio - 1.0) * 100.0
-        if worse and change > threshold_pct:
-            found.append(Regression(where, f"{comparison.ratio:.3f}× ({change:.1f}% worse)"))
+    baseline = (pivot.baseline[1],) if pivot.baseline else None
+    for row in pivot.rows:
+        base = pivot.cell(row, baseline) if baseline else None
+        base_has_figures = base is not None and base.stats is not None
+        for column in pivot.columns:
+            if column == baseline:
+                continue
+            metric = pivot.metric_of(row, column)
+            labels = [str(v) for a, v in zip(pivot.row_axes, row, strict=True) if a != "metric"]
+            where = " ".join([*labels, metric.title])
+            cell = pivot.cell(row, column)
+            if base_has_figures and (missing := _not_measured(cell)):
+                found.append(Regression(where, missing))
+            if cell is None:
+                continue
+            found += _worse(cell, where, threshold_pct)
     return found
+
+
+def _not_measured(cell: Cell | None) -> str | None:
+    """Why B has no trustworthy figures here, or None when all its jobs ran fine."""
+    if cell is None:
+        return "no job in B"
+    if cell.failures:
+        ok = cell.statuses.count(Status.OK.value)
+        return ", ".join(cell.failures) + (f" (beside {ok} ok job(s))" if ok else "")
+    pending = [s for s in (WAITING, CANCELLED) if s in cell.statuses]
+    if pending:
+        return f"{' and '.join(pending)}: no result in B"
+    return None
+
+
+def _worse(cell: Cell, where: str, threshold_pct: float) -> list[Regression]:
+    metric, comparison = cell.metric, cell.comparison
+    if comparison is None or comparison.ratio is None or metric.regression is None:
+        return []
+    if comparison.verdict not in (Verdict.UP, Verdict.DOWN):
+        return []
+    worse = (metric.regression == "up") == (comparison.verdict is Verdict.UP)
+    change = abs(comparison.ratio - 1.0) * 100.0
+    if worse and change > threshold_pct:
+        return [Regression(where, f"{comparison.ratio:.3f}× ({change:.1f}% worse)")]
+    return []

@@ -1,8 +1,10 @@
 """The figures a report can show, each with its unit and how to read it from a RunResult.
 
-A metric gives a list of samples per job: one per repetition for speeds and TTFT, one per job
-for load time and telemetry. A job without the figure gives an empty list, so the report shows
-"-" (missing), never 0. Values are in the unit of the metric's title (bytes become GB).
+A metric gives a list of samples per job: one per repetition for speeds and TTFT, one per
+decode window (a server job has one per request; llama-bench one for the run) for GPU/copy
+busy and power, and one per job for load time, peaks and energy per token (total energy over
+total tokens of the decode windows). A job without the figure gives an empty list, so the
+report shows "-" (missing), never 0. Values are in the unit of the metric's title (bytes become GB).
 
 Example::
 
@@ -48,21 +50,23 @@ def _ttft(result: RunResult) -> list[float]:
 
 
 def _gen_tokens(result: RunResult) -> list[float]:
-    if result.requests:
-        return [float(r.gen_tokens) for r in result.requests]
-    m = result.measurement("tg")
-    return [float(m.n_gen)] * len(m.samples_ts) if m else []
+    """Tokens each request generated, as counted; llama-bench's n_gen is what it was told to
+    generate, a setting rather than a measurement, so it gives no figure here."""
+    return [float(r.gen_tokens) for r in result.requests]
 
 
 def _load_time(result: RunResult) -> list[float]:
     return [result.load_time_s] if result.load_time_s is not None else []
 
 
-def _main_phase(telemetry: Telemetry) -> PhaseSummary | None:
-    """The phase whose averages a report shows: decode (what tokens/s is about), else the
-    whole run (llama-bench), else whatever there is."""
-    by_name = {p.phase: p for p in telemetry.phases}
-    return by_name.get("decode") or by_name.get("run") or next(iter(telemetry.phases), None)
+def _main_phases(telemetry: Telemetry) -> list[PhaseSummary]:
+    """The phases whose figures a report shows: every decode window (what tokens/s is about; a
+    server job has one per request), else the whole run (llama-bench), else the first phase."""
+    for name in ("decode", "run"):
+        phases = [p for p in telemetry.phases if p.phase == name]
+        if phases:
+            return phases
+    return telemetry.phases[:1]
 
 
 def _peak(*names: str) -> Callable[[RunResult], list[float]]:
@@ -85,16 +89,18 @@ def _peak(*names: str) -> Callable[[RunResult], list[float]]:
 
 
 def _mean(*names: str) -> Callable[[RunResult], list[float]]:
-    """The main phase's mean of the first metric the job has."""
+    """One value per main phase: its mean of the first metric the job has."""
 
     def values(result: RunResult) -> list[float]:
-        phase = _main_phase(result.telemetry) if result.telemetry else None
-        if phase is None:
-            return []
+        phases = _main_phases(result.telemetry) if result.telemetry else []
         for name in names:
-            summary = phase.metrics.get(name)
-            if summary is not None and summary.mean is not None:
-                return [summary.mean]
+            means = [
+                s.mean
+                for p in phases
+                if (s := p.metrics.get(name)) is not None and s.mean is not None
+            ]
+            if means:
+                return means
         return []
 
     return values
@@ -107,11 +113,20 @@ def _power(result: RunResult) -> list[float]:
     return _mean(telemetry.energy_metric)(result)
 
 
-def _phase_field(name: str) -> Callable[[RunResult], list[float]]:
+def _energy(per_token: bool) -> Callable[[RunResult], list[float]]:
+    """J/token (or tokens/s per W, which is tokens/J) over all main phases: total energy over
+    total tokens, so every decode window counts by its size, not only the last one."""
+
     def values(result: RunResult) -> list[float]:
-        phase = _main_phase(result.telemetry) if result.telemetry else None
-        value = getattr(phase, name) if phase is not None else None
-        return [float(value)] if value is not None else []
+        phases = _main_phases(result.telemetry) if result.telemetry else []
+        measured = [p for p in phases if p.energy_j is not None and p.tokens > 0]
+        energy = sum(p.energy_j or 0.0 for p in measured)
+        tokens = sum(p.tokens for p in measured)
+        if measured and energy > 0:
+            return [energy / tokens if per_token else tokens / energy]
+        # Summaries that kept only the ratio (no energy): one per phase.
+        field = [p.j_per_token if per_token else p.tokens_per_s_per_w for p in phases]
+        return [float(v) for v in field if v is not None]
 
     return values
 
@@ -138,7 +153,7 @@ METRIC_LIST = (
     Metric("ttft", "TTFT (s)", "ttft_s", _ttft, *_TIME),
     Metric(
         "tokens",
-        "total tokens",
+        "generated tokens / request",
         "gen_tokens",
         _gen_tokens,
         "more",
@@ -160,7 +175,7 @@ METRIC_LIST = (
         "j_per_token",
         "energy (J/token)",
         "j_per_token",
-        _phase_field("j_per_token"),
+        _energy(per_token=True),
         "less efficient",
         "more efficient",
         "up",
@@ -169,7 +184,7 @@ METRIC_LIST = (
         "tps_per_w",
         "tokens/s per W",
         "tokens_per_s_per_w",
-        _phase_field("tokens_per_s_per_w"),
+        _energy(per_token=False),
         "more efficient",
         "less efficient",
         "down",

@@ -1,9 +1,11 @@
 """Pivot a campaign's jobs into cells: any axes as rows, any as columns, one metric per cell.
 
 An axis is a value that identifies a job in a report (host, engine, model, backend, context,
-vram_split, workload); `metric` is one more axis, so metrics can be rows (the default, as in the
-tables people post: configurations as columns, metrics as rows) or columns. Every cell pools
-the samples of its jobs for its metric and knows n, median, spread and a 95% CI; with a
+vram_split, workload, and whatever configuration parts and runtime settings the jobs have:
+ttm_pages_limit, platform_profile, power_limit_w, or the name of a named `configuration`);
+`metric` is one more axis, so metrics can be rows (the default, as in the tables people post:
+configurations as columns, metrics as rows) or columns. Every cell pools the samples of its
+jobs for its metric and knows n, median, spread and, from 6 samples, a 95% CI; with a
 baseline (`host=laptop-80w`) it also knows its ratio to the baseline cell and a verdict.
 
 Example::
@@ -31,10 +33,12 @@ from orchestrator.store import JobRow
 AXES = ("host", "engine", "model", "backend", "context", "vram_split", "workload")
 METRIC = "metric"
 # Axes that describe the box and its reboot-bound configuration: the default columns.
-COLUMN_AXES = ("host", "configuration", "vram_split", "platform_profile", "power_limit_w")
+COLUMN_AXES = (
+    "host", "configuration", "vram_split", "ttm_pages_limit", "platform_profile", "power_limit_w",
+)  # fmt: skip
 AXIS_TITLES = {
     "vram_split": "dedicated VRAM", "workload": "workload (pp+tg)",
-    "power_limit_w": "power limit (W)",
+    "power_limit_w": "power limit (W)", "ttm_pages_limit": "TTM pages limit",
 }  # fmt: skip
 WAITING = "waiting"
 CANCELLED = "cancelled"
@@ -112,15 +116,16 @@ def job_axes(spec: JobSpec) -> dict[str, Any]:
         "model": spec.model,
         "backend": spec.backend,
         "context": spec.context,
-        "vram_split": spec.configuration.get("vram_split", "-"),
+        "vram_split": "-",
         "workload": workload_label(spec),
     }
-    # A named configuration stands for its settings (the matrix says what it holds); without a
-    # name, each runtime setting is its own axis.
+    # A named configuration stands for its parts (the matrix says what it holds); without a
+    # name, each reboot-bound part (vram_split, ttm_pages_limit...) and each runtime setting is
+    # its own axis, so two configurations are never pooled into one cell.
     if spec.config_name:
         axes["configuration"] = spec.config_name
-        axes["vram_split"] = "-"
     else:
+        axes.update(spec.configuration)
         axes.update(spec.settings)
     return axes
 
@@ -250,6 +255,7 @@ def _layout(
 
 def _metrics(asked: tuple[str, ...] | None, records: list[Record]) -> list[Metric]:
     if asked is not None:
+        asked = tuple(dict.fromkeys(asked))  # `tg,tg` is one row, not the samples twice
         unknown = [m for m in asked if m not in METRICS]
         if unknown:
             raise ReportError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")

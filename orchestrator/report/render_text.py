@@ -1,8 +1,10 @@
 """The pivot as a terminal table or a paste-ready GitHub Markdown table.
 
-A cell reads `43.1 [42.8–43.5] n=3`: the median, its 95% bootstrap confidence interval and the
-number of samples; `⚠` marks an unstable cell; with a baseline, `· 1.35× faster` (the CIs do
-not overlap), `· 0.98× ≈` (not distinguishable) or `· 1.10× n<3` (too few samples to say).
+A cell reads `43.1 [42.8–43.5] n=8`: the median, its 95% bootstrap confidence interval and the
+number of samples; below 6 samples `43.1 (42.6–43.6) n=3`, the median and the range (min–max),
+since no honest 95% interval exists there. `⚠` marks an unstable cell; with a baseline,
+`· 1.35× faster` (an exact Mann-Whitney U test rejects at 5%), `· 0.98× ≈` (not
+distinguishable) or `· 1.10× n<3` (too few samples to say).
 A cell without figures says why: `load failed`, `timeout`, `skipped: predicted OOM (...)`,
 `waiting`, or `-` when the jobs ran but do not have that metric.
 """
@@ -24,7 +26,13 @@ from orchestrator.report.pivot import (
     Cell,
     Pivot,
 )
-from orchestrator.stats import MIN_SAMPLES_FOR_CI, UNSTABLE_SPREAD, Verdict, fmt_number
+from orchestrator.stats import (
+    MIN_SAMPLES_FOR_CI,
+    MIN_SAMPLES_FOR_VERDICT,
+    UNSTABLE_SPREAD,
+    Verdict,
+    fmt_number,
+)
 
 UNSTABLE_MARK = "⚠"
 NOT_DISTINGUISHABLE_MARK = "≈"
@@ -41,7 +49,7 @@ def verdict_text(cell: Cell) -> str:
         Verdict.UP: cell.metric.up_word,
         Verdict.DOWN: cell.metric.down_word,
         Verdict.SAME: NOT_DISTINGUISHABLE_MARK,
-        Verdict.TOO_FEW: f"n<{MIN_SAMPLES_FOR_CI}",
+        Verdict.TOO_FEW: f"n<{MIN_SAMPLES_FOR_VERDICT}",
     }
     return f"{ratio} {words[comparison.verdict]}"
 
@@ -55,6 +63,8 @@ def cell_text(cell: Cell | None, note_marks: dict[str, str] | None = None) -> st
     text = fmt_number(stats.median)
     if stats.ci_low is not None and stats.ci_high is not None:
         text += f" [{fmt_number(stats.ci_low)}–{fmt_number(stats.ci_high)}]"
+    elif stats.n > 1:
+        text += f" ({fmt_number(min(stats.samples))}–{fmt_number(max(stats.samples))})"
     text += f" n={stats.n}"
     if stats.unstable:
         text += f" {UNSTABLE_MARK}"
@@ -151,15 +161,18 @@ def note_marks(pivot: Pivot) -> dict[str, str]:
 def legend(pivot: Pivot) -> list[str]:
     lines = [
         "Cells: median [95% bootstrap CI of the median] n=samples (repetitions pooled over the "
-        f"cell's jobs); {UNSTABLE_MARK} = unstable: robust spread 1.4826·MAD/median above "
+        f"cell's jobs); below {MIN_SAMPLES_FOR_CI} samples median (min–max) n=samples: a "
+        "bootstrap interval there is about the range and holds the true median only 75-90% of "
+        f"the time. {UNSTABLE_MARK} = unstable: robust spread 1.4826·MAD/median above "
         f"{UNSTABLE_SPREAD:.0%}. tg = text generation, pp = prompt processing."
     ]
     if pivot.baseline:
         axis, value = pivot.baseline
         lines.append(
             f"Ratios are to {axis_title(axis)} {value} (median / baseline median): faster or "
-            f"slower only where the two CIs do not overlap; {NOT_DISTINGUISHABLE_MARK} = not "
-            f"distinguishable; n<{MIN_SAMPLES_FOR_CI} = too few samples for a verdict."
+            "slower only where an exact two-sided Mann-Whitney U test rejects at 5% "
+            f"(never with 3 samples a side: use 5+); {NOT_DISTINGUISHABLE_MARK} = not "
+            f"distinguishable; n<{MIN_SAMPLES_FOR_VERDICT} = too few samples for a verdict."
         )
     lines.append(
         "llama-bench: the KV cache is pre-filled to context - prompt - gen tokens. Server "

@@ -66,7 +66,9 @@ def render_tidy(pivot: Pivot, fmt: str) -> str:
         return json.dumps(records, indent=2, default=str, ensure_ascii=False)
     buf = io.StringIO()
     if records:
-        writer = csv.DictWriter(buf, fieldnames=list(records[0]))
+        # Jobs may carry different axes (power_limit_w on some only): every key, first seen first.
+        fields = list(dict.fromkeys(k for record in records for k in record))
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="")
         writer.writeheader()
         for record in records:
             writer.writerow(
@@ -86,8 +88,9 @@ LLAMA_BENCH_DETAILS = (
 def llama_bench_objects(pivot: Pivot) -> list[dict[str, Any]]:
     """One llama-bench JSON object per (ok job, test), in llama-bench's own field names.
 
-    Fields llama-bench prints that orch did not keep are left out rather than invented; orch's
-    own fields (`orch_*`) let `orch import llama-bench` give the runs their names back.
+    Fields llama-bench prints that orch did not keep are left out rather than invented, and
+    `samples_ns`/`avg_ns`/`stddev_ns` are null for engines that did not measure them (servers);
+    orch's own fields (`orch_*`) let `orch import llama-bench` give the runs their names back.
     """
     objects = []
     for record in pivot.records:
@@ -104,8 +107,10 @@ def _bench_object(
 ) -> dict[str, Any]:
     engine = result.engine
     details = engine.details if engine else {}
-    tokens = m.n_prompt + m.n_gen
-    samples_ns = m.samples_ns or [round(tokens / ts * 1e9) for ts in m.samples_ts if ts > 0]
+    # Only what was measured: a server engine times requests, not llama-bench's test windows,
+    # so it has no samples_ns and none is made up from its rate.
+    samples_ns = list(m.samples_ns)
+    spec = record.job.spec
     obj: dict[str, Any] = {
         "build_commit": engine.build_commit if engine else None,
         "build_number": engine.build_number if engine else None,
@@ -119,21 +124,31 @@ def _bench_object(
             "n_depth": m.n_depth,
             "test_time": details.get("test_time") or result.started_at.isoformat(),
             "avg_ns": round(statistics.mean(samples_ns)) if samples_ns else None,
-            "stddev_ns": round(statistics.stdev(samples_ns)) if len(samples_ns) > 1 else 0,
+            "stddev_ns": _stdev_ns(samples_ns),
             "avg_ts": statistics.mean(m.samples_ts) if m.samples_ts else None,
             "stddev_ts": statistics.stdev(m.samples_ts) if len(m.samples_ts) > 1 else 0.0,
-            "samples_ns": samples_ns,
+            "samples_ns": samples_ns or None,
             "samples_ts": m.samples_ts,
             "orch_campaign": campaign,
             "orch_job_id": result.job_id,
             "orch_host": result.host,
-            "orch_engine": record.job.spec.engine,
-            "orch_model": record.job.spec.model,
-            "orch_backend": record.job.spec.backend,
-            "orch_context": record.job.spec.context,
+            "orch_engine": spec.engine,
+            "orch_model": spec.model,
+            "orch_backend": spec.backend,
+            "orch_context": spec.context,
+            "orch_workload": spec.workload.model_dump(mode="json"),
+            "orch_configuration": spec.configuration,
+            "orch_settings": spec.settings,
+            "orch_config_name": spec.config_name,
         }
     )
     return obj
+
+
+def _stdev_ns(samples_ns: list[int]) -> int | None:
+    if not samples_ns:
+        return None
+    return round(statistics.stdev(samples_ns)) if len(samples_ns) > 1 else 0
 
 
 def render_llama_bench_json(pivot: Pivot) -> str:

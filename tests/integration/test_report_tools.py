@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from jobs.result import Status
+from jobs.spec import JobSpec
 from orchestrator.store import Store
 from tests.integration.conftest import orch
 from tests.orchestrator.report_data import CAMPAIGN, fill_store
+from tests.orchestrator.test_report import _result, _spec
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -63,7 +66,7 @@ def test_html_report_renders_with_charts_in_chromium(tmp_path: Path) -> None:
         dom,
     )
     assert [kind for kind, _ in figures] == ["bar"] * 3 + ["timeline"] * 4
-    assert figures[0][1] == "tg tokens/s by configuration (median, 95% CI)"
+    assert figures[0][1] == "tg tokens/s by configuration (median; 95% CI from 6 samples)"
     assert all(caption.startswith("telemetry: halo ") for _, caption in figures[3:])
     assert dom.count("<svg") == 7  # every chart's SVG was parsed into the document
     assert "2.48× faster" in dom
@@ -103,7 +106,7 @@ def test_real_llama_bench_json_round_trips_into_a_report(
     for metric in ("tg tokens/s", "pp tokens/s"):
         line = next(x for x in report.stdout.splitlines() if metric in x)
         # a noisy shared machine may flag the cell unstable (⚠): that is the report being honest
-        assert re.search(rf"{metric}\s+[\d.]+ \[[\d.]+–[\d.]+\] n=3( ⚠)?$", line), line
+        assert re.search(rf"{metric}\s+[\d.]+ \([\d.]+–[\d.]+\) n=3( ⚠)?$", line), line
     assert "engine llama-bench, model tiny-q8_0, backend cpu, context 24" in report.stdout
 
     # Export in llama-bench's own fields, import again (the file names its host), same figures.
@@ -140,3 +143,46 @@ def test_real_llama_bench_jsonl_imports(
 
     [header, row] = _csv_rows(db, "import-run")
     assert ",box,llama-bench,tiny-q4_k_m,cpu,24," in row and ",ok," in row
+
+
+def _in_campaign(spec: JobSpec, campaign: str, **update: object) -> JobSpec:
+    data = {**spec.model_dump(exclude={"job_id"}), "campaign": campaign, **update}
+    return JobSpec.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("b_outcomes", "exit_code", "said"),
+    [
+        (["ok"], 0, "no regression"),
+        (["load_failed"], 1, "tg tokens/s: load failed"),
+        (["ok", "timeout"], 1, "tg tokens/s: timeout (beside 1 ok job(s))"),
+        (["waiting"], 1, "tg tokens/s: waiting: no result in B"),
+        ([], 1, "tg tokens/s: no job in B"),
+    ],
+)
+def test_fail_on_regression_exit_code_counts_b_that_did_not_run(
+    tmp_path: Path, b_outcomes: list[str], exit_code: int, said: str
+) -> None:
+    """The real `orch` binary: a guard must not pass because B failed or has not run yet."""
+    db = tmp_path / "orch.db"
+    store = Store.open(db)
+    base = _spec("laptop-80w", "tiny:q8_0", 512)
+    other = _spec("laptop-80w", "tiny:q8_0", 2048)  # B runs it, so the two have one in common
+    for campaign, outcomes in (("before", ["ok"]), ("after", b_outcomes)):
+        store.record_campaign(campaign, "m.yaml", "")
+        jobs = [(_in_campaign(other, campaign), "ok")]
+        # Jobs of one configuration that differ only in what is not an axis share a cell.
+        jobs += [(_in_campaign(base, campaign, timeout_s=600 + i), o)
+                 for i, o in enumerate(outcomes)]  # fmt: skip
+        for spec, outcome in jobs:
+            store.record_job(spec)
+            if outcome != "waiting":
+                error = None if outcome == "ok" else f"{outcome} on purpose"
+                store.upsert_result(_result(spec, Status(outcome), error=error))
+    store.close()
+
+    done = orch("--store", str(db), "compare", "before", "after", "--metrics", "tg",
+                "--fail-on-regression", "5")  # fmt: skip
+
+    assert done.returncode == exit_code, done.stdout + done.stderr
+    assert said in done.stderr

@@ -16,7 +16,7 @@ def test_demo_prints_a_table_measured_by_llama_cpp(tmp_path: Path, llama_bin: Pa
 
     # Metrics as rows under each (engine, model, context), the host as the column.
     lines = done.stdout.splitlines()
-    ci = r"[\d.]+ \[[\d.]+–[\d.]+\] n=5( ⚠)?"
+    ci = r"[\d.]+ \([\d.]+–[\d.]+\) n=5( ⚠)?"  # median (range): no CI below 6 samples
     tg_rows = [line for line in lines if "tg tokens/s" in line]
     assert len(tg_rows) == 8  # 2 engines x 2 models x 2 contexts
     for row in tg_rows:
@@ -58,7 +58,8 @@ def test_submit_local_runs_the_users_matrix(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "local-one"
     assert "2/2 jobs finished" in done.stdout
-    assert len(re.findall(r"tg tokens/s\s+[\d.]+ n=2$", done.stdout, re.MULTILINE)) == 2
+    two = r"tg tokens/s\s+[\d.]+ \([\d.]+–[\d.]+\) n=2$"  # median (range): no CI at n=2
+    assert len(re.findall(two, done.stdout, re.MULTILINE)) == 2
 
     # the results outlive the embedded broker
     report = orch("--store", str(store_path), "report", "local-one", "--format", "csv")

@@ -147,7 +147,7 @@ def test_compare_shows_ratio_and_verdict(tmp_path: Path) -> None:
     assert done.exit_code == 0
     tg = next(line for line in done.output.splitlines() if "tg tokens/s" in line)
     assert re.search(
-        r"\| 43\.1 \[[\d.]+–[\d.]+\] n=5 +\| 34\.4 \[[\d.]+–[\d.]+\] n=5 · 0\.80× slower", tg
+        r"\| 43\.1 \([\d.]+–[\d.]+\) n=5 +\| 34\.4 \([\d.]+–[\d.]+\) n=5 · 0\.80× slower", tg
     )
 
 
@@ -177,3 +177,73 @@ def test_campaigns_lists_imports(tmp_path: Path) -> None:
     rows = {line.split()[0]: line for line in lines[2:]}
     assert set(rows) == {"before", "after"}
     assert rows["after"].split()[-7:] == ["1", "1", "1", "0", "0", "0", "done"]
+
+
+def test_a_sweep_of_settings_a_job_does_not_name_is_refused(tmp_path: Path) -> None:
+    # `llama-bench -t 4,8`: same model, backend, depth, prompt and gen; only n_threads varies.
+    spec = _spec("laptop-80w", "tiny:q8_0", 512)
+    tests = []
+    for threads in (4, 8):
+        for test in ("pp", "tg"):
+            tests.append({**_bench_test(spec, test, BEFORE), "n_threads": threads})
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(tests))
+    store = Store.open(tmp_path / "orch.db")
+
+    with pytest.raises(ReportError, match=r"differ in n_threads \(n_threads: 4 and 8\).*jq"):
+        import_llama_bench(store, path, "laptop")
+    assert store.campaign_jobs("import-sweep") == []  # nothing half-imported
+
+    # Split by the field, each part imports as its own campaign, nothing lost.
+    for threads in (4, 8):
+        part = tmp_path / f"t{threads}.json"
+        part.write_text(json.dumps([t for t in tests if t["n_threads"] == threads]))
+        import_llama_bench(store, part, "laptop", campaign=f"t{threads}")
+    assert len(store.campaign_jobs("t4")) == len(store.campaign_jobs("t8")) == 1
+
+
+def test_pg_tests_are_skipped_never_reported_as_tg(tmp_path: Path) -> None:
+    spec = _spec("laptop-80w", "tiny:q8_0", 512)
+    pg = {**_bench_test(spec, "tg", [20.0, 20.5, 19.8, 20.1, 20.2]), "n_prompt": 64}
+    path = _bench_file(tmp_path / "bench.json", BEFORE)
+    path.write_text(json.dumps([*json.loads(path.read_text()), pg]))
+    store = Store.open(tmp_path / "orch.db")
+
+    done = import_llama_bench(store, path, "laptop")
+
+    assert (done.jobs, done.tests, done.skipped_pg) == (1, 3, 1)
+    [job] = store.campaign_jobs("import-bench")
+    assert job.result is not None
+    assert job.result.measurement("tg").samples_ts == BEFORE  # type: ignore[union-attr]
+    cli = _orch(tmp_path / "orch.db", "import", "llama-bench", str(path), "--host", "laptop")
+    assert "skipped 1 -pg test(s)" in cli.output
+
+    only_pg = tmp_path / "pg.json"
+    only_pg.write_text(json.dumps([pg]))
+    with pytest.raises(ReportError, match="only -pg tests"):
+        import_llama_bench(store, only_pg, "laptop")
+
+
+def test_server_campaign_round_trips_its_axes_and_figures_not_estimates(tmp_path: Path) -> None:
+    from tests.orchestrator.report_data import CAMPAIGN, fill_store
+
+    store = Store.open(tmp_path / "orch.db")
+    fill_store(store)
+    exported = render(build_pivot(CAMPAIGN, store.campaign_jobs(CAMPAIGN)), "llama-bench-json")
+    objects = json.loads(exported)
+    # A server engine measures requests, not llama-bench's windows: no made-up nanoseconds.
+    assert {(o["samples_ns"], o["avg_ns"], o["stddev_ns"]) for o in objects} == {(None,) * 3}
+    path = tmp_path / "export.json"
+    path.write_text(exported)
+
+    import_llama_bench(store, path, None, campaign="again")
+
+    def figures(campaign: str) -> list[dict[str, Any]]:
+        rows = json.loads(render(build_pivot(campaign, store.campaign_jobs(campaign)), "json"))
+        keep = ("host", "engine", "model", "backend", "context", "vram_split", "workload",
+                "tg_tokens_per_s_samples", "pp_tokens_per_s_samples")  # fmt: skip
+        return sorted(
+            ({k: r[k] for k in keep} for r in rows if r["status"] == "ok"), key=json.dumps
+        )
+
+    assert figures("again") == figures(CAMPAIGN)

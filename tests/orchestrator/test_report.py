@@ -278,23 +278,23 @@ def test_cell_texts() -> None:
     texts = _texts(build_pivot(CAMPAIGN, _campaign_rows()))
 
     assert texts == {
-        # tg 60.7 61.5 61.9: median 61.5, bootstrap CI of the median within [min, max]
+        # tg 60.7 61.5 61.9: median 61.5 and the range; no CI below 6 samples
         ("tiny:q4_k_m", 512, "tg"): {
-            "laptop-80w": "61.5 [60.7–61.9] n=3",
+            "laptop-80w": "61.5 (60.7–61.9) n=3",
             "minipc-120w": "waiting",
         },
-        ("tiny:q4_k_m", 512, "pp"): {"laptop-80w": "655 [650–661] n=3", "minipc-120w": "waiting"},
+        ("tiny:q4_k_m", 512, "pp"): {"laptop-80w": "655 (650–661) n=3", "minipc-120w": "waiting"},
         ("tiny:q4_k_m", 2048, "tg"): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
         ("tiny:q4_k_m", 2048, "pp"): {"laptop-80w": "load failed", "minipc-120w": "timeout"},
-        ("tiny:q8_0", 512, "tg"): {"laptop-80w": "43.1 [42.8–43.5] n=3", "minipc-120w": "waiting"},
-        ("tiny:q8_0", 512, "pp"): {"laptop-80w": "805 [798–812] n=3", "minipc-120w": "waiting"},
+        ("tiny:q8_0", 512, "tg"): {"laptop-80w": "43.1 (42.8–43.5) n=3", "minipc-120w": "waiting"},
+        ("tiny:q8_0", 512, "pp"): {"laptop-80w": "805 (798–812) n=3", "minipc-120w": "waiting"},
         ("tiny:q8_0", 2048, "tg"): {
-            "laptop-80w": "40.2 [39.9–41.0] n=3",
-            "minipc-120w": "47.6 [47.1–48.0] n=3",
+            "laptop-80w": "40.2 (39.9–41.0) n=3",
+            "minipc-120w": "47.6 (47.1–48.0) n=3",
         },
         ("tiny:q8_0", 2048, "pp"): {
-            "laptop-80w": "760 [752–772] n=3",
-            "minipc-120w": "901 [898–905] n=3",
+            "laptop-80w": "760 (752–772) n=3",
+            "minipc-120w": "901 (898–905) n=3",
         },
     }
 
@@ -308,14 +308,14 @@ def test_every_cell_knows_n_median_spread_and_ci() -> None:
     assert (stats.n, stats.median) == (3, 47.6)
     assert stats.mad == pytest.approx(0.4)
     assert stats.rel_spread == pytest.approx(1.4826 * 0.4 / 47.6)
-    assert stats.ci_low == pytest.approx(47.1) and stats.ci_high == pytest.approx(48.0)
+    assert stats.ci_low is None and stats.ci_high is None  # 3 samples: no honest 95% CI
 
 
 def test_cell_pools_the_figures_it_was_given() -> None:
     cell = Cell(METRICS["tg"], values=[43.1, 42.8, 43.5], statuses=["ok"])
 
     assert cell.stats is not None and cell.stats.median == 43.1
-    assert cell_text(cell) == "43.1 [42.8–43.5] n=3"
+    assert cell_text(cell) == "43.1 (42.8–43.5) n=3"
 
 
 def test_cell_with_fewer_than_three_samples_has_no_ci() -> None:
@@ -325,7 +325,7 @@ def test_cell_with_fewer_than_three_samples_has_no_ci() -> None:
 def test_cell_counts_failures_beside_good_figures() -> None:
     cell = Cell(METRICS["tg"], values=[40.0, 41.0, 42.0], statuses=["ok", "error", "timeout"])
 
-    assert cell_text(cell) == "41.0 [40.0–42.0] n=3 (+error, timeout)"
+    assert cell_text(cell) == "41.0 (40.0–42.0) n=3 (+error, timeout)"
 
 
 def test_cell_lists_distinct_failures_in_words() -> None:
@@ -391,7 +391,7 @@ def test_rows_and_columns_can_be_chosen() -> None:
     assert pivot.columns[:2] == [("tiny:q4_k_m", "tg"), ("tiny:q4_k_m", "pp")]
     headers, body = table(pivot)
     assert headers[:3] == ["host", "context", "tiny:q4_k_m tg tokens/s"]
-    assert body[0][:3] == ["laptop-80w", "512", "61.5 [60.7–61.9] n=3"]
+    assert body[0][:3] == ["laptop-80w", "512", "61.5 (60.7–61.9) n=3"]
 
 
 def test_an_axis_that_varies_is_never_pooled() -> None:
@@ -420,11 +420,32 @@ def test_baseline_adds_ratio_and_verdict() -> None:
     pivot = build_pivot(CAMPAIGN, _campaign_rows(), PivotOptions(baseline=("host", "laptop-80w")))
     texts = _texts(pivot)
 
-    # 47.6 vs 40.2 tokens/s with non-overlapping CIs: a real difference.
-    assert texts[("tiny:q8_0", 2048, "tg")]["minipc-120w"] == "47.6 [47.1–48.0] n=3 · 1.18× faster"
-    assert texts[("tiny:q8_0", 2048, "tg")]["laptop-80w"] == "40.2 [39.9–41.0] n=3"
+    # 47.6 vs 40.2 tokens/s, 3 repetitions each: the smallest exact p is 0.1, so no verdict.
+    assert texts[("tiny:q8_0", 2048, "tg")]["minipc-120w"] == "47.6 (47.1–48.0) n=3 · 1.18× ≈"
+    assert texts[("tiny:q8_0", 2048, "tg")]["laptop-80w"] == "40.2 (39.9–41.0) n=3"
     # No baseline figures to compare with: no ratio.
     assert texts[("tiny:q4_k_m", 512, "tg")]["minipc-120w"] == "waiting"
+
+
+def test_baseline_claims_a_difference_the_exact_test_supports() -> None:
+    laptop = _spec("laptop-80w", "tiny:q8_0", 512)
+    minipc = _spec("minipc-120w", "tiny:q8_0", 512)
+    base = _result(laptop)
+    six = [43.1, 42.8, 43.5, 43.0, 42.9, 43.3]
+    faster = [47.6, 47.1, 48.0, 47.4, 47.9, 47.5]
+
+    def with_tg(spec: JobSpec, tg: list[float]) -> RunResult:
+        measurements = [m.model_copy(update={"samples_ts": tg}) for m in base.measurements]
+        update = {"job_id": spec.job_id, "host": spec.host, "measurements": measurements}
+        return base.model_copy(update=update)
+
+    rows = [JobRow(laptop, with_tg(laptop, six)), JobRow(minipc, with_tg(minipc, faster))]
+    options = PivotOptions(metrics=("tg",), baseline=("host", "laptop-80w"))
+    cell = build_pivot(CAMPAIGN, rows, options).cell(("tg",), ("minipc-120w",))
+
+    assert cell is not None and cell.comparison is not None
+    assert cell.comparison.p_value is not None and cell.comparison.p_value < 0.05
+    assert re.fullmatch(r"47\.5 \[[\d.]+–[\d.]+\] n=6 · 1\.10× faster", cell_text(cell))
 
 
 def test_baseline_never_claims_what_the_data_does_not_support() -> None:
@@ -441,7 +462,7 @@ def test_baseline_never_claims_what_the_data_does_not_support() -> None:
     close = [JobRow(laptop, base), JobRow(minipc, minipc_result([43.3, 42.6, 43.9]))]
     few = [JobRow(laptop, base), JobRow(minipc, minipc_result([90.0, 91.0]))]
 
-    # Overlapping CIs: not distinguishable. Two samples: a ratio but no verdict.
+    # The exact test cannot reject: not distinguishable. Two samples: a ratio but no verdict.
     same = build_pivot(CAMPAIGN, close, options).cell(("tg",), ("minipc-120w",))
     short = build_pivot(CAMPAIGN, few, options).cell(("tg",), ("minipc-120w",))
     assert cell_text(same).endswith("· 1.00× ≈")
@@ -490,8 +511,8 @@ def test_markdown_is_a_github_pipe_table_with_legend() -> None:
         "",
         "2048",
         "tg tokens/s",
-        "40.2 [39.9–41.0] n=3",
-        "47.6 [47.1–48.0] n=3",
+        "40.2 (39.9–41.0) n=3",
+        "47.6 (47.1–48.0) n=3",
     ]
     assert [c.strip() for c in table_lines[4].strip("|").split("|")] == [
         "",
@@ -549,8 +570,8 @@ def test_host_without_a_job_for_a_configuration_shows_a_dash() -> None:
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in _table_lines(text)[2:]]
 
     assert cells == [
-        ["512", "tg tokens/s", "43.1 [42.8–43.5] n=3", "-"],
-        ["", "pp tokens/s", "805 [798–812] n=3", "-"],
+        ["512", "tg tokens/s", "43.1 (42.8–43.5) n=3", "-"],
+        ["", "pp tokens/s", "805 (798–812) n=3", "-"],
         ["2048", "all metrics", "-", "waiting"],
     ]
     assert "Failures:" not in text
@@ -605,7 +626,7 @@ def test_tidy_rows_one_per_job() -> None:
         "load_time_s": None,
         "build_commit": BUILD_COMMIT,
         "error": None,
-        "gen_tokens": 32.0,
+        "gen_tokens": None,  # llama-bench's n_gen is a setting, not a count of tokens made
         # no telemetry in these results: missing, never 0
         "peak_vram_gb": None,
         "peak_gtt_gb": None,
@@ -662,3 +683,149 @@ def test_csv_output_has_a_header_and_one_line_per_job() -> None:
 def test_csv_of_nothing_is_empty() -> None:
     assert render(build_pivot(CAMPAIGN, []), "csv") == ""
     assert json.loads(render(build_pivot(CAMPAIGN, []), "json")) == []
+
+
+# -- telemetry over several requests -----------------------------------------------------------
+
+
+def test_server_telemetry_counts_every_decode_window() -> None:
+    from jobs.telemetry import MetricSummary, PhaseSummary
+    from tests.orchestrator import report_data
+
+    job = report_data.spec("vulkan", "32G")
+    base = report_data.result(job)
+    assert base.telemetry is not None
+
+    def window(phase: str, start: float, busy: float, power: float, tokens: int, energy: float):
+        return PhaseSummary(
+            phase=phase,  # type: ignore[arg-type]
+            start_s=start,
+            end_s=start + 1.0,
+            tokens=tokens,
+            metrics={
+                "gpu_busy_pct": MetricSummary(mean=busy, peak=busy),
+                "engine_dma_busy_pct": MetricSummary(mean=busy / 10, peak=busy / 10),
+                "power_w": MetricSummary(mean=power, peak=power),
+            },
+            energy_j=energy if phase == "decode" else None,
+            j_per_token=energy / tokens if phase == "decode" else None,
+            tokens_per_s_per_w=tokens / energy if phase == "decode" else None,
+        )
+
+    # Three requests: prefill then decode each; the decode windows differ in size and power.
+    phases = [
+        window("prefill", 0.0, 99.0, 120.0, 21, 0.0),
+        window("decode", 1.0, 60.0, 50.0, 100, 200.0),
+        window("prefill", 2.0, 98.0, 110.0, 21, 0.0),
+        window("decode", 3.0, 70.0, 60.0, 300, 450.0),
+        window("prefill", 4.0, 97.0, 115.0, 21, 0.0),
+        window("decode", 5.0, 80.0, 70.0, 600, 1350.0),
+    ]
+    result = base.model_copy(
+        update={"telemetry": base.telemetry.model_copy(update={"phases": phases})}
+    )
+
+    assert METRICS["gpu_busy"].values(result) == [60.0, 70.0, 80.0]
+    assert METRICS["copy_busy"].values(result) == [6.0, 7.0, 8.0]
+    assert METRICS["power"].values(result) == [50.0, 60.0, 70.0]
+    # Energy: all decode windows together, weighted by their tokens (not the last one's 2.25).
+    assert METRICS["j_per_token"].values(result) == [pytest.approx(2000.0 / 1000)]
+    assert METRICS["tps_per_w"].values(result) == [pytest.approx(1000 / 2000.0)]
+    cell = build_pivot(CAMPAIGN, [JobRow(job, result)], PivotOptions(metrics=("gpu_busy",)))
+    [gpu] = cell.cells.values()
+    assert gpu.stats is not None and (gpu.stats.n, gpu.stats.median) == (3, 70.0)
+
+
+# -- configurations are never pooled -----------------------------------------------------------
+
+
+def _configured(configuration: dict[str, str], name: str | None = None, **settings: str):
+    from tests.orchestrator import report_data
+
+    job = report_data.spec("vulkan", "32G").model_copy(
+        update={"configuration": configuration, "config_name": name, "settings": settings}
+    )
+    job = job.model_copy(update={"job_id": JobSpec.model_validate(
+        job.model_dump(exclude={"job_id"})).job_id})  # fmt: skip
+    result = report_data.result(report_data.spec("vulkan", "32G"))
+    return JobRow(job, result.model_copy(update={"job_id": job.job_id, "job": job}))
+
+
+def test_every_configuration_part_is_an_axis() -> None:
+    small = _configured({"vram_split": "512M", "ttm_pages_limit": "1048576"})
+    large = _configured({"vram_split": "512M", "ttm_pages_limit": "8388608"})
+    assert small.spec.job_id != large.spec.job_id
+
+    pivot = build_pivot(CAMPAIGN, [small, large], PivotOptions(metrics=("tg",)))
+
+    assert "ttm_pages_limit" in pivot.column_axes + pivot.row_axes
+    assert len(pivot.cells) == 2  # one cell per configuration, not one pooling both
+    assert all(c.stats is not None and c.stats.n == 5 for c in pivot.cells.values())
+
+
+def test_a_named_configuration_stands_for_its_parts() -> None:
+    from orchestrator.report.pivot import job_axes
+
+    row = _configured({"vram_split": "512M", "ttm_pages_limit": "1048576"}, "big-gtt")
+    plain = _configured({"vram_split": "512M"}, None, power_limit_w="45")
+
+    assert job_axes(row.spec)["configuration"] == "big-gtt"
+    assert job_axes(row.spec)["vram_split"] == "-" and "ttm_pages_limit" not in job_axes(row.spec)
+    assert job_axes(plain.spec)["vram_split"] == "512M"
+    assert job_axes(plain.spec)["power_limit_w"] == "45"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("ttm_pages_limit=1048576", "ttm_pages_limit=8388608"),
+        ("power_limit_w=45", "power_limit_w=80"),
+        ("configuration=small", "configuration=large"),
+    ],
+)
+def test_compare_within_takes_any_axis_the_campaign_has(tmp_path: Any, a: str, b: str) -> None:
+    from orchestrator.report.compare import compare_within
+    from orchestrator.store import Store
+
+    axis = a.split("=")[0]
+    value_a, value_b = a.split("=")[1], b.split("=")[1]
+    if axis == "ttm_pages_limit":
+        rows = [_configured({"ttm_pages_limit": v}) for v in (value_a, value_b)]
+    elif axis == "power_limit_w":
+        rows = [
+            _configured({"vram_split": "32G"}, None, power_limit_w=v) for v in (value_a, value_b)
+        ]
+    else:
+        rows = [_configured({"vram_split": s}, n) for s, n in (("512M", "small"), ("32G", "large"))]
+    store = Store.open(tmp_path / "orch.db")
+    campaign = rows[0].spec.campaign
+    store.record_campaign(campaign, "m.yaml", "")
+    for row in rows:
+        store.record_job(row.spec)
+        assert row.result is not None
+        store.upsert_result(row.result)
+
+    pivot = compare_within(store, campaign, a, b, PivotOptions(metrics=("tg",)))
+
+    assert pivot.columns == [(a,), (b,)]
+    with pytest.raises(ReportError, match=f"AXIS one of .*{axis}"):
+        compare_within(store, campaign, "colour=red", "colour=blue")
+
+
+def test_csv_takes_every_axis_when_jobs_carry_different_ones() -> None:
+    limited = _configured({"vram_split": "32G"}, None, power_limit_w="45")
+    plain = _configured({"vram_split": "32G"})
+
+    text = render(build_pivot(CAMPAIGN, [plain, limited]), "csv")
+
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 2
+    assert sorted(r["power_limit_w"] for r in rows) == ["", "45"]
+
+
+def test_a_metric_asked_twice_is_shown_once() -> None:
+    pivot = build_pivot(CAMPAIGN, _campaign_rows(), PivotOptions(metrics=("tg", "tg")))
+
+    assert [m.key for m in pivot.metrics] == ["tg"]
+    cell = pivot.cell(("tiny:q8_0", 512, "tg"), ("laptop-80w",))
+    assert cell is not None and cell.stats is not None and cell.stats.n == 3

@@ -121,8 +121,9 @@ def test_html_is_self_contained_with_charts(store: Store) -> None:
     # tg, pp, TTFT bars; one context has figures, so no context lines; 4 jobs with telemetry.
     assert kinds == ["bar"] * 3 + ["timeline"] * 4
     assert html.count("<svg") == 7
-    assert "<figcaption>tg tokens/s by configuration (median, 95% CI)</figcaption>" in html
-    assert '<td class="figure">42.9 [42.2–43.4] n=5 · 2.48× faster</td>' in html
+    caption = "tg tokens/s by configuration (median; 95% CI from 6 samples)"
+    assert f"<figcaption>{caption}</figcaption>" in html
+    assert '<td class="figure">42.9 (42.2–43.4) n=5 · 2.48× faster</td>' in html
     assert "skipped: predicted OOM (needs 23.1 GB, has 0.5 GB)" in html
     assert render(pivot, "html") == html  # deterministic, so it can be diffed
 
@@ -135,8 +136,8 @@ def test_html_draws_tokens_per_s_against_context(store: Store) -> None:
 
     captions = re.findall(r"<figcaption>([^<]+)</figcaption>", html)
     assert captions == [
-        "tg tokens/s by configuration (median, 95% CI)",
-        "pp tokens/s by configuration (median, 95% CI)",
-        "tg tokens/s vs context length (median, 95% CI)",
-        "pp tokens/s vs context length (median, 95% CI)",
+        "tg tokens/s by configuration (median; 95% CI from 6 samples)",
+        "pp tokens/s by configuration (median; 95% CI from 6 samples)",
+        "tg tokens/s vs context length (median; 95% CI from 6 samples)",
+        "pp tokens/s vs context length (median; 95% CI from 6 samples)",
     ]

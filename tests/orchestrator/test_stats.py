@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from orchestrator.stats import (
+    MIN_SAMPLES_FOR_CI,
     UNSTABLE_SPREAD,
     CellStats,
     Verdict,
     bootstrap_ci,
     compare,
     describe,
+    mann_whitney_p,
 )
 
 
@@ -20,14 +22,34 @@ def _normal(mean: float, sd: float, n: int, seed: int) -> list[float]:
 
 
 def test_describe_knows_n_median_spread_and_ci() -> None:
-    stats = describe([10.0, 12.0, 11.0, 10.5, 11.5])
+    stats = describe([10.0, 12.0, 11.0, 10.5, 11.5, 11.2])
 
     assert stats is not None
-    assert (stats.n, stats.median, stats.mad) == (5, 11.0, 0.5)
-    assert stats.rel_spread == pytest.approx(1.4826 * 0.5 / 11.0)
+    assert (stats.n, stats.median) == (6, pytest.approx(11.1))
+    assert stats.mad == pytest.approx(0.5)
+    assert stats.rel_spread == pytest.approx(1.4826 * 0.5 / 11.1)
     assert stats.ci_low is not None and stats.ci_high is not None
-    assert 10.0 <= stats.ci_low <= 11.0 <= stats.ci_high <= 12.0
+    assert 10.0 <= stats.ci_low <= 11.1 <= stats.ci_high <= 12.0
     assert not stats.unstable
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_no_ci_below_six_samples(n: int) -> None:
+    # The bootstrap interval there is about [min, max]: it would claim 95% and cover far less.
+    stats = describe([10.0, 12.0, 11.0, 10.5, 11.5][:n])
+
+    assert n < MIN_SAMPLES_FOR_CI
+    assert stats is not None and stats.ci_low is None and stats.ci_high is None
+
+
+@pytest.mark.parametrize(("n", "low", "high"), [(3, 0.70, 0.80), (6, 0.92, 0.98)])
+def test_bootstrap_ci_is_honest_only_from_six_samples(n: int, low: float, high: float) -> None:
+    rng = np.random.default_rng(n)
+    hits = 0
+    for _ in range(300):
+        lo, hi = bootstrap_ci([float(x) for x in rng.normal(50.0, 5.0, n)], resamples=1000)
+        hits += lo <= 50.0 <= hi
+    assert low <= hits / 300 <= high
 
 
 def test_describe_is_deterministic() -> None:
@@ -36,7 +58,7 @@ def test_describe_is_deterministic() -> None:
     assert describe(samples) == describe(list(samples))
 
 
-def test_fewer_than_three_samples_have_no_ci() -> None:
+def test_fewer_than_three_samples_are_never_unstable() -> None:
     stats = describe([10.0, 12.0])
 
     assert stats is not None and stats.ci_low is None and stats.ci_high is None
@@ -102,6 +124,44 @@ def test_verdict_sequence_is_monotonic_as_the_effect_grows() -> None:
     assert set(verdicts[first_up:]) == {Verdict.UP}
 
 
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_same_distribution_is_rarely_called_different(n: int) -> None:
+    # The false-claim rate of the verdict: at most the test's 5% (plus sampling noise), at any n.
+    rng = np.random.default_rng(1000 + n)
+    claims = 0
+    trials = 400
+    for _ in range(trials):
+        a = describe([float(x) for x in rng.normal(100.0, 3.0, n)])
+        b = describe([float(x) for x in rng.normal(100.0, 3.0, n)])
+        assert a is not None and b is not None
+        claims += compare(a, b).verdict in (Verdict.UP, Verdict.DOWN)
+    assert claims / trials <= 0.06
+
+
+def test_three_repetitions_can_never_show_a_difference() -> None:
+    # The smallest exact two-sided p at 3 vs 3 is 2/20 = 0.1: honest answer is "≈".
+    slow = describe([10.0, 10.1, 10.2])
+    fast = describe([100.0, 100.1, 100.2])
+    assert slow is not None and fast is not None
+
+    comparison = compare(fast, slow)
+
+    assert comparison.verdict is Verdict.SAME
+    assert comparison.p_value == pytest.approx(0.1)
+
+
+def test_mann_whitney_p_is_exact() -> None:
+    assert mann_whitney_p([1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]) == pytest.approx(2 / 70)
+    assert mann_whitney_p([1.0, 2.0], [3.0, 4.0]) == pytest.approx(2 / 6)
+    # Ties: by enumeration of the 252 splits of the mid-ranks.
+    assert mann_whitney_p([1, 1, 2, 2, 3], [2, 3, 3, 4, 4]) == pytest.approx(0.0794, abs=1e-4)
+    assert mann_whitney_p([5.0, 5.0, 5.0], [5.0, 5.0, 5.0]) == 1.0
+    # Large samples: the normal approximation, continuous with the exact test.
+    rng = np.random.default_rng(7)
+    a, b = list(rng.normal(0.0, 1.0, 40)), list(rng.normal(1.0, 1.0, 40))
+    assert mann_whitney_p(a, b) < 0.01
+
+
 def test_more_samples_resolve_a_smaller_effect() -> None:
     # The same 3% effect: not distinguishable with 4 repetitions, a difference with 40.
     few = compare(
@@ -118,7 +178,7 @@ def test_more_samples_resolve_a_smaller_effect() -> None:
 
 def test_never_a_verdict_below_three_samples() -> None:
     big = describe([200.0, 201.0])
-    small = describe([100.0, 101.0, 99.0])
+    small = describe([100.0, 101.0, 99.0, 100.5, 99.5])
     assert big is not None and small is not None
 
     assert compare(big, small).verdict is Verdict.TOO_FEW
@@ -127,8 +187,10 @@ def test_never_a_verdict_below_three_samples() -> None:
 
 
 def test_zero_baseline_has_no_ratio() -> None:
-    zero = CellStats(n=3, median=0.0, mad=0.0, rel_spread=None, ci_low=0.0, ci_high=0.0)
-    cell = describe([1.0, 1.1, 0.9])
+    zero = CellStats(
+        n=5, median=0.0, mad=0.0, rel_spread=None, ci_low=None, ci_high=None, samples=(0.0,) * 5
+    )
+    cell = describe([1.0, 1.1, 0.9, 1.05, 0.95])
     assert cell is not None
 
     comparison = compare(cell, zero)

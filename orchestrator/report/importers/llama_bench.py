@@ -5,7 +5,14 @@ object per test. Tests of the same run settings (model file, backend, depth, thr
 batch, cache types, ...) become one job with a pp and a tg measurement, like the jobs orch runs
 itself; its context is `n_depth + n_prompt + n_gen`, the inverse of how orch's llama-bench
 engine sets `-d`. Files written by `orch report --format llama-bench-json` carry `orch_*`
-fields, which give the runs back their model, backend and context names.
+fields, which give the runs back their engine, model, backend, context, workload, configuration
+and settings: the report of the import matches the original for the tg/pp figures (a server
+engine's TTFT, requests and telemetry are not in llama-bench's format and do not come back).
+
+A file whose tests differ only in settings a job does not name (a sweep of `-t`, `-ngl`, `-fa`,
+`-ctk`, `-b`...) is refused, naming the fields: orch would record them as one job and keep one.
+Split it and import each part as its own campaign. `-pg` tests (prompt and generation in one
+timing) are skipped and counted: their rate is neither pp nor tg.
 
 Importing the same file twice changes nothing (job ids are deterministic and results are
 upserted by id).
@@ -44,6 +51,7 @@ class ImportOutcome:
     jobs: int
     tests: int
     new_results: int
+    skipped_pg: int = 0  # `-pg` tests (n_prompt and n_gen both > 0), not imported
 
 
 def read_llama_bench(path: Path) -> list[dict[str, Any]]:
@@ -94,14 +102,28 @@ def import_llama_bench(
     if host is None and not all(obj.get("orch_host") for obj in objects):
         raise ReportError(f"{path}: say which box ran these tests: --host NAME")
     name = campaign or "import-" + (_NOT_A_NAME.sub("-", path.stem).strip("-.") or "llama-bench")
+    # A -pg test times prompt and generation together: its rate is neither pp nor tg.
+    combined = [o for o in objects if int(o["n_prompt"]) > 0 and int(o["n_gen"]) > 0]
     groups: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
+        if obj in combined:
+            continue
         settings = {k: v for k, v in obj.items() if k not in _TEST_FIELDS}
         groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(obj)
-    results = []
-    for tests in groups.values():
+    if not groups:
+        raise ReportError(
+            f"{path}: only -pg tests (prompt and generation timed together); orch reports pp "
+            "and tg separately: run llama-bench with -p and -n"
+        )
+    results: list[RunResult] = []
+    settings_of: dict[str, dict[str, Any]] = {}
+    for key, tests in groups.items():
         for pp, tg in _pairs(path, tests):
-            results.append(_result(name, host, pp, tg, backend=backend, model=model))
+            result = _result(name, host, pp, tg, backend=backend, model=model)
+            if result.job_id in settings_of:
+                _refuse_sweep(path, settings_of[result.job_id], json.loads(key))
+            settings_of[result.job_id] = json.loads(key)
+            results.append(result)
     new = 0
     with store.transaction():
         store.record_campaign(name, f"llama-bench:{path}", "")
@@ -109,7 +131,21 @@ def import_llama_bench(
             assert result.job is not None
             store.record_job(result.job)
             new += store.upsert_result(result)
-    return ImportOutcome(name, len(results), len(objects), new)
+    return ImportOutcome(name, len(results), len(objects), new, len(combined))
+
+
+def _refuse_sweep(path: Path, one: dict[str, Any], other: dict[str, Any]) -> None:
+    """Two groups of tests that would be one job: say which llama-bench settings vary."""
+    fields = sorted(k for k in {*one, *other} if one.get(k) != other.get(k))
+    values = "; ".join(f"{k}: {one.get(k)!r} and {other.get(k)!r}" for k in fields)
+    first = fields[0] if fields else "n_threads"
+    raise ReportError(
+        f"{path}: tests differ in {', '.join(fields)} ({values}), which an orch job does not "
+        "name, so they would be recorded as one job and all but one lost. Split the file by "
+        f"those fields and import each part as its own campaign, e.g. `jq 'map(select(.{first} "
+        f"== {json.dumps(one.get(first))}))' {path.name} > part.json` then `orch import "
+        "llama-bench part.json --campaign NAME`"
+    )
 
 
 def _pairs(
@@ -153,18 +189,24 @@ def _result(
     gen = int(tg["n_gen"]) if tg else 1
     depth = int(first.get("n_depth", 0))
     model_file = str(first.get("model_filename") or "")
+    workload = Workload(prompt_tokens=prompt, gen_tokens=gen, warmup_runs=0)
     try:
+        if first.get("orch_workload"):
+            workload = Workload.model_validate(first["orch_workload"])
         job = JobSpec(
             campaign=campaign,
             host=host or first["orch_host"],
-            engine="llama-bench",
+            engine=first.get("orch_engine") or "llama-bench",
             model=model or first.get("orch_model") or _name(Path(model_file).stem, "model"),
             backend=backend
             or first.get("orch_backend")
             or _name(str(first.get("backends") or "").split(",")[0], "unknown"),
             context=int(first.get("orch_context") or depth + prompt + gen),
-            workload=Workload(prompt_tokens=prompt, gen_tokens=gen, warmup_runs=0),
+            workload=workload,
             repetitions=max(len(t["samples_ts"]) for t in (pp, tg) if t),
+            configuration=first.get("orch_configuration") or {},
+            settings=first.get("orch_settings") or {},
+            config_name=first.get("orch_config_name"),
         )
     except ValidationError as exc:
         raise ReportError(f"cannot name the imported run: {exc.errors()[0]['msg']}") from exc
@@ -179,7 +221,7 @@ def _result(
         status=Status.OK,
         measurements=[_measurement(t) for t in (pp, tg) if t],
         engine=EngineInfo(
-            name="llama-bench",
+            name=job.engine,
             backend=job.backend,
             binary="(imported)",
             build_commit=first.get("build_commit"),
