@@ -58,6 +58,10 @@ class RequestSample(BaseModel):
     itl_s: dict[str, float] = Field(default_factory=dict)  # inter-token latency p50/p90/p99
     server_timings: dict[str, float] = Field(default_factory=dict)  # e.g. llama-server timings
     cached_prompt: bool = False  # the server reused cached prompt tokens (cache_n > 0)
+    # The tokens reached the client in one burst, much faster than the server says it made
+    # them (the HTTP side was starved or buffered): the client's TTFT and decode speed then
+    # describe the transport, not the engine, and are left out of the figures.
+    stream_burst: bool = False
 
 
 class EngineInfo(BaseModel):

@@ -11,6 +11,7 @@ from importlib import metadata
 #       request timing, telemetry, declared and detected host facts.
 #   2 - host configurations: JobSpec.settings (runtime platform_profile / power_limit_w) and
 #       config_name; RunResult.settings (what was applied and restored) and cooldown;
+#       RequestSample.stream_burst;
 #       Status.SKIPPED (coordinator-made, never run); WorkerInventory.setters and model_shapes.
 SCHEMA_VERSION = 2
 

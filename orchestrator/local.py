@@ -130,7 +130,8 @@ def prepare_demo(data_dir: Path) -> tuple[Path, Path]:
         yaml.safe_dump(
             {
                 "campaign": f"demo-{stamp}",
-                "repetitions": 5,
+                # 8: enough for a 95% CI of the median (shown from 6) and a verdict
+                "repetitions": 8,
                 "engine": "llama-bench",
                 "workload": {"prompt_tokens": 128, "gen_tokens": 32},
                 "hosts": [host],

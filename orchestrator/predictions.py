@@ -96,7 +96,9 @@ def render_checks(checks: list[PredictionCheck], *, md: bool) -> list[str]:
     lines = ["", "Planner predictions (at submit) against outcomes:"]
     for check in checks:
         job = check.job
-        lines.append(f"{bullet}{job.host} {job.model} ctx {job.context}: {check.text()}")
+        lines.append(
+            f"{bullet}{job.host} {job.engine} {job.model} ctx {job.context}: {check.text()}"
+        )
     wrong = sum(1 for c in checks if c.held is False)
     tested = sum(1 for c in checks if c.held is not None)
     lines.append(f"{bullet}{tested - wrong}/{tested} predictions held")

@@ -16,7 +16,7 @@ def test_demo_prints_a_table_measured_by_llama_cpp(tmp_path: Path, llama_bin: Pa
 
     # Metrics as rows under each (engine, model, context), the host as the column.
     lines = done.stdout.splitlines()
-    ci = r"[\d.]+ \([\d.]+–[\d.]+\) n=5( ⚠)?"  # median (range): no CI below 6 samples
+    ci = r"[\d.]+ \[[\d.]+–[\d.]+\] n=8( ⚠)?"  # median [95% bootstrap CI]
     tg_rows = [line for line in lines if "tg tokens/s" in line]
     assert len(tg_rows) == 8  # 2 engines x 2 models x 2 contexts
     for row in tg_rows:

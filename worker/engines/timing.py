@@ -75,15 +75,19 @@ class StreamClock:
             decoded = float(self.counts[-1] - self.counts[0])
         else:
             decoded = gen_tokens - gen_tokens / len(self.token_times)
+        burst = _burst(last - first, decoded, server_timings or {})
         return RequestSample(
             prompt_tokens=prompt_tokens,
             gen_tokens=gen_tokens,
             ttft_s=first - self.sent,
             e2e_s=self.done - self.sent,
-            decode_tokens_per_s=decoded / (last - first) if last > first and decoded > 0 else None,
+            decode_tokens_per_s=(
+                decoded / (last - first) if last > first and decoded > 0 and not burst else None
+            ),
             itl_s=percentiles(gaps),
             server_timings=server_timings or {},
             cached_prompt=cached_prompt,
+            stream_burst=burst,
         )
 
     def windows(self, prompt_tokens: int, gen_tokens: int) -> list[PhaseWindow]:
@@ -95,6 +99,21 @@ class StreamClock:
             PhaseWindow(phase="prefill", start_s=self.sent, end_s=first, tokens=prompt_tokens),
             PhaseWindow(phase="decode", start_s=first, end_s=self.done, tokens=gen_tokens),
         ]
+
+
+# The client's decode span may be shorter than the server's (timestamps differ by transport
+# jitter), but not by this factor: then the tokens were held back and delivered together.
+_BURST_FRACTION = 0.5
+
+
+def _burst(client_span_s: float, decoded: float, server_timings: dict[str, float]) -> bool:
+    """The stream arrived in a burst: the client saw `decoded` tokens over far less time than
+    the server (llama.cpp's `predicted_ms` for `predicted_n` tokens) spent making them."""
+    made_ms, made_n = server_timings.get("predicted_ms"), server_timings.get("predicted_n")
+    if not made_ms or not made_n or decoded <= 0:
+        return False
+    server_span_s = made_ms / 1000 * decoded / made_n
+    return client_span_s < _BURST_FRACTION * server_span_s
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
