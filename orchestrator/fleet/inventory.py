@@ -35,6 +35,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -46,6 +47,20 @@ from orchestrator.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml
 # Environment values go into a single-quoted shell/systemd EnvironmentFile line.
 _ENV_VALUE = r"^[^'\n\\]*$"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Values that reach a shell on the box or a systemd unit: a conservative character set, so
+# that no quoting mistake can turn them into a command or a unit directive.
+_DEPLOY_DIR = r"^(~|~/[A-Za-z0-9_./@+-]*|/[A-Za-z0-9_./@+-]*)$"
+_PYTHON = r"^[A-Za-z0-9_./@+-]+$"
+_USER = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+_ADDRESS = r"^[A-Za-z0-9_.:%-]+$"  # a host name, IPv4 or IPv6 (with %zone)
+_PLAIN = {
+    "deploy_dir": (
+        _DEPLOY_DIR,
+        "an absolute path or one under ~/, of letters, digits and _ . / @ + -",
+    ),
+    "python": (_PYTHON, "a command or path of letters, digits and _ . / @ + -"),
+    "user": (_USER, "a user name of letters, digits and _ . -"),
+}
 
 
 class BrokerSettings(BaseModel):
@@ -93,9 +108,18 @@ class HostSettings(BaseModel):
     key: Path | None = None  # private key; default: ssh-agent and ~/.ssh keys
     python: str | None = None  # Python 3.11+ on the box; default python3
     sudo: bool | None = None  # passwordless sudo: a system systemd unit with User=
-    deploy_dir: str | None = None  # default ~/.local/share/orch-agent
+    # default ~/.local/share/orch-agent; absolute or under ~, letters, digits and _ . / @ + -
+    deploy_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)  # extra environment for the agent
     connect_timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("user", "python", "deploy_dir")
+    @classmethod
+    def _plain(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern, what = _PLAIN[info.field_name or ""]
+        if value is not None and not re.match(pattern, value):
+            raise ValueError(f"{value!r} is not allowed here: {what}")
+        return value
 
     @model_validator(mode="after")
     def _env_is_safe(self) -> HostSettings:
@@ -108,7 +132,15 @@ class HostSettings(BaseModel):
 
 
 class HostEntry(HostSettings):
-    address: str = Field(min_length=1)
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _plain_address(cls, value: str) -> str:
+        if not re.match(_ADDRESS, value):
+            raise ValueError(f"{value!r} is not a host name or IP address")
+        return value
+
     worker: dict[str, Any] = Field(default_factory=dict)  # this host's worker.yaml
 
 

@@ -113,10 +113,10 @@ def systemd_unit(layout: Layout, mode: Mode, user: str) -> str:
     service = [
         "[Service]",
         "Type=simple",
-        *([f"User={user}"] if mode is Mode.SYSTEMD else []),
-        f"WorkingDirectory={layout.root}",
-        f"EnvironmentFile={layout.env_file}",
-        f"ExecStart={' '.join(layout.worker_argv())}",
+        *([f"User={unit_value(user)}"] if mode is Mode.SYSTEMD else []),
+        f"WorkingDirectory={unit_value(layout.root)}",
+        f"EnvironmentFile={unit_value(layout.env_file)}",
+        f"ExecStart={' '.join(unit_arg(a) for a in layout.worker_argv())}",
         # The agent exits 0 when another agent took its host's lease: do not fight it.
         "Restart=on-failure",
         "RestartSec=10",
@@ -141,6 +141,23 @@ def systemd_unit(layout: Layout, mode: Mode, user: str) -> str:
             "",
         ]
     )
+
+
+def unit_value(value: str) -> str:
+    """A value for a unit setting that takes no quotes (a path, a user name): `%` escaped as
+    systemd's `%%`; ValueError for what would end the line or change its meaning."""
+    if not value or any(c.isspace() or ord(c) < 32 or c in "\\\"'" for c in value):
+        raise ValueError(f"{value!r} cannot go into a systemd unit (space, quote or control)")
+    return value.replace("%", "%%")
+
+
+def unit_arg(arg: str) -> str:
+    """One ExecStart= argument, double-quoted the systemd way: `\\`, `"` escaped, `%` as
+    `%%` (specifiers) and `$` as `$$` (variable expansion). Newlines are refused."""
+    if any(ord(c) < 32 for c in arg):
+        raise ValueError(f"{arg!r} cannot go into a systemd unit (control character)")
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
 
 
 def supervisor_script(layout: Layout) -> str:

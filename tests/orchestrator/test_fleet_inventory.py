@@ -136,6 +136,37 @@ def test_unset_password_variable_names_its_line(
             "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n    env: {X: \"it's\"}\n",
             "fleet.yaml:3: hosts.a: env.X: names are A-Z",
         ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n"
+            "    deploy_dir: '~/a\"; touch /tmp/pwned; \"'\n",
+            "fleet.yaml:5: hosts.a.deploy_dir: '~/a\"; touch /tmp/pwned; \"' is not",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n"
+            '    deploy_dir: "/opt/x\\nUser=root"\n',
+            "fleet.yaml:5: hosts.a.deploy_dir: '/opt/x\\nUser=root' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\ndefaults: {deploy_dir: '~/$(id)'}\n"
+            "hosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: defaults.deploy_dir: '~/$(id)' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, deploy_dir: 'rel/dir'}\n",
+            "hosts.a.deploy_dir: 'rel/dir' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, python: 'python3; id'}\n",
+            "hosts.a.python: 'python3; id' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, user: \"root\\nx\"}\n",
+            "hosts.a.user: 'root\\nx' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: 'a;b'}\n",
+            "hosts.a.address: 'a;b' is not a host name or IP address",
+        ),
         ("broker: {url: 'redis://b/0'}\nhosts: {}\n", "fleet.yaml:2: hosts: must not be empty"),
         ("broker: [\n", "fleet.yaml:2: invalid YAML"),
     ],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.fleet.boxfacts import shell_path
 from orchestrator.fleet.units import (
     Layout,
     Mode,
@@ -19,7 +20,9 @@ from orchestrator.fleet.units import (
     expand_home,
     supervisor_script,
     systemd_unit,
+    unit_arg,
     unit_path,
+    unit_value,
 )
 
 
@@ -41,8 +44,8 @@ def test_system_unit_runs_as_the_user_and_user_unit_has_no_user() -> None:
     assert "User=bench\n" in system
     assert "EnvironmentFile=/home/bench/orch/agent.env\n" in system
     assert (
-        "ExecStart=/home/bench/orch/venv/bin/orch worker --config /home/bench/orch/worker.yaml\n"
-        in system
+        'ExecStart="/home/bench/orch/venv/bin/orch" "worker" "--config" '
+        '"/home/bench/orch/worker.yaml"\n' in system
     )
     assert "Restart=on-failure\n" in system and "WantedBy=multi-user.target\n" in system
     user = systemd_unit(layout, Mode.SYSTEMD_USER, "bench")
@@ -74,6 +77,20 @@ def test_system_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # ...and the check can fail: a bad setting in the same unit is reported.
     bad = good.replace("Restart=on-failure", "Restart=sometimes")
     assert problems(bad, "broken.service") != []
+
+
+def test_unit_values_are_escaped_and_line_breaks_refused() -> None:
+    assert unit_arg('/a b/%h/$X"\\') == '"/a b/%%h/$$X\\"\\\\"'
+    assert unit_value("/opt/100%") == "/opt/100%%"
+    for bad in ("/a\nUser=root", "/a b", '/a"b', ""):
+        with pytest.raises(ValueError):
+            unit_value(bad)
+    with pytest.raises(ValueError):
+        unit_arg("/a\nUser=root")
+    with pytest.raises(ValueError, match="systemd unit"):
+        systemd_unit(Layout("/home/b/x\nUser=root"), Mode.SYSTEMD, "bench")
+    with pytest.raises(ValueError):
+        systemd_unit(Layout("/home/b/x"), Mode.SYSTEMD, "bench\nUser=root")
 
 
 def test_env_file_is_read_alike_by_sh(tmp_path: Path) -> None:
@@ -131,3 +148,17 @@ def _group_alive(pgid: int) -> bool:
     out = subprocess.run(["ps", "-A", "-o", "pgid=,stat="], capture_output=True, text=True)
     rows = [line.split() for line in out.stdout.splitlines()]
     return any(int(r[0]) == pgid and not r[1].startswith("Z") for r in rows if len(r) == 2)
+
+
+@pytest.mark.parametrize(
+    "deploy_dir", ["~", "~/orch", "/opt/orch agent", '~/a"; touch pwned; "', "~/$(touch pwned)"]
+)
+def test_deploy_dir_is_one_shell_word_with_home_expanded(tmp_path: Path, deploy_dir: str) -> None:
+    """Even a value the inventory would refuse stays one word, and runs nothing."""
+    word = shell_path(deploy_dir)
+    out = subprocess.run(
+        ["sh", "-c", f'printf "%s" {word}'], capture_output=True, text=True, check=True,
+        cwd=tmp_path, env={"HOME": "/home/b", "PATH": os.environ["PATH"]},
+    ).stdout  # fmt: skip
+    assert out == expand_home(deploy_dir, "/home/b")
+    assert not (tmp_path / "pwned").exists()
