@@ -53,6 +53,17 @@ _DEPLOY_DIR = r"^(~|~/[A-Za-z0-9_./@+-]*|/[A-Za-z0-9_./@+-]*)$"
 _PYTHON = r"^[A-Za-z0-9_./@+-]+$"
 _USER = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 _ADDRESS = r"^[A-Za-z0-9_.:%-]+$"  # a host name, IPv4 or IPv6 (with %zone)
+# Options that redis-py and kombu read from the broker URL's query and that weaken nothing;
+# any other (ssl_check_hostname=false, ssl_ca_certs=..., ...) is refused.
+_URL_KEYS = (
+    "db",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+    "retry_on_timeout",
+    "client_name",
+)
 _PLAIN = {
     "deploy_dir": (
         _DEPLOY_DIR,
@@ -84,9 +95,18 @@ class BrokerSettings(BaseModel):
                 "the URL holds a password: remove it and use password_file or password_env, "
                 "so that the inventory can be shared and printed"
             )
-        query = dict(parse_qsl(parts.query))
-        if query.get("ssl_cert_reqs", "required").lower() not in ("required", "cert_required"):
-            raise ValueError("certificate verification cannot be turned off (ssl_cert_reqs)")
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "ssl_cert_reqs" and value.lower() in ("required", "cert_required"):
+                continue
+            if key.startswith("ssl") or "verify" in key or "cert" in key:
+                raise ValueError(
+                    f"{key}={value}: certificate and host name verification cannot be turned "
+                    "off or changed in the URL (give the broker's CA as ca_file)"
+                )
+            if key not in _URL_KEYS:
+                raise ValueError(
+                    f"unknown URL option {key!r}: the inventory takes {', '.join(_URL_KEYS)}"
+                )
         return url
 
     @model_validator(mode="after")

@@ -80,6 +80,16 @@ def test_tls_url_verifies_certificates_against_the_ca(
     }
 
 
+def test_harmless_url_options_are_kept(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "broker:\n  url: rediss://b/0?ssl_cert_reqs=required&socket_timeout=5\n"
+        "hosts:\n  a: {address: a}\n",
+    )
+    query = parse_qs(urlsplit(load_inventory(path).broker_url()).query)
+    assert query == {"ssl_cert_reqs": ["required"], "socket_timeout": ["5"]}
+
+
 def test_unset_password_variable_names_its_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,7 +112,28 @@ def test_unset_password_variable_names_its_line(
         ),
         (
             "broker:\n  url: rediss://b/0?ssl_cert_reqs=none\nhosts:\n  a: {address: a}\n",
-            "fleet.yaml:2: broker.url: certificate verification cannot be turned off",
+            "fleet.yaml:2: broker.url: ssl_cert_reqs=none: certificate and host name verification",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?ssl_check_hostname=false\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: ssl_check_hostname=false: certificate and host name "
+            "verification cannot be turned off",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?ssl_ca_certs=/tmp/evil.pem\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: ssl_ca_certs=/tmp/evil.pem: certificate",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?ssl_verify_mode=none\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: ssl_verify_mode=none: certificate",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?x_verify=0\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: x_verify=0: certificate",
+        ),
+        (
+            "broker:\n  url: redis://b/0?foo=1\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: unknown URL option 'foo': the inventory takes db, ",
         ),
         (
             "broker: {url: 'redis://b/0', ca_file: ca.pem}\nhosts:\n  a: {address: a}\n",
