@@ -9,6 +9,9 @@ Three ways to keep the agent running, chosen per box (`Mode`):
 - `supervisor`: where systemd is not running (containers, some minimal installs): a small
   restart loop started with `setsid`, its pid in `agent.pid` and its output in `agent.log`
   under the deploy folder. It does not come back after a reboot: run `orch fleet deploy` again.
+  It needs only `setsid`, `kill` and /proc on the box (no `ps`, missing from slim images).
+  `agent.log` is rotated (one old copy kept) when it is over 10 MB at a (re)start, not while
+  the agent runs: a long-running agent's log grows until the next `orch fleet restart`.
 
 Every text here is a pure function of its inputs, so a second deploy can compare what it would
 write with what is on the box and change nothing when they agree.

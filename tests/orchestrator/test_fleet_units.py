@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.fleet.boxfacts import shell_path
+from orchestrator.fleet.service import supervisor_alive_command, supervisor_stop_command
 from orchestrator.fleet.units import (
     Layout,
     Mode,
@@ -132,8 +133,21 @@ def test_supervisor_script_restarts_on_failure_and_stops_with_its_group(tmp_path
         assert "exited with 3" in Path(layout.log).read_text()
         pid = int(Path(layout.pidfile).read_text())
         assert pid == proc.pid  # the loop's pid is its process group's id
-        os.killpg(pid, 15)
+        # deploy's own checks, on a box without `ps` (slim images): /proc and kill only.
+        env = {"PATH": str(_bin_without_ps(tmp_path))}
+        alive = ["sh", "-c", supervisor_alive_command(layout)]
+        assert subprocess.run(alive, env=env).returncode == 0
+        other = Layout(str(tmp_path / "other"))  # same pid file contents, another script
+        Path(other.root).mkdir()
+        Path(other.pidfile).write_text(str(pid))
+        assert subprocess.run(["sh", "-c", supervisor_alive_command(other)], env=env).returncode
+        stop = subprocess.run(
+            ["sh", "-c", supervisor_stop_command(layout)], env=env, capture_output=True, text=True
+        )
+        assert stop.returncode == 0 and "not found" not in stop.stderr, stop.stderr
         proc.wait(timeout=10)
+        assert not Path(layout.pidfile).exists()
+        assert subprocess.run(alive, env=env).returncode != 0
         deadline = time.monotonic() + 10
         while _group_alive(pid):  # the agent goes with the loop
             assert time.monotonic() < deadline
@@ -141,6 +155,17 @@ def test_supervisor_script_restarts_on_failure_and_stops_with_its_group(tmp_path
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
+
+
+def _bin_without_ps(tmp_path: Path) -> Path:
+    """A PATH folder with the few tools a slim image has, and no `ps`."""
+    folder = tmp_path / "slim-bin"
+    folder.mkdir()
+    for tool in ("sh", "cat", "tr", "grep", "awk", "sleep", "seq", "rm", "kill"):
+        found = shutil.which(tool)
+        if found:
+            (folder / tool).symlink_to(found)
+    return folder
 
 
 def _group_alive(pgid: int) -> bool:
