@@ -246,6 +246,8 @@ def _write_files(
         if box.read(path) != data:
             box.write(path, data, mode=file_mode)
             changed.append(name)
+    if mode is Mode.SYSTEMD_USER:
+        service.ensure_linger(box)
     if mode is not Mode.SUPERVISOR:
         unit = systemd_unit(layout, mode, facts.user).encode()
         if service.install_unit(box, mode, unit_path(mode, facts.home), unit):

@@ -49,11 +49,27 @@ def install_unit(box: Box, mode: Mode, path: str, unit: bytes) -> bool:
     else:
         box.run(f"mkdir -p {q(path.rsplit('/', 1)[0])}")
         box.write(path, unit)
-        # Lingering keeps the user's services running without a login session.
-        box.run('loginctl enable-linger "$(id -un)"', check=False)
     _systemctl(box, mode, "daemon-reload")
     _systemctl(box, mode, f"enable {SERVICE}")
     return True
+
+
+def ensure_linger(box: Box) -> None:
+    """Lingering keeps a user's services running without a login session: without it the
+    user-unit agent would stop at logout. Turn it on; HostError when it stays off."""
+    show = 'loginctl show-user "$(id -un)" -p Linger'
+    if "Linger=yes" in box.run(show, check=False).stdout:
+        return
+    enable = box.run('loginctl enable-linger "$(id -un)"', check=False)
+    if "Linger=yes" not in box.run(show, check=False).stdout:
+        why = (enable.stderr or "").strip().splitlines()[-1:] or ["Linger is still off"]
+        raise HostError(
+            box.target.name,
+            "no linger",
+            f"`loginctl enable-linger {box.target.user}` did not take ({why[0]}): the agent "
+            "would stop at logout. Have an admin run it on the box, or set sudo: true "
+            f"(passwordless) for a system unit ({box.target.where})",
+        )
 
 
 def is_running(box: Box, layout: Layout, mode: Mode) -> bool:
