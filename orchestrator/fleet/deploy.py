@@ -134,7 +134,10 @@ def deploy_host(
                 f"sudo is on for {target.user} but `sudo -n true` fails on the box: allow "
                 f"passwordless sudo, or set sudo: false for a user unit ({target.where})",
             )
-        mode = choose_mode(facts.systemd, target.sudo or facts.uid == 0)
+        try:
+            mode = choose_mode(facts.systemd, target.sudo or facts.uid == 0, target.service)
+        except ValueError as exc:
+            raise HostError(target.name, "service mode", f"{exc} ({target.where})") from exc
         if mode is Mode.SUPERVISOR and not facts.setsid:
             raise HostError(
                 target.name,

@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -132,6 +132,9 @@ class HostSettings(BaseModel):
     deploy_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)  # extra environment for the agent
     connect_timeout_s: float | None = Field(default=None, gt=0)
+    # How the agent is kept running (units.Mode); auto: a system unit where we may, else a
+    # user unit, else the supervisor loop where systemd does not run.
+    service: Literal["auto", "systemd", "systemd-user", "supervisor"] | None = None
 
     @field_validator("user", "python", "deploy_dir")
     @classmethod
@@ -194,6 +197,7 @@ class Target:
     connect_timeout_s: float
     worker: dict[str, Any]  # the worker.yaml to write, `host` included
     where: str  # `fleet.yaml:12` for messages
+    service: str = "auto"  # auto, or a units.Mode the inventory asks for
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,7 @@ class FleetFile:
             connect_timeout_s=pick("connect_timeout_s", 10.0),
             worker=worker,
             where=f"{self.path}:{line_of(self.lines, ('hosts', name))}",
+            service=pick("service", "auto"),
         )
 
     def local_path(self, path: Path | None) -> Path | None:

@@ -34,8 +34,16 @@ class Mode(StrEnum):
     SUPERVISOR = "supervisor"
 
 
-def choose_mode(systemd_running: bool, privileged: bool) -> Mode:
-    """A system unit where we may write one, else a user unit, else the supervisor loop."""
+def choose_mode(systemd_running: bool, privileged: bool, wanted: str = "auto") -> Mode:
+    """A system unit where we may write one, else a user unit, else the supervisor loop;
+    or the mode the inventory asks for (`service:`), ValueError when the box cannot have it."""
+    if wanted != "auto":
+        mode = Mode(wanted)
+        if mode is not Mode.SUPERVISOR and not systemd_running:
+            raise ValueError(f"service: {mode.value} needs systemd, which does not run there")
+        if mode is Mode.SYSTEMD and not privileged:
+            raise ValueError("service: systemd needs root or passwordless sudo (sudo: true)")
+        return mode
     if not systemd_running:
         return Mode.SUPERVISOR
     return Mode.SYSTEMD if privileged else Mode.SYSTEMD_USER

@@ -48,6 +48,7 @@ def test_example_inventory_applies_defaults_and_merges_the_worker_template(home:
     assert set(minipc.worker["engines"]["llama-bench"]["backends"]) == {"cpu", "vulkan"}
     assert set(laptop.worker["engines"]["llama-bench"]["backends"]) == {"cpu"}
     assert minipc.env == {"HSA_OVERRIDE_GFX_VERSION": "11.5.1"}
+    assert laptop.service == "auto"
     assert [t.name for t in fleet.targets(["minipc-120w"])] == ["minipc-120w"]
     with pytest.raises(FleetError, match="no host 'nas'.*hosts: laptop-80w, minipc-120w"):
         fleet.targets(["nas"])
@@ -197,6 +198,10 @@ def test_unset_password_variable_names_its_line(
         (
             "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: 'a;b'}\n",
             "hosts.a.address: 'a;b' is not a host name or IP address",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, service: upstart}\n",
+            "hosts.a.service: Input should be 'auto', 'systemd', 'systemd-user' or 'supervisor'",
         ),
         ("broker: {url: 'redis://b/0'}\nhosts: {}\n", "fleet.yaml:2: hosts: must not be empty"),
         ("broker: [\n", "fleet.yaml:2: invalid YAML"),

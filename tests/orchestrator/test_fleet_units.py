@@ -31,6 +31,13 @@ def test_mode_follows_systemd_and_privilege() -> None:
     assert choose_mode(systemd_running=True, privileged=True) is Mode.SYSTEMD
     assert choose_mode(systemd_running=True, privileged=False) is Mode.SYSTEMD_USER
     assert choose_mode(systemd_running=False, privileged=True) is Mode.SUPERVISOR
+    # service: in the inventory picks the mode, where the box can have it
+    assert choose_mode(True, True, "supervisor") is Mode.SUPERVISOR
+    assert choose_mode(True, True, "systemd-user") is Mode.SYSTEMD_USER
+    with pytest.raises(ValueError, match="needs systemd"):
+        choose_mode(False, True, "systemd-user")
+    with pytest.raises(ValueError, match="needs root or passwordless sudo"):
+        choose_mode(True, False, "systemd")
     assert unit_path(Mode.SYSTEMD, "/home/b") == "/etc/systemd/system/orch-agent.service"
     assert unit_path(Mode.SYSTEMD_USER, "/home/b") == (
         "/home/b/.config/systemd/user/orch-agent.service"
