@@ -41,7 +41,7 @@ def test_example_inventory_applies_defaults_and_merges_the_worker_template(home:
     )  # fmt: skip
     assert laptop.key == home / ".ssh" / "id_ed25519"
     assert laptop.sudo is False and minipc.sudo is True and minipc.user == "me"
-    assert laptop.where == f"{ROOT / 'examples' / 'fleet.yaml'}:34"
+    assert laptop.where == f"{ROOT / 'examples' / 'fleet.yaml'}:35"
     assert laptop.worker["host"] == "laptop-80w"
     assert laptop.worker["declared"]["vram_split"] == "32G"
     # a host's engines add to the template's, backend by backend
