@@ -41,10 +41,8 @@ def secure_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 def wheelhouse() -> Path:
     folder = os.environ.get("ORCH_TEST_WHEELHOUSE")
     if not folder or not Path(folder).is_dir():
-        pytest.skip(
-            "no wheelhouse for the box's offline install (ORCH_TEST_WHEELHOUSE): "
-            "scripts/test prepares one"
-        )
+        why = os.environ.get("ORCH_TEST_WHEELHOUSE_WHY", "scripts/test prepares one")
+        pytest.skip(f"no wheelhouse for the box's offline install (ORCH_TEST_WHEELHOUSE): {why}")
     return Path(folder)
 
 
