@@ -64,6 +64,8 @@ _URL_KEYS = (
     "retry_on_timeout",
     "client_name",
 )
+# env: cannot set these: the broker URL (and its password) come from the broker section.
+_RESERVED_ENV = ("ORCH_BROKER_URL", "ORCH_REDIS_PASSWORD", "ORCH_FLOWER_PASSWORD")
 _PLAIN = {
     "deploy_dir": (
         _DEPLOY_DIR,
@@ -321,6 +323,17 @@ def load_inventory(path: Path) -> FleetFile:
         for name, entry in inventory.hosts.items()
         if entry.worker.get("host", name) != name
     ]
+    password_env = inventory.broker.password_env
+    reserved = {*_RESERVED_ENV, *([password_env] if password_env else [])}
+    owners: list[tuple[KeyPath, HostSettings]] = [(("defaults",), inventory.defaults)]
+    owners += [(("hosts", name), entry) for name, entry in inventory.hosts.items()]
+    for loc, settings in owners:
+        problems += [
+            f"{fleet.where((*loc, 'env', name))}: the agent's broker URL and passwords come "
+            "from the broker section only; remove it from env"
+            for name in settings.env
+            if name in reserved
+        ]
     for key in ("known_hosts", "wheelhouse"):
         local = fleet.local_path(getattr(inventory, key))
         if local is not None and not local.exists():

@@ -203,6 +203,21 @@ def test_unset_password_variable_names_its_line(
             "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, service: upstart}\n",
             "hosts.a.service: Input should be 'auto', 'systemd', 'systemd-user' or 'supervisor'",
         ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n    env:\n"
+            "      ORCH_BROKER_URL: redis://evil/0\n",
+            "fleet.yaml:6: hosts.a.env.ORCH_BROKER_URL: the agent's broker URL and passwords",
+        ),
+        (
+            "broker: {url: 'redis://b/0', password_env: MY_PW}\n"
+            "defaults: {env: {MY_PW: x}}\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: defaults.env.MY_PW: the agent's broker URL and passwords come from",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\n"
+            "hosts:\n  a: {address: a, env: {ORCH_REDIS_PASSWORD: x}}\n",
+            "hosts.a.env.ORCH_REDIS_PASSWORD: the agent's broker URL and passwords come from",
+        ),
         ("broker: {url: 'redis://b/0'}\nhosts: {}\n", "fleet.yaml:2: hosts: must not be empty"),
         ("broker: [\n", "fleet.yaml:2: invalid YAML"),
     ],

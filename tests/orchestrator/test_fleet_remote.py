@@ -13,6 +13,7 @@ import pytest
 from invoke.exceptions import CommandTimedOut
 
 from orchestrator.errors import HostError
+from orchestrator.fleet.bundle import dependency_wheels
 from orchestrator.fleet.deploy import HostOutcome, for_each_host
 from orchestrator.fleet.inventory import Target
 from orchestrator.fleet.remote import Box, command_error, connect_error, connection, sftp_error
@@ -143,3 +144,13 @@ def test_any_error_on_one_box_is_its_row_and_the_others_go_on() -> None:
     assert rows["value"].detail == "ValueError: bad unit value"
     assert rows["hung"].result == "FAILED: timed out"
     assert rows["host"].result == "FAILED: disk full"
+
+
+def test_wheelhouse_leaves_out_orchs_own_wheel_only(tmp_path: Path) -> None:
+    names = ["orch-0.1.0-py3-none-any.whl", "torch-2.5.0-cp311-none-any.whl", "redis-5.0.whl"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in dependency_wheels(tmp_path)] == [
+        "redis-5.0.whl",
+        "torch-2.5.0-cp311-none-any.whl",
+    ]
