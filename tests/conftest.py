@@ -20,7 +20,7 @@ from worker.provision.llamacpp import LLAMA_CPP_PYTHON_VERSION
 from worker.provision.tiny_model import write_tiny_models
 
 # Variables the tests themselves rely on; every other ORCH_* is cleared for each test.
-_KEEP = {"ORCH_LLAMA_CPP_BIN", "ORCH_HOME", "ORCH_TEST_WHEELHOUSE"}
+_KEEP = {"ORCH_LLAMA_CPP_BIN", "ORCH_HOME", "ORCH_TEST_WHEELHOUSE", "ORCH_TEST_WHEELHOUSE_WHY"}
 
 
 @pytest.fixture(autouse=True)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
+import stat
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
+from orchestrator.embedded import free_port
 from worker.errors import ProvisionError
 from worker.provision.llamacpp import TARGETS, install_llamacpp
 
@@ -20,14 +25,59 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_redis_is_durable_and_password_protected() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     redis = compose["services"]["redis"]
-    command = " ".join(redis["command"])
-    assert "--appendonly yes" in command
-    assert "--maxmemory-policy noeviction" in command
-    assert "--requirepass ${ORCH_REDIS_PASSWORD" in command
+    assert redis["entrypoint"] == ["sh", "-c"]
+    (script,) = redis["command"]
+    assert "exec redis-server /tmp/orch-redis.conf" in script
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${ORCH_REDIS_PASSWORD:?")
+    # The password never appears in an argv: not redis-server's, not the health check's.
+    assert "PASSWORD" not in script and 'requirepass "%s"' in script
+    assert "-a" not in redis["healthcheck"]["test"][1].split()
+    assert redis["ports"] == ["${ORCH_REDIS_BIND:-127.0.0.1}:6379:6379"]
     for name in ("coordinator", "worker-example"):
         service = compose["services"][name]
         assert service["environment"]["ORCH_BROKER_URL"].startswith("redis://:${ORCH_REDIS")
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server here")
+def test_compose_redis_script_writes_a_private_config_and_needs_the_password(
+    tmp_path: Path,
+) -> None:
+    """The compose service's own script, run by sh with this machine's redis-server."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    (script,) = compose["services"]["redis"]["command"]
+    conf = tmp_path / "redis.conf"
+    port = free_port()
+    script = script.replace("$$", "$").replace("/tmp/orch-redis.conf", str(conf))
+    script = script.replace(
+        f"exec redis-server {conf}", f"exec redis-server {conf} --port {port} --dir {tmp_path}"
+    )
+    password = 'pw with "quotes" and \\ $x'
+    env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": password}
+    proc = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL)
+    try:
+        assert stat.S_IMODE(_wait_for(conf).stat().st_mode) == 0o600
+        assert password not in " ".join(psutil.Process(proc.pid).cmdline())
+        ping = ["redis-cli", "-p", str(port), "ping"]
+        deadline = time.monotonic() + 10
+        while (ok := subprocess.run(ping, env=env, capture_output=True, text=True)).stdout != (
+            "PONG\n"
+        ):
+            assert time.monotonic() < deadline, ok.stdout + ok.stderr
+            time.sleep(0.1)
+        denied = subprocess.run(ping, env={"PATH": env["PATH"]}, capture_output=True, text=True)
+        assert "NOAUTH" in denied.stdout + denied.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _wait_for(path: Path) -> Path:
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} was not written"
+        time.sleep(0.05)
+    return path
 
 
 def _compose_command() -> list[str]:

@@ -63,11 +63,7 @@ class BoxFacts:
 
 def read_facts(box: Box) -> BoxFacts:
     t = box.target
-    deploy_dir = t.deploy_dir.replace("~", "$HOME", 1) if t.deploy_dir.startswith("~") else None
-    script = _SCRIPT.format(
-        dir=f'"{deploy_dir}"' if deploy_dir else shlex.quote(t.deploy_dir),
-        python=shlex.quote(t.python),
-    )
+    script = _SCRIPT.format(dir=shell_path(t.deploy_dir), python=shlex.quote(t.python))
     out = box.run(script).stdout
     raw = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     mem_kb = raw.get("mem_kb", "")
@@ -88,6 +84,18 @@ def read_facts(box: Box) -> BoxFacts:
         python=raw.get("python", ""),
         python_venv=raw.get("venv") == "yes",
     )
+
+
+def shell_path(path: str) -> str:
+    """`path` as one shell word, `~` (alone or as `~/...`) standing for the box's $HOME.
+
+    >>> shell_path("~/a b")
+    '"$HOME"\'/a b\''
+    """
+    if path == "~" or path.startswith("~/"):
+        rest = path[1:]
+        return '"$HOME"' + (shlex.quote(rest) if rest else "")
+    return shlex.quote(path)
 
 
 def check_installable(

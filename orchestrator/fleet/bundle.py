@@ -61,12 +61,13 @@ def build_bundle(out_dir: Path, wheelhouse: Path | None) -> Bundle:
         )
         raise FleetError(f"building the orch wheel failed{hint}:\n{done.stderr[-2000:]}")
     wheel = wheels[-1]
-    house = tuple(
-        sorted(
-            p for p in (wheelhouse or Path("/nonexistent")).glob("*.whl") if "orch-" not in p.name
-        )
-    )
+    house = dependency_wheels(wheelhouse) if wheelhouse is not None else ()
     return Bundle(wheel, _version(wheel), wheel_fingerprint(wheel), house)
+
+
+def dependency_wheels(wheelhouse: Path) -> tuple[Path, ...]:
+    """The wheelhouse's wheels but orch's own (the deploy installs the one it just built)."""
+    return tuple(sorted(p for p in wheelhouse.glob("*.whl") if not p.name.startswith("orch-")))
 
 
 def wheel_fingerprint(wheel: Path) -> str:

@@ -29,7 +29,7 @@ from orchestrator.fleet.boxfacts import BoxFacts, check_installable, read_facts
 from orchestrator.fleet.bundle import Bundle, build_bundle
 from orchestrator.fleet.inventory import FleetFile, Target
 from orchestrator.fleet.registry import instance_ids, try_connect, wait_registered
-from orchestrator.fleet.remote import Box
+from orchestrator.fleet.remote import Box, unexpected_error
 from orchestrator.fleet.state import DeployState, read_state
 from orchestrator.fleet.units import (
     Layout,
@@ -40,6 +40,8 @@ from orchestrator.fleet.units import (
     systemd_unit,
     unit_path,
 )
+
+INSTALL_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -69,13 +71,13 @@ class HostOutcome:
 def for_each_host(
     targets: list[Target], work: Callable[[Target], HostOutcome], max_parallel: int = 16
 ) -> list[HostOutcome]:
-    """Run `work` for every target in parallel; a HostError becomes that host's failed row."""
+    """Run `work` for every target in parallel; any error becomes that host's failed row."""
 
     def guarded(target: Target) -> HostOutcome:
         try:
             return work(target)
-        except HostError as exc:
-            return HostOutcome(target.name, ok=False, error=exc)
+        except Exception as exc:  # one box must not end the others' deploy or lose the table
+            return HostOutcome(target.name, ok=False, error=unexpected_error(target.name, exc))
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(targets)))) as pool:
         return list(pool.map(guarded, targets))
@@ -132,7 +134,10 @@ def deploy_host(
                 f"sudo is on for {target.user} but `sudo -n true` fails on the box: allow "
                 f"passwordless sudo, or set sudo: false for a user unit ({target.where})",
             )
-        mode = choose_mode(facts.systemd, target.sudo or facts.uid == 0)
+        try:
+            mode = choose_mode(facts.systemd, target.sudo or facts.uid == 0, target.service)
+        except ValueError as exc:
+            raise HostError(target.name, "service mode", f"{exc} ({target.where})") from exc
         if mode is Mode.SUPERVISOR and not facts.setsid:
             raise HostError(
                 target.name,
@@ -197,7 +202,8 @@ def _install(box: Box, layout: Layout, python: str, bundle: Bundle) -> None:
         # Dependencies first, then orch itself again: a rebuilt orch keeps its version number,
         # which pip would take as already installed.
         f"{pip} {q(remote_wheel)}\n"
-        f"{pip} --force-reinstall --no-deps {q(remote_wheel)}"
+        f"{pip} --force-reinstall --no-deps {q(remote_wheel)}",
+        timeout_s=INSTALL_TIMEOUT_S,  # dependencies from PyPI over a slow line
     )
 
 
@@ -243,6 +249,8 @@ def _write_files(
         if box.read(path) != data:
             box.write(path, data, mode=file_mode)
             changed.append(name)
+    if mode is Mode.SYSTEMD_USER:
+        service.ensure_linger(box)
     if mode is not Mode.SUPERVISOR:
         unit = systemd_unit(layout, mode, facts.user).encode()
         if service.install_unit(box, mode, unit_path(mode, facts.home), unit):

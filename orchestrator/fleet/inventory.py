@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -35,6 +35,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -46,6 +47,33 @@ from orchestrator.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml
 # Environment values go into a single-quoted shell/systemd EnvironmentFile line.
 _ENV_VALUE = r"^[^'\n\\]*$"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Values that reach a shell on the box or a systemd unit: a conservative character set, so
+# that no quoting mistake can turn them into a command or a unit directive.
+_DEPLOY_DIR = r"^(~|~/[A-Za-z0-9_./@+-]*|/[A-Za-z0-9_./@+-]*)$"
+_PYTHON = r"^[A-Za-z0-9_./@+-]+$"
+_USER = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+_ADDRESS = r"^[A-Za-z0-9_.:%-]+$"  # a host name, IPv4 or IPv6 (with %zone)
+# Options that redis-py and kombu read from the broker URL's query and that weaken nothing;
+# any other (ssl_check_hostname=false, ssl_ca_certs=..., ...) is refused.
+_URL_KEYS = (
+    "db",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+    "retry_on_timeout",
+    "client_name",
+)
+# env: cannot set these: the broker URL (and its password) come from the broker section.
+_RESERVED_ENV = ("ORCH_BROKER_URL", "ORCH_REDIS_PASSWORD", "ORCH_FLOWER_PASSWORD")
+_PLAIN = {
+    "deploy_dir": (
+        _DEPLOY_DIR,
+        "an absolute path or one under ~/, of letters, digits and _ . / @ + -",
+    ),
+    "python": (_PYTHON, "a command or path of letters, digits and _ . / @ + -"),
+    "user": (_USER, "a user name of letters, digits and _ . -"),
+}
 
 
 class BrokerSettings(BaseModel):
@@ -69,9 +97,18 @@ class BrokerSettings(BaseModel):
                 "the URL holds a password: remove it and use password_file or password_env, "
                 "so that the inventory can be shared and printed"
             )
-        query = dict(parse_qsl(parts.query))
-        if query.get("ssl_cert_reqs", "required").lower() not in ("required", "cert_required"):
-            raise ValueError("certificate verification cannot be turned off (ssl_cert_reqs)")
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "ssl_cert_reqs" and value.lower() in ("required", "cert_required"):
+                continue
+            if key.startswith("ssl") or "verify" in key or "cert" in key:
+                raise ValueError(
+                    f"{key}={value}: certificate and host name verification cannot be turned "
+                    "off or changed in the URL (give the broker's CA as ca_file)"
+                )
+            if key not in _URL_KEYS:
+                raise ValueError(
+                    f"unknown URL option {key!r}: the inventory takes {', '.join(_URL_KEYS)}"
+                )
         return url
 
     @model_validator(mode="after")
@@ -93,9 +130,21 @@ class HostSettings(BaseModel):
     key: Path | None = None  # private key; default: ssh-agent and ~/.ssh keys
     python: str | None = None  # Python 3.11+ on the box; default python3
     sudo: bool | None = None  # passwordless sudo: a system systemd unit with User=
-    deploy_dir: str | None = None  # default ~/.local/share/orch-agent
+    # default ~/.local/share/orch-agent; absolute or under ~, letters, digits and _ . / @ + -
+    deploy_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)  # extra environment for the agent
     connect_timeout_s: float | None = Field(default=None, gt=0)
+    # How the agent is kept running (units.Mode); auto: a system unit where we may, else a
+    # user unit, else the supervisor loop where systemd does not run.
+    service: Literal["auto", "systemd", "systemd-user", "supervisor"] | None = None
+
+    @field_validator("user", "python", "deploy_dir")
+    @classmethod
+    def _plain(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern, what = _PLAIN[info.field_name or ""]
+        if value is not None and not re.match(pattern, value):
+            raise ValueError(f"{value!r} is not allowed here: {what}")
+        return value
 
     @model_validator(mode="after")
     def _env_is_safe(self) -> HostSettings:
@@ -108,7 +157,15 @@ class HostSettings(BaseModel):
 
 
 class HostEntry(HostSettings):
-    address: str = Field(min_length=1)
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _plain_address(cls, value: str) -> str:
+        if not re.match(_ADDRESS, value):
+            raise ValueError(f"{value!r} is not a host name or IP address")
+        return value
+
     worker: dict[str, Any] = Field(default_factory=dict)  # this host's worker.yaml
 
 
@@ -142,6 +199,7 @@ class Target:
     connect_timeout_s: float
     worker: dict[str, Any]  # the worker.yaml to write, `host` included
     where: str  # `fleet.yaml:12` for messages
+    service: str = "auto"  # auto, or a units.Mode the inventory asks for
 
 
 @dataclass(frozen=True)
@@ -189,6 +247,7 @@ class FleetFile:
             connect_timeout_s=pick("connect_timeout_s", 10.0),
             worker=worker,
             where=f"{self.path}:{line_of(self.lines, ('hosts', name))}",
+            service=pick("service", "auto"),
         )
 
     def local_path(self, path: Path | None) -> Path | None:
@@ -264,6 +323,17 @@ def load_inventory(path: Path) -> FleetFile:
         for name, entry in inventory.hosts.items()
         if entry.worker.get("host", name) != name
     ]
+    password_env = inventory.broker.password_env
+    reserved = {*_RESERVED_ENV, *([password_env] if password_env else [])}
+    owners: list[tuple[KeyPath, HostSettings]] = [(("defaults",), inventory.defaults)]
+    owners += [(("hosts", name), entry) for name, entry in inventory.hosts.items()]
+    for loc, settings in owners:
+        problems += [
+            f"{fleet.where((*loc, 'env', name))}: the agent's broker URL and passwords come "
+            "from the broker section only; remove it from env"
+            for name in settings.env
+            if name in reserved
+        ]
     for key in ("known_hosts", "wheelhouse"):
         local = fleet.local_path(getattr(inventory, key))
         if local is not None and not local.exists():

@@ -17,7 +17,7 @@ from orchestrator.fleet.boxfacts import BoxFacts, read_facts
 from orchestrator.fleet.deploy import HostOutcome, for_each_host
 from orchestrator.fleet.inventory import FleetFile, Target
 from orchestrator.fleet.registry import broker_state
-from orchestrator.fleet.remote import Box
+from orchestrator.fleet.remote import Box, unexpected_error
 from orchestrator.fleet.state import DeployState, read_state
 from orchestrator.fleet.units import Layout, Mode, expand_home
 
@@ -47,20 +47,21 @@ def status(fleet: FleetFile, targets: list[Target], client: Any | None) -> list[
     def one(target: Target) -> AgentStatus:
         try:
             box, layout, state = _open(fleet, target)
-        except HostError as exc:
-            return AgentStatus(target.name, f"FAILED: {exc.reason}", detail=exc.detail)
-        with box:
-            if state is None:
-                return AgentStatus(target.name, "not deployed")
-            running = service.is_running(box, layout, Mode(state.mode))
-            when = datetime.fromtimestamp(state.deployed_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            return AgentStatus(
-                target.name,
-                "running" if running else "stopped",
-                mode=state.mode,
-                orch=f"{state.orch_version} ({state.orch_fingerprint[:12]})",
-                deployed=when,
-            )
+            with box:
+                if state is None:
+                    return AgentStatus(target.name, "not deployed")
+                running = service.is_running(box, layout, Mode(state.mode))
+        except Exception as exc:
+            error = unexpected_error(target.name, exc)
+            return AgentStatus(target.name, f"FAILED: {error.reason}", detail=error.detail)
+        when = datetime.fromtimestamp(state.deployed_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return AgentStatus(
+            target.name,
+            "running" if running else "stopped",
+            mode=state.mode,
+            orch=f"{state.orch_version} ({state.orch_fingerprint[:12]})",
+            deployed=when,
+        )
 
     rows = _parallel(targets, one)
     for row in rows:
@@ -121,8 +122,8 @@ def facts(fleet: FleetFile, targets: list[Target]) -> list[tuple[str, BoxFacts |
         try:
             with Box.open(target, fleet.local_path(fleet.inventory.known_hosts)) as box:
                 return target.name, read_facts(box)
-        except HostError as exc:
-            return target.name, exc
+        except Exception as exc:
+            return target.name, unexpected_error(target.name, exc)
 
     return _parallel(targets, one)
 

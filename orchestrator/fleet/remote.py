@@ -19,12 +19,18 @@ from types import TracebackType
 from typing import Any
 
 import paramiko
-from fabric import Connection
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
 
 from orchestrator.errors import HostError
 from orchestrator.fleet.inventory import Target
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+# A box that stops answering fails its row instead of blocking the deploy: keepalives notice a
+# dead connection, and every command and file transfer has a time limit.
+KEEPALIVE_S = 15
+COMMAND_TIMEOUT_S = 300.0
+SFTP_TIMEOUT_S = 120.0
 
 
 class Box:
@@ -33,22 +39,11 @@ class Box:
     def __init__(self, target: Target, conn: Connection) -> None:
         self.target = target
         self.conn = conn
+        self._sftp: paramiko.SFTPClient | None = None
 
     @classmethod
     def open(cls, target: Target, known_hosts: Path | None) -> Box:
-        connect_kwargs: dict[str, Any] = {"banner_timeout": 30, "auth_timeout": 30}
-        if target.key is not None:
-            # Only the key the inventory names: a stray agent key must not mask a wrong one.
-            connect_kwargs.update(
-                key_filename=str(target.key), look_for_keys=False, allow_agent=False
-            )
-        conn = Connection(
-            target.address,
-            user=target.user,
-            port=target.port,
-            connect_timeout=int(max(1, target.connect_timeout_s)),
-            connect_kwargs=connect_kwargs,
-        )
+        conn = connection(target)
         hosts_file = (known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         if hosts_file.is_file():
@@ -58,12 +53,31 @@ class Box:
         except Exception as exc:
             conn.close()
             raise connect_error(target, hosts_file, exc) from exc
+        conn.transport.set_keepalive(KEEPALIVE_S)
         return cls(target, conn)
 
-    def run(self, command: str, *, sudo: bool = False, check: bool = True) -> Any:
-        """Run `command` with `sh -c`; HostError with its stderr tail when it fails and `check`."""
+    def run(
+        self,
+        command: str,
+        *,
+        sudo: bool = False,
+        check: bool = True,
+        timeout_s: float = COMMAND_TIMEOUT_S,
+    ) -> Any:
+        """Run `command` with `sh -c`; HostError with its stderr tail when it fails and `check`,
+        and when it runs longer than `timeout_s`."""
         line = f"sudo -n sh -c {shlex.quote(command)}" if sudo else command
-        result = self.conn.run(line, hide=True, warn=True, in_stream=False, pty=False)
+        try:
+            result = self.conn.run(
+                line, hide=True, warn=True, in_stream=False, pty=False, timeout=int(timeout_s)
+            )
+        except CommandTimedOut as exc:
+            first = command.strip().splitlines()[0][:80]
+            raise HostError(
+                self.target.name,
+                "timed out",
+                f"`{first}` did not finish within {timeout_s:.0f} s (is the box overloaded?)",
+            ) from exc
         if check and result.exited != 0:
             raise command_error(self.target.name, command, result.exited, result.stderr)
         return result
@@ -71,16 +85,25 @@ class Box:
     def read(self, path: str) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
         try:
-            with self.conn.sftp().open(path, "rb") as handle:
+            with self.sftp().open(path, "rb") as handle:
                 data: bytes = handle.read()
                 return data
         except FileNotFoundError:
             return None
+        except OSError as exc:  # PermissionError, a folder...: that box's row says so
+            raise HostError(self.target.name, "read failed", f"{path}: {exc}") from exc
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """The session's SFTP client, with a time limit on every operation."""
+        if self._sftp is None:
+            self._sftp = self.conn.sftp()
+            self._sftp.get_channel().settimeout(SFTP_TIMEOUT_S)
+        return self._sftp
 
     def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write atomically (a temporary file renamed over `path`), with `mode` set before the
         first byte, so a secret is never readable by others, not even for a moment."""
-        sftp = self.conn.sftp()
+        sftp = self.sftp()
         tmp = f"{path}.orch-tmp"
         try:
             with sftp.open(tmp, "wb") as handle:
@@ -92,7 +115,7 @@ class Box:
 
     def put(self, local: Path, remote: str) -> None:
         try:
-            self.conn.sftp().put(str(local), remote)
+            self.sftp().put(str(local), remote)
         except OSError as exc:
             raise sftp_error(self.target.name, remote, exc) from exc
 
@@ -101,11 +124,13 @@ class Box:
         try:
             return {
                 a.filename: a.st_size or 0
-                for a in self.conn.sftp().listdir_attr(path)
+                for a in self.sftp().listdir_attr(path)
                 if a.st_mode is not None and stat.S_ISREG(a.st_mode)
             }
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise HostError(self.target.name, "read failed", f"{path}: {exc}") from exc
 
     def close(self) -> None:
         self.conn.close()
@@ -120,6 +145,24 @@ class Box:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def connection(target: Target) -> Connection:
+    """A Fabric connection (not opened) to the box, with what the inventory says only."""
+    connect_kwargs: dict[str, Any] = {"banner_timeout": 30, "auth_timeout": 30}
+    if target.key is not None:
+        # Only the key the inventory names: a stray agent key must not mask a wrong one.
+        connect_kwargs.update(key_filename=str(target.key), look_for_keys=False, allow_agent=False)
+    return Connection(
+        target.address,
+        user=target.user,
+        port=target.port,
+        connect_timeout=int(max(1, target.connect_timeout_s)),
+        connect_kwargs=connect_kwargs,
+        # Only what the inventory says: not the user's ~/.ssh/config (another user, key,
+        # proxy or host name would silently apply).
+        config=Config(overrides={"load_ssh_configs": False}),
+    )
 
 
 def connect_error(target: Target, known_hosts: Path, exc: Exception) -> HostError:
@@ -154,6 +197,17 @@ def connect_error(target: Target, known_hosts: Path, exc: Exception) -> HostErro
         reason = exc.strerror or str(exc)
         return HostError(target.name, "unreachable", f"{where}: {reason}")
     return HostError(target.name, "ssh failed", f"{where}: {type(exc).__name__}: {exc}")
+
+
+def unexpected_error(host: str, exc: Exception) -> HostError:
+    """Whatever else went wrong on one box, as that box's row (never the whole command's end)."""
+    if isinstance(exc, HostError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return HostError(host, "timed out", f"the box stopped answering: {exc}")
+    if isinstance(exc, paramiko.SSHException | EOFError):
+        return HostError(host, "ssh failed", f"the SSH session broke: {type(exc).__name__}: {exc}")
+    return HostError(host, "error", f"{type(exc).__name__}: {exc}")
 
 
 def command_error(host: str, command: str, exited: int, stderr: str) -> HostError:

@@ -18,9 +18,11 @@ from orchestrator.fleet.units import SERVICE, Layout, Mode
 _USER_ENV = 'XDG_RUNTIME_DIR="/run/user/$(id -u)" '
 _UP_FOR_S = 2.0
 _LOG_MAX_BYTES = 10 * 2**20
-_GROUP_ALIVE = shlex.quote(
-    "$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}"
-)  # an agent that dies at once (bad broker URL...) is caught by this wait
+# Is any process of group $pid alive (not a zombie)? From /proc, as `ps` is missing from
+# slim images: the state and group follow the last ") " of each stat line (comm may hold one).
+_GROUP_ALIVE = 'cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$pid" ' + shlex.quote(
+    '{sub(/^.*\\) /, ""); if ($3 == g && $1 != "Z") f = 1} END {exit !f}'
+)
 
 
 def _systemctl(box: Box, mode: Mode, args: str, check: bool = True) -> int:
@@ -47,16 +49,32 @@ def install_unit(box: Box, mode: Mode, path: str, unit: bytes) -> bool:
     else:
         box.run(f"mkdir -p {q(path.rsplit('/', 1)[0])}")
         box.write(path, unit)
-        # Lingering keeps the user's services running without a login session.
-        box.run('loginctl enable-linger "$(id -un)"', check=False)
     _systemctl(box, mode, "daemon-reload")
     _systemctl(box, mode, f"enable {SERVICE}")
     return True
 
 
+def ensure_linger(box: Box) -> None:
+    """Lingering keeps a user's services running without a login session: without it the
+    user-unit agent would stop at logout. Turn it on; HostError when it stays off."""
+    show = 'loginctl show-user "$(id -un)" -p Linger'
+    if "Linger=yes" in box.run(show, check=False).stdout:
+        return
+    enable = box.run('loginctl enable-linger "$(id -un)"', check=False)
+    if "Linger=yes" not in box.run(show, check=False).stdout:
+        why = (enable.stderr or "").strip().splitlines()[-1:] or ["Linger is still off"]
+        raise HostError(
+            box.target.name,
+            "no linger",
+            f"`loginctl enable-linger {box.target.user}` did not take ({why[0]}): the agent "
+            "would stop at logout. Have an admin run it on the box, or set sudo: true "
+            f"(passwordless) for a system unit ({box.target.where})",
+        )
+
+
 def is_running(box: Box, layout: Layout, mode: Mode) -> bool:
     if mode is Mode.SUPERVISOR:
-        return bool(box.run(_supervisor_alive(layout), check=False).exited == 0)
+        return bool(box.run(supervisor_alive_command(layout), check=False).exited == 0)
     return _systemctl(box, mode, f"is-active --quiet {SERVICE}", check=False) == 0
 
 
@@ -86,17 +104,21 @@ def stop(box: Box, layout: Layout, mode: Mode) -> bool:
         return was_running
     if not was_running:
         return False
-    pidfile = shlex.quote(layout.pidfile)
-    # SIGTERM to the whole group: the loop ends and the agent shuts down (a job it was
-    # running is re-queued by the next agent); SIGKILL after 60 s. Zombies (exited, not yet
-    # reaped by init) do not count as running.
-    alive = f'ps -A -o pgid= -o stat= | awk -v g="$pid" {_GROUP_ALIVE}'
-    box.run(
-        f'pid=$(cat {pidfile}); kill -TERM -- "-$pid" 2>/dev/null\n'
-        f"for i in $(seq 600); do {alive} || break; sleep 0.1; done\n"
-        f'kill -KILL -- "-$pid" 2>/dev/null; rm -f {pidfile}; true'
-    )
+    box.run(supervisor_stop_command(layout))
     return True
+
+
+def supervisor_stop_command(layout: Layout) -> str:
+    """SIGTERM to the whole group: the loop ends and the agent shuts down (a job it was
+    running is re-queued by the next agent); SIGKILL after 60 s. Zombies (exited, not yet
+    reaped by init) do not count as running. `kill -SIG -PGID`, not `kill -SIG -- -PGID`,
+    which dash's kill refuses."""
+    pidfile = shlex.quote(layout.pidfile)
+    return (
+        f'pid=$(cat {pidfile}); kill -TERM "-$pid" 2>/dev/null\n'
+        f"for i in $(seq 600); do {_GROUP_ALIVE} || break; sleep 0.1; done\n"
+        f'kill -KILL "-$pid" 2>/dev/null; rm -f {pidfile}; true'
+    )
 
 
 def wait_running(box: Box, layout: Layout, mode: Mode) -> None:
@@ -121,9 +143,11 @@ def logs(box: Box, layout: Layout, mode: Mode, lines: int) -> str:
     return str(box.run(command, check=False).stdout)
 
 
-def _supervisor_alive(layout: Layout) -> str:
+def supervisor_alive_command(layout: Layout) -> str:
+    """Exit 0 when the pid in agent.pid runs and is our loop (a pid reused by another program
+    after a reboot does not count); `kill -0` and /proc only, no `ps`."""
     pidfile, script = shlex.quote(layout.pidfile), shlex.quote(layout.script)
     return (
         f'pid=$(cat {pidfile} 2>/dev/null) && kill -0 "$pid" 2>/dev/null '
-        f'&& ps -o args= -p "$pid" | grep -qF {script}'
+        f'&& tr "\\000" " " < "/proc/$pid/cmdline" | grep -qF {script}'
     )

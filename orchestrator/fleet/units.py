@@ -9,6 +9,9 @@ Three ways to keep the agent running, chosen per box (`Mode`):
 - `supervisor`: where systemd is not running (containers, some minimal installs): a small
   restart loop started with `setsid`, its pid in `agent.pid` and its output in `agent.log`
   under the deploy folder. It does not come back after a reboot: run `orch fleet deploy` again.
+  It needs only `setsid`, `kill` and /proc on the box (no `ps`, missing from slim images).
+  `agent.log` is rotated (one old copy kept) when it is over 10 MB at a (re)start, not while
+  the agent runs: a long-running agent's log grows until the next `orch fleet restart`.
 
 Every text here is a pure function of its inputs, so a second deploy can compare what it would
 write with what is on the box and change nothing when they agree.
@@ -31,8 +34,16 @@ class Mode(StrEnum):
     SUPERVISOR = "supervisor"
 
 
-def choose_mode(systemd_running: bool, privileged: bool) -> Mode:
-    """A system unit where we may write one, else a user unit, else the supervisor loop."""
+def choose_mode(systemd_running: bool, privileged: bool, wanted: str = "auto") -> Mode:
+    """A system unit where we may write one, else a user unit, else the supervisor loop;
+    or the mode the inventory asks for (`service:`), ValueError when the box cannot have it."""
+    if wanted != "auto":
+        mode = Mode(wanted)
+        if mode is not Mode.SUPERVISOR and not systemd_running:
+            raise ValueError(f"service: {mode.value} needs systemd, which does not run there")
+        if mode is Mode.SYSTEMD and not privileged:
+            raise ValueError("service: systemd needs root or passwordless sudo (sudo: true)")
+        return mode
     if not systemd_running:
         return Mode.SUPERVISOR
     return Mode.SYSTEMD if privileged else Mode.SYSTEMD_USER
@@ -113,10 +124,10 @@ def systemd_unit(layout: Layout, mode: Mode, user: str) -> str:
     service = [
         "[Service]",
         "Type=simple",
-        *([f"User={user}"] if mode is Mode.SYSTEMD else []),
-        f"WorkingDirectory={layout.root}",
-        f"EnvironmentFile={layout.env_file}",
-        f"ExecStart={' '.join(layout.worker_argv())}",
+        *([f"User={unit_value(user)}"] if mode is Mode.SYSTEMD else []),
+        f"WorkingDirectory={unit_value(layout.root)}",
+        f"EnvironmentFile={unit_value(layout.env_file)}",
+        f"ExecStart={' '.join(unit_arg(a) for a in layout.worker_argv())}",
         # The agent exits 0 when another agent took its host's lease: do not fight it.
         "Restart=on-failure",
         "RestartSec=10",
@@ -141,6 +152,23 @@ def systemd_unit(layout: Layout, mode: Mode, user: str) -> str:
             "",
         ]
     )
+
+
+def unit_value(value: str) -> str:
+    """A value for a unit setting that takes no quotes (a path, a user name): `%` escaped as
+    systemd's `%%`; ValueError for what would end the line or change its meaning."""
+    if not value or any(c.isspace() or ord(c) < 32 or c in "\\\"'" for c in value):
+        raise ValueError(f"{value!r} cannot go into a systemd unit (space, quote or control)")
+    return value.replace("%", "%%")
+
+
+def unit_arg(arg: str) -> str:
+    """One ExecStart= argument, double-quoted the systemd way: `\\`, `"` escaped, `%` as
+    `%%` (specifiers) and `$` as `$$` (variable expansion). Newlines are refused."""
+    if any(ord(c) < 32 for c in arg):
+        raise ValueError(f"{arg!r} cannot go into a systemd unit (control character)")
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
 
 
 def supervisor_script(layout: Layout) -> str:

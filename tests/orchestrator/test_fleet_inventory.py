@@ -41,13 +41,14 @@ def test_example_inventory_applies_defaults_and_merges_the_worker_template(home:
     )  # fmt: skip
     assert laptop.key == home / ".ssh" / "id_ed25519"
     assert laptop.sudo is False and minipc.sudo is True and minipc.user == "me"
-    assert laptop.where == f"{ROOT / 'examples' / 'fleet.yaml'}:34"
+    assert laptop.where == f"{ROOT / 'examples' / 'fleet.yaml'}:35"
     assert laptop.worker["host"] == "laptop-80w"
     assert laptop.worker["declared"]["vram_split"] == "32G"
     # a host's engines add to the template's, backend by backend
     assert set(minipc.worker["engines"]["llama-bench"]["backends"]) == {"cpu", "vulkan"}
     assert set(laptop.worker["engines"]["llama-bench"]["backends"]) == {"cpu"}
     assert minipc.env == {"HSA_OVERRIDE_GFX_VERSION": "11.5.1"}
+    assert laptop.service == "auto"
     assert [t.name for t in fleet.targets(["minipc-120w"])] == ["minipc-120w"]
     with pytest.raises(FleetError, match="no host 'nas'.*hosts: laptop-80w, minipc-120w"):
         fleet.targets(["nas"])
@@ -80,6 +81,16 @@ def test_tls_url_verifies_certificates_against_the_ca(
     }
 
 
+def test_harmless_url_options_are_kept(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "broker:\n  url: rediss://b/0?ssl_cert_reqs=required&socket_timeout=5\n"
+        "hosts:\n  a: {address: a}\n",
+    )
+    query = parse_qs(urlsplit(load_inventory(path).broker_url()).query)
+    assert query == {"ssl_cert_reqs": ["required"], "socket_timeout": ["5"]}
+
+
 def test_unset_password_variable_names_its_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,7 +113,28 @@ def test_unset_password_variable_names_its_line(
         ),
         (
             "broker:\n  url: rediss://b/0?ssl_cert_reqs=none\nhosts:\n  a: {address: a}\n",
-            "fleet.yaml:2: broker.url: certificate verification cannot be turned off",
+            "fleet.yaml:2: broker.url: ssl_cert_reqs=none: certificate and host name verification",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?ssl_check_hostname=false\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: ssl_check_hostname=false: certificate and host name "
+            "verification cannot be turned off",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?ssl_ca_certs=/tmp/evil.pem\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: ssl_ca_certs=/tmp/evil.pem: certificate",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?ssl_verify_mode=none\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: ssl_verify_mode=none: certificate",
+        ),
+        (
+            "broker:\n  url: rediss://b/0?x_verify=0\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: x_verify=0: certificate",
+        ),
+        (
+            "broker:\n  url: redis://b/0?foo=1\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: broker.url: unknown URL option 'foo': the inventory takes db, ",
         ),
         (
             "broker: {url: 'redis://b/0', ca_file: ca.pem}\nhosts:\n  a: {address: a}\n",
@@ -135,6 +167,56 @@ def test_unset_password_variable_names_its_line(
         (
             "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n    env: {X: \"it's\"}\n",
             "fleet.yaml:3: hosts.a: env.X: names are A-Z",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n"
+            "    deploy_dir: '~/a\"; touch /tmp/pwned; \"'\n",
+            "fleet.yaml:5: hosts.a.deploy_dir: '~/a\"; touch /tmp/pwned; \"' is not",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n"
+            '    deploy_dir: "/opt/x\\nUser=root"\n',
+            "fleet.yaml:5: hosts.a.deploy_dir: '/opt/x\\nUser=root' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\ndefaults: {deploy_dir: '~/$(id)'}\n"
+            "hosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: defaults.deploy_dir: '~/$(id)' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, deploy_dir: 'rel/dir'}\n",
+            "hosts.a.deploy_dir: 'rel/dir' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, python: 'python3; id'}\n",
+            "hosts.a.python: 'python3; id' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, user: \"root\\nx\"}\n",
+            "hosts.a.user: 'root\\nx' is not allowed here",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: 'a;b'}\n",
+            "hosts.a.address: 'a;b' is not a host name or IP address",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a: {address: a, service: upstart}\n",
+            "hosts.a.service: Input should be 'auto', 'systemd', 'systemd-user' or 'supervisor'",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\nhosts:\n  a:\n    address: a\n    env:\n"
+            "      ORCH_BROKER_URL: redis://evil/0\n",
+            "fleet.yaml:6: hosts.a.env.ORCH_BROKER_URL: the agent's broker URL and passwords",
+        ),
+        (
+            "broker: {url: 'redis://b/0', password_env: MY_PW}\n"
+            "defaults: {env: {MY_PW: x}}\nhosts:\n  a: {address: a}\n",
+            "fleet.yaml:2: defaults.env.MY_PW: the agent's broker URL and passwords come from",
+        ),
+        (
+            "broker: {url: 'redis://b/0'}\n"
+            "hosts:\n  a: {address: a, env: {ORCH_REDIS_PASSWORD: x}}\n",
+            "hosts.a.env.ORCH_REDIS_PASSWORD: the agent's broker URL and passwords come from",
         ),
         ("broker: {url: 'redis://b/0'}\nhosts: {}\n", "fleet.yaml:2: hosts: must not be empty"),
         ("broker: [\n", "fleet.yaml:2: invalid YAML"),

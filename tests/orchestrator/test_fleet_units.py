@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.fleet.boxfacts import shell_path
+from orchestrator.fleet.service import supervisor_alive_command, supervisor_stop_command
 from orchestrator.fleet.units import (
     Layout,
     Mode,
@@ -19,7 +21,9 @@ from orchestrator.fleet.units import (
     expand_home,
     supervisor_script,
     systemd_unit,
+    unit_arg,
     unit_path,
+    unit_value,
 )
 
 
@@ -27,6 +31,13 @@ def test_mode_follows_systemd_and_privilege() -> None:
     assert choose_mode(systemd_running=True, privileged=True) is Mode.SYSTEMD
     assert choose_mode(systemd_running=True, privileged=False) is Mode.SYSTEMD_USER
     assert choose_mode(systemd_running=False, privileged=True) is Mode.SUPERVISOR
+    # service: in the inventory picks the mode, where the box can have it
+    assert choose_mode(True, True, "supervisor") is Mode.SUPERVISOR
+    assert choose_mode(True, True, "systemd-user") is Mode.SYSTEMD_USER
+    with pytest.raises(ValueError, match="needs systemd"):
+        choose_mode(False, True, "systemd-user")
+    with pytest.raises(ValueError, match="needs root or passwordless sudo"):
+        choose_mode(True, False, "systemd")
     assert unit_path(Mode.SYSTEMD, "/home/b") == "/etc/systemd/system/orch-agent.service"
     assert unit_path(Mode.SYSTEMD_USER, "/home/b") == (
         "/home/b/.config/systemd/user/orch-agent.service"
@@ -41,8 +52,8 @@ def test_system_unit_runs_as_the_user_and_user_unit_has_no_user() -> None:
     assert "User=bench\n" in system
     assert "EnvironmentFile=/home/bench/orch/agent.env\n" in system
     assert (
-        "ExecStart=/home/bench/orch/venv/bin/orch worker --config /home/bench/orch/worker.yaml\n"
-        in system
+        'ExecStart="/home/bench/orch/venv/bin/orch" "worker" "--config" '
+        '"/home/bench/orch/worker.yaml"\n' in system
     )
     assert "Restart=on-failure\n" in system and "WantedBy=multi-user.target\n" in system
     user = systemd_unit(layout, Mode.SYSTEMD_USER, "bench")
@@ -74,6 +85,20 @@ def test_system_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # ...and the check can fail: a bad setting in the same unit is reported.
     bad = good.replace("Restart=on-failure", "Restart=sometimes")
     assert problems(bad, "broken.service") != []
+
+
+def test_unit_values_are_escaped_and_line_breaks_refused() -> None:
+    assert unit_arg('/a b/%h/$X"\\') == '"/a b/%%h/$$X\\"\\\\"'
+    assert unit_value("/opt/100%") == "/opt/100%%"
+    for bad in ("/a\nUser=root", "/a b", '/a"b', ""):
+        with pytest.raises(ValueError):
+            unit_value(bad)
+    with pytest.raises(ValueError):
+        unit_arg("/a\nUser=root")
+    with pytest.raises(ValueError, match="systemd unit"):
+        systemd_unit(Layout("/home/b/x\nUser=root"), Mode.SYSTEMD, "bench")
+    with pytest.raises(ValueError):
+        systemd_unit(Layout("/home/b/x"), Mode.SYSTEMD, "bench\nUser=root")
 
 
 def test_env_file_is_read_alike_by_sh(tmp_path: Path) -> None:
@@ -115,8 +140,21 @@ def test_supervisor_script_restarts_on_failure_and_stops_with_its_group(tmp_path
         assert "exited with 3" in Path(layout.log).read_text()
         pid = int(Path(layout.pidfile).read_text())
         assert pid == proc.pid  # the loop's pid is its process group's id
-        os.killpg(pid, 15)
+        # deploy's own checks, on a box without `ps` (slim images): /proc and kill only.
+        env = {"PATH": str(_bin_without_ps(tmp_path))}
+        alive = ["sh", "-c", supervisor_alive_command(layout)]
+        assert subprocess.run(alive, env=env).returncode == 0
+        other = Layout(str(tmp_path / "other"))  # same pid file contents, another script
+        Path(other.root).mkdir()
+        Path(other.pidfile).write_text(str(pid))
+        assert subprocess.run(["sh", "-c", supervisor_alive_command(other)], env=env).returncode
+        stop = subprocess.run(
+            ["sh", "-c", supervisor_stop_command(layout)], env=env, capture_output=True, text=True
+        )
+        assert stop.returncode == 0 and "not found" not in stop.stderr, stop.stderr
         proc.wait(timeout=10)
+        assert not Path(layout.pidfile).exists()
+        assert subprocess.run(alive, env=env).returncode != 0
         deadline = time.monotonic() + 10
         while _group_alive(pid):  # the agent goes with the loop
             assert time.monotonic() < deadline
@@ -126,8 +164,33 @@ def test_supervisor_script_restarts_on_failure_and_stops_with_its_group(tmp_path
             os.killpg(proc.pid, 9)
 
 
+def _bin_without_ps(tmp_path: Path) -> Path:
+    """A PATH folder with the few tools a slim image has, and no `ps`."""
+    folder = tmp_path / "slim-bin"
+    folder.mkdir()
+    for tool in ("sh", "cat", "tr", "grep", "awk", "sleep", "seq", "rm", "kill"):
+        found = shutil.which(tool)
+        if found:
+            (folder / tool).symlink_to(found)
+    return folder
+
+
 def _group_alive(pgid: int) -> bool:
     """Any process of the group that is not a zombie (init reaps orphans when it likes)."""
     out = subprocess.run(["ps", "-A", "-o", "pgid=,stat="], capture_output=True, text=True)
     rows = [line.split() for line in out.stdout.splitlines()]
     return any(int(r[0]) == pgid and not r[1].startswith("Z") for r in rows if len(r) == 2)
+
+
+@pytest.mark.parametrize(
+    "deploy_dir", ["~", "~/orch", "/opt/orch agent", '~/a"; touch pwned; "', "~/$(touch pwned)"]
+)
+def test_deploy_dir_is_one_shell_word_with_home_expanded(tmp_path: Path, deploy_dir: str) -> None:
+    """Even a value the inventory would refuse stays one word, and runs nothing."""
+    word = shell_path(deploy_dir)
+    out = subprocess.run(
+        ["sh", "-c", f'printf "%s" {word}'], capture_output=True, text=True, check=True,
+        cwd=tmp_path, env={"HOME": "/home/b", "PATH": os.environ["PATH"]},
+    ).stdout  # fmt: skip
+    assert out == expand_home(deploy_dir, "/home/b")
+    assert not (tmp_path / "pwned").exists()
