@@ -40,7 +40,7 @@ class DeclaredFacts(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     form_factor: str | None = None
-    power_limit_w: float | None = Field(default=None, gt=0)
+    power_limit_w: Watts | None = None
     vram_split: VramSplit | None = None
     ttm_pages_limit: PositiveInt | None = None  # the kernel's ttm.pages_limit (4 KiB pages)
 

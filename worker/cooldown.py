@@ -23,7 +23,8 @@ from types import TracebackType
 
 from jobs.result import Cooldown
 from worker.config import CooldownConfig
-from worker.telemetry.base import Source, get_source
+from worker.telemetry.base import Source, get_source, registered_sources
+from worker.telemetry.summary import ENERGY_METRICS
 
 log = logging.getLogger("orch.worker")
 
@@ -108,7 +109,8 @@ class CooldownGate:
 
     def _sources(self) -> list[Source]:
         found = []
-        for name in self.source_names:
+        order = registered_sources()  # precedence order: the sampler merges readings so too
+        for name in sorted(self.source_names, key=order.index):
             source = get_source(name, self.root)
             if source.probe().available:
                 found.append(source)
@@ -117,12 +119,17 @@ class CooldownGate:
         return found
 
     def _read(self, sources: list[Source], now: float) -> tuple[float | None, float | None]:
-        readings = [source.sample(now) for source in sources]
-        temps = [r["gpu_temp_c"] for r in readings if "gpu_temp_c" in r]
-        # GPU board power (or APU package power) first, RAPL's CPU package power otherwise.
-        powers = [r["power_w"] for r in readings if "power_w" in r]
-        powers = powers or [r["package_power_w"] for r in readings if "package_power_w" in r]
-        return (max(temps) if temps else None), (sum(powers) if powers else None)
+        values: dict[str, float] = {}
+        for source in sources:
+            try:
+                readings = source.sample(now)
+            except Exception as exc:  # a failing source is no reading, never a failed job
+                log.warning("cool-down: telemetry source %s failed: %r", source.name, exc)
+                continue
+            for name, value in readings.items():
+                values.setdefault(name, value)  # the first source (by precedence) keeps it
+        power = next((values[m] for m in ENERGY_METRICS if m in values), None)
+        return values.get("gpu_temp_c"), power
 
     def _calm(self, temp: float | None, power: float | None) -> bool:
         """At or below every threshold; a threshold with no reading can never be met."""

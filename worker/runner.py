@@ -33,7 +33,7 @@ from jobs.telemetry import Telemetry
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.cooldown import CooldownGate
-from worker.engines import EngineOutcome, RunTarget, get_engine
+from worker.engines import EngineOutcome, RunTarget, get_engine, registered
 from worker.settings import RuntimeSettings, SettingError, build_setters, journal_in
 from worker.telemetry import Sampler
 
@@ -109,18 +109,16 @@ class _Wrapped:
 
 
 def _facts_as_run(facts: HostFacts | None, settings: dict[str, AppliedSetting]) -> HostFacts | None:
-    """The box's facts with the runtime settings it ran under (detected once, at start)."""
-    if facts is None or not settings:
+    """The box's facts with the runtime settings it ran under, where the box read them back
+    (detected once, at start). A setting that cannot be read back (a command) stays out of the
+    facts: `RunResult.settings` says what was asked for."""
+    read = {axis: a.read_back for axis, a in settings.items() if a.read_back is not None}
+    if facts is None or not read:
         return facts
     update: dict[str, object] = {}
     sources = dict(facts.sources)
-    for axis, applied in settings.items():
-        value = applied.read_back
-        if value is None:
-            sources[axis] = f"set to {applied.requested} by {applied.method}, not read back"
-            value = applied.requested
-        else:
-            sources[axis] = f"read back after orch set it by {applied.method}: {value}"
+    for axis, value in read.items():
+        sources[axis] = f"read back after orch set it by {settings[axis].method}: {value}"
         if axis == "platform_profile":
             update["platform_profile"] = value
         elif axis == "power_limit_w":
@@ -211,10 +209,8 @@ def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
     engine = config.engines.get(job.engine)
     if engine is None:
         return f"engine {job.engine!r} is not configured on {config.host}"
-    try:
-        get_engine(job.engine)
-    except KeyError as exc:
-        return str(exc.args[0])
+    if job.engine not in registered():  # not get_engine: that would stop other warm servers
+        return f"no engine adapter named {job.engine!r} (have: {', '.join(registered())})"
     if job.backend not in engine.backends:
         have = ", ".join(sorted(engine.backends))
         return f"backend {job.backend!r} of {job.engine} is not configured (have: {have})"

@@ -227,3 +227,15 @@ def test_a_restore_that_does_not_stick_is_recorded_as_failed(
     assert record.restored is False
     assert record.error == "restored 'performance', but the box reads back 'low-power'"
     assert journal.exists()  # the next agent tries again
+
+
+def test_with_several_capped_cards_the_owner_must_name_one(dgpu: Path) -> None:
+    drm = dgpu / "sys" / "class" / "drm"
+    shutil.copytree(drm / "card0", drm / "card1", symlinks=True)  # a second capped GPU
+    setters = build_setters({"power_limit_w": SetterConfig(method="hwmon")}, dgpu)
+    with pytest.raises(SettingError, match=r"several cards have a power1_cap \(card0, card1\)"):
+        RuntimeSettings(setters, {"power_limit_w": "250"}).__enter__()
+    named = build_setters({"power_limit_w": SetterConfig(method="hwmon", card="card1")}, dgpu)
+    with RuntimeSettings(named, {"power_limit_w": "250"}):
+        assert (drm / "card1/device/hwmon/hwmon2/power1_cap").read_text().strip() == "250000000"
+        assert (dgpu / CAP).read_text().strip() == "339000000"  # card0 untouched

@@ -42,6 +42,9 @@ class HwmonPowerCap(Setter):
         found = sorted(p for p in drm.glob(pattern) if read_int(p) is not None)
         if not found:
             raise SettingError(f"no readable power1_cap under {drm}/{pattern}")
+        if len(found) > 1:  # an APU beside a dGPU: capping the wrong one would mislabel runs
+            cards = ", ".join(p.parents[3].name for p in found)
+            raise SettingError(f"several cards have a power1_cap ({cards}): name one with `card:`")
         return found[0]
 
     def read(self) -> str | None:
