@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,40 +65,40 @@ def broker_time(client: Any) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-def waiting_job_ids(client: Any) -> set[str]:
-    """Ids of jobs queued or delivered-but-unacknowledged anywhere on this broker.
+def job_id_of(message: dict[str, Any]) -> str:
+    """Celery puts the task id (our job id) in each message's headers."""
+    return str(message.get("headers", {}).get("id"))
 
-    Kombu's Redis transport keeps one list per queue and the delivered messages in the
-    `unacked` hash; Celery puts the task id (our job id) in each message's headers.
+
+def orch_messages(client: Any) -> Iterator[tuple[str, bool, dict[str, Any]]]:
+    """Every orch job message on this broker as (queue, delivered, message).
+
+    Kombu's Redis transport keeps one list per queue (waiting messages) and the delivered but
+    unacknowledged ones in the `unacked` hash, with their routing key (our queue name).
     """
-    ids: set[str] = set()
     for key in client.scan_iter(match="orch.*", count=200, _type="list"):
+        queue = key.decode() if isinstance(key, bytes) else str(key)
         for raw in client.lrange(key, 0, -1):
-            ids.add(str(json.loads(raw).get("headers", {}).get("id")))
+            yield queue, False, json.loads(raw)
     for raw in client.hvals("unacked"):
-        message = json.loads(raw)[0]
-        ids.add(str(message.get("headers", {}).get("id")))
-    return ids
+        message, _exchange, routing_key = json.loads(raw)
+        if str(routing_key).startswith("orch."):
+            yield str(routing_key), True, message
+
+
+def waiting_job_ids(client: Any) -> set[str]:
+    """Ids of jobs queued or delivered-but-unacknowledged anywhere on this broker."""
+    return {job_id_of(message) for _queue, _delivered, message in orch_messages(client)}
 
 
 def queue_counts(client: Any) -> tuple[Counter[str], Counter[str]]:
-    """(waiting, running) jobs per orch queue: queued lists, and delivered-but-unacknowledged
-    messages (a job a worker runs now, or an orphan its dead worker left) by routing key."""
+    """(waiting, running) jobs per orch queue; running = delivered but not acknowledged (a job
+    a worker runs now, or an orphan its dead worker left)."""
     waiting: Counter[str] = Counter()
-    for key in client.scan_iter(match="orch.*", count=200, _type="list"):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        waiting[name] = int(client.llen(key))
     running: Counter[str] = Counter()
-    for raw in client.hvals("unacked"):
-        _message, _exchange, routing_key = json.loads(raw)
-        if str(routing_key).startswith("orch."):
-            running[str(routing_key)] += 1
+    for queue, delivered, _message in orch_messages(client):
+        (running if delivered else waiting)[queue] += 1
     return waiting, running
-
-
-def queue_length(client: Any, queue: str) -> int:
-    """Jobs waiting (not yet delivered) in a queue: kombu's Redis transport keeps one list each."""
-    return int(client.llen(queue))
 
 
 class Publisher:

@@ -110,11 +110,10 @@ def report_cmd(
     store = _store(ctx)
     if broker:
         store.collect(connect(broker))
-    if not store.has_campaign(campaign):
-        known = ", ".join(c.campaign for c in store.campaigns()) or "none yet"
-        raise ReportError(f"no campaign {campaign!r} in {store.path} (campaigns: {known})")
+    store.require_campaign(campaign)
+    jobs = store.campaign_jobs(campaign)
     options = _options(rows, columns, metrics, baseline)
-    _emit(render(build_pivot(campaign, store.campaign_jobs(campaign), options), fmt), out)
+    _emit(render(build_pivot(campaign, jobs, options), fmt), out)
 
 
 @click.command("compare")

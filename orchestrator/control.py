@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY
 from jobs.result import Status
 from jobs.spec import JobSpec
-from orchestrator.broker import Publisher, connect, waiting_job_ids
-from orchestrator.errors import OrchError
+from orchestrator.broker import Publisher, connect, job_id_of, waiting_job_ids
 from orchestrator.store import Store
 
 
 def retry_failed(campaign: str, broker_url: str, store: Store) -> list[JobSpec]:
-    if not store.has_campaign(campaign):
-        raise OrchError(f"no campaign {campaign!r} in {store.path}")
+    store.require_campaign(campaign)
     client = connect(broker_url)
     store.collect(client)
     in_broker = waiting_job_ids(client)
@@ -56,8 +54,7 @@ class Cancelled:
 
 
 def cancel(campaign: str, broker_url: str, store: Store) -> Cancelled:
-    if not store.has_campaign(campaign):
-        raise OrchError(f"no campaign {campaign!r} in {store.path}")
+    store.require_campaign(campaign)
     client = connect(broker_url)
     store.collect(client)
     pending = {row.spec.job_id: row.spec.queue for row in store.campaign_jobs(campaign)
@@ -65,7 +62,7 @@ def cancel(campaign: str, broker_url: str, store: Store) -> Cancelled:
     removed: list[str] = []
     for queue in sorted(set(pending.values())):
         for raw in client.lrange(queue, 0, -1):
-            job_id = str(json.loads(raw).get("headers", {}).get("id"))
+            job_id = job_id_of(json.loads(raw))
             if job_id in pending and client.lrem(queue, 1, raw):
                 removed.append(job_id)
     store.mark_cancelled(removed)

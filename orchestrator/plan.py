@@ -25,16 +25,10 @@ from orchestrator.planner import (
     Verdict,
     estimate,
     facts_in_configuration,
+    size_text,
     verdict,
 )
 from orchestrator.store import Store
-
-_GB = 1e9
-
-
-def size(n_bytes: int) -> str:
-    """GB (10^9, as model files are quoted) from 1 GB up; MiB below, as llama.cpp logs them."""
-    return f"{n_bytes / _GB:.1f} GB" if n_bytes >= _GB else f"{n_bytes / 2**20:.2f} MiB"
 
 
 @dataclass(frozen=True)
@@ -143,7 +137,7 @@ def render_plan(rows: list[PlanRow]) -> str:
         table.append(
             [
                 job.host, job.model, job.context, config,
-                size(est.weight_bytes), size(est.kv_bytes), size(est.total_bytes),
+                size_text(est.weight_bytes), size_text(est.kv_bytes), size_text(est.total_bytes),
                 verdict_text, row.duration_text,
             ]
         )  # fmt: skip

@@ -67,23 +67,24 @@ class Verdict:
 
     def oom_text(self) -> str:
         """What a skipped job's result says: "predicted OOM (needs 23.1 GB, has 0.5 GB)"."""
-        return f"predicted OOM (needs {_gb(self.needs_bytes)}, has {_gb(self.pool_bytes or 0)})"
+        needs, has = size_text(self.needs_bytes), size_text(self.pool_bytes or 0)
+        return f"predicted OOM (needs {needs}, has {has})"
 
     def text(self) -> str:
-        needs = f"needs {_gb(self.needs_bytes)}"
+        needs = f"needs {size_text(self.needs_bytes)}"
         if self.kind == "unknown":
             return f"unknown ({needs}; {self.reason or 'no host facts'})"
         if self.kind == "will not load":
             return f"will not load: {self.oom_text()}"
-        gpu = f"has {_gb(self.gpu_bytes or 0)} GPU"
+        gpu = f"has {size_text(self.gpu_bytes or 0)} GPU"
         if not self.gpu_bytes and self.ram_bytes is not None:  # CPU-only: RAM is the pool
-            gpu = f"has {_gb(self.ram_bytes)} RAM"
+            gpu = f"has {size_text(self.ram_bytes)} RAM"
         if self.kind == "spills":
-            return f"spills ({needs}, {gpu} + {_gb(self.ram_bytes or 0)} RAM)"
+            return f"spills ({needs}, {gpu} + {size_text(self.ram_bytes or 0)} RAM)"
         return f"fits ({needs}, {gpu}{self.reason and '; ' + self.reason})"
 
 
-def _gb(n_bytes: int) -> str:
+def size_text(n_bytes: int) -> str:
     """GB from 1 GB up; MiB below (as llama.cpp logs buffers), so small needs never read 0.0."""
     return f"{n_bytes / GB:.1f} GB" if n_bytes >= GB else f"{n_bytes / 2**20:.1f} MiB"
 
@@ -277,6 +278,6 @@ def verdict(estimate: MemoryEstimate, facts: HostFacts | None) -> Verdict:
         return result(kind, 0, ram, "no GPU: runs on the CPU")
     if needs <= gpu:
         via_gtt = apu and needs > vram
-        note = f"{_gb(vram)} VRAM + GTT" if via_gtt else ""
+        note = f"{size_text(vram)} VRAM + GTT" if via_gtt else ""
         return result("fits", gpu, pool, note)
     return result("spills" if needs <= pool else "will not load", gpu, pool, "")

@@ -8,19 +8,21 @@ from typing import Any
 from tabulate import tabulate
 
 from jobs.spec import host_of_queue
-from orchestrator.broker import broker_time, queue_counts, read_fleet
+from orchestrator.broker import Fleet, broker_time, queue_counts, read_fleet
 from orchestrator.store import Store
 from orchestrator.submit import waiting_notes
+
+WAITING, CANCELLED = "waiting", "cancelled"
 
 
 def render_status(store: Store, client: Any | None, campaign: str | None) -> str:
     out: list[str] = []
-    if client is not None:
-        out += _hosts(client, broker_time(client), store)
+    fleet, now = (read_fleet(client), broker_time(client)) if client is not None else (None, 0.0)
+    if client is not None and fleet is not None:
+        out += _hosts(client, fleet, now, store)
         if not campaign:  # with one, the campaign's own notes follow below
-            fleet = read_fleet(client)
             pending = [j for j in store.pending_jobs() if j.host in fleet.inventories]
-            out += waiting_notes(pending, fleet.inventories, broker_time(client))
+            out += waiting_notes(pending, fleet.inventories, now)
     else:
         out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     rejected = store.rejected_count()
@@ -31,23 +33,22 @@ def render_status(store: Store, client: Any | None, campaign: str | None) -> str
         )
     out.append("")
     if campaign:
-        out += _campaign(store, campaign, client)
+        out += _campaign(store, campaign, fleet, now)
     else:
         rows = [
-            [c.campaign, c.created_at, c.total, c.finished, c.ok, c.total - c.finished]
-            for c in store.campaigns()
+            [c.campaign, c.created_at, c.total, c.finished, c.ok, c.cancelled, c.waiting]
+            for c in store.campaign_overview()
         ]
-        headers = ["campaign", "created (UTC)", "jobs", "finished", "ok", "waiting"]
+        headers = ["campaign", "created (UTC)", "jobs", "finished", "ok", "cancelled", "waiting"]
         out.append(tabulate(rows, headers, tablefmt="simple") if rows else "no campaigns yet")
     return "\n".join(out)
 
 
-def _hosts(client: Any, now: float, store: Store) -> list[str]:
+def _hosts(client: Any, fleet: Fleet, now: float, store: Store) -> list[str]:
     """One row per host and configuration: online or not, which one it runs now, and its jobs
     done / running / waiting there (done from this store, all campaigns; the rest from the
     broker)."""
     rows: list[list[Any]] = []
-    fleet = read_fleet(client)
     waiting, running = queue_counts(client)
     done = store.done_by_queue()
     names = store.config_names_by_queue()
@@ -84,13 +85,12 @@ def _configuration_label(queue: str, names: list[str]) -> str:
     return f"{label}: {', '.join(names)}" if names else label
 
 
-def _campaign(store: Store, campaign: str, client: Any | None) -> list[str]:
+def _campaign(store: Store, campaign: str, fleet: Fleet | None, now: float) -> list[str]:
+    store.require_campaign(campaign)
     jobs = store.campaign_jobs(campaign)
-    if not jobs:
-        return [f"no campaign {campaign!r} in {store.path}"]
     per_queue: dict[str, Counter[str]] = {}
     for row in jobs:
-        state = row.result.status.value if row.result else "waiting"
+        state = row.result.status.value if row.result else CANCELLED if row.cancelled else WAITING
         per_queue.setdefault(row.spec.queue, Counter())[state] += 1
     states = sorted({s for c in per_queue.values() for s in c})
     rows = [[queue, *(counts.get(s, 0) for s in states)] for queue, counts in per_queue.items()]
@@ -102,8 +102,7 @@ def _campaign(store: Store, campaign: str, client: Any | None) -> list[str]:
         f"{loads} for {groups} group(s) of jobs that can share one",
         tabulate(rows, ["queue", *states], tablefmt="simple"),
     ]
-    if client is not None:
-        fleet = read_fleet(client)
-        pending = [r.spec for r in jobs if r.result is None and r.spec.host in fleet.inventories]
-        out += waiting_notes(pending, fleet.inventories, broker_time(client))
+    if fleet is not None:
+        pending = [r.spec for r in jobs if not r.settled and r.spec.host in fleet.inventories]
+        out += waiting_notes(pending, fleet.inventories, now)
     return out

@@ -119,15 +119,6 @@ class JobRow:
 
 
 @dataclass(frozen=True)
-class CampaignSummary:
-    campaign: str
-    created_at: str
-    total: int
-    finished: int
-    ok: int
-
-
-@dataclass(frozen=True)
 class CampaignOverview:
     """A campaign's history line for `orch campaigns`."""
 
@@ -408,19 +399,20 @@ class Store:
             "INSERT OR IGNORE INTO cancelled VALUES (?, ?)", [(j, _now()) for j in job_ids]
         )
 
-    def campaigns(self) -> list[CampaignSummary]:
-        rows = self.conn.execute(
-            "SELECT c.campaign, c.created_at, COUNT(j.job_id), COUNT(r.job_id), "
-            "COALESCE(SUM(r.status = 'ok'), 0) FROM campaigns c "
-            "LEFT JOIN jobs j ON j.campaign = c.campaign "
-            "LEFT JOIN results r ON r.job_id = j.job_id "
-            "GROUP BY c.campaign ORDER BY c.created_at"
-        )
-        return [CampaignSummary(*row) for row in rows]
-
     def has_campaign(self, campaign: str) -> bool:
         row = self.conn.execute("SELECT 1 FROM campaigns WHERE campaign = ?", (campaign,))
         return row.fetchone() is not None
+
+    def require_campaign(self, campaign: str) -> None:
+        """StoreError, naming the campaigns this store knows, when `campaign` is not one."""
+        if not self.has_campaign(campaign):
+            rows = self.conn.execute("SELECT campaign FROM campaigns ORDER BY created_at, rowid")
+            names = [name for (name,) in rows]
+            known = ", ".join(names) or "none yet"
+            raise StoreError(f"no campaign {campaign!r} in {self.path} (campaigns: {known})")
+
+    def cancelled_job_ids(self, job_ids: list[str]) -> set[str]:
+        return self._ids_in("cancelled", job_ids)
 
     def campaign_overview(self) -> list[CampaignOverview]:
         """Every campaign with its dates, hosts and job counts, oldest first."""

@@ -223,7 +223,9 @@ def submit(
         j for j in skipped_before
         if not skip_predicted_failures or not _will_not_load(predictions[j])
     }  # fmt: skip
-    known = store.known_job_ids(ids)
+    # Jobs this store submitted before and that are not queued now: the broker lost them,
+    # unless `orch cancel` took them out (then submitting again resumes them).
+    lost = store.known_job_ids(ids) - store.cancelled_job_ids(ids)
     in_broker = waiting_job_ids(client)
     done = [j for j in jobs if j.job_id in finished]
     waiting = [j for j in jobs if j.job_id not in finished and j.job_id in in_broker]
@@ -256,7 +258,7 @@ def submit(
     finally:
         publisher.close()
     notes = waiting_notes(fresh + waiting, fleet.inventories, broker_time(client))
-    requeued = [j for j in fresh if j.job_id in known and j.job_id not in skipped_before]
+    requeued = [j for j in fresh if j.job_id in lost and j.job_id not in skipped_before]
     return SubmitOutcome(
         mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes, skipped=skipped
     )

@@ -52,9 +52,7 @@ class Regression:
 
 
 def _jobs(store: Store, campaign: str) -> list[JobRow]:
-    if not store.has_campaign(campaign):
-        known = ", ".join(c.campaign for c in store.campaigns()) or "none yet"
-        raise ReportError(f"no campaign {campaign!r} in {store.path} (campaigns: {known})")
+    store.require_campaign(campaign)
     return store.campaign_jobs(campaign)
 
 

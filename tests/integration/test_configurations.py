@@ -3,6 +3,8 @@ jobs can be retried."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -108,9 +110,16 @@ def test_cancel_drains_the_campaigns_queues_and_a_resubmit_resumes(
     assert client.llen("orch.halo.vram-512M") == 0
     report = orch("--store", str(store_path), "report", "later")
     assert report.stdout.count("cancelled") == 2
+    # cancelled jobs are neither waiting nor a reason to reboot
+    status = orch("--store", str(store_path), "status", "later", "--broker", broker).stdout
+    assert re.search(r"orch\.halo\.vram-512M\s+2\n", status), status  # the cancelled column
+    assert "wait for" not in status
+    overview = orch("--store", str(store_path), "status", "--broker", broker).stdout
+    assert re.search(r"later .* 2\s+0\s+0\s+2\s+0\n", overview), overview  # 2 cancelled
 
     again = orch("--store", str(store_path), "submit", str(matrix), "--broker", broker, "--json")
     assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["requeued"] == []  # resumed, not "lost by the broker"
     assert client.llen("orch.halo.vram-512M") == 2  # resumed
     report = orch("--store", str(store_path), "report", "later")
     assert "cancelled" not in report.stdout and report.stdout.count("waiting") == 2

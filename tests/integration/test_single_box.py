@@ -31,7 +31,7 @@ def test_demo_prints_a_table_measured_by_llama_cpp(tmp_path: Path, llama_bin: Pa
     assert len([line for line in lines if re.match(r"llama-(bench|server)\s", line)]) == 2
     # every figure printed is in the store, measured by llama-bench
     store = Store.open(store_path)
-    [campaign] = store.campaigns()
+    [campaign] = store.campaign_overview()
     assert campaign.total == campaign.ok == 8
     for job in store.campaign_jobs(campaign.campaign):
         assert job.result is not None and job.result.engine is not None

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from orchestrator.cli import cli
+from orchestrator.errors import StoreError
 from orchestrator.report import build_pivot, render
 from orchestrator.report.importers.llama_bench import import_llama_bench
 from orchestrator.report.pivot import ReportError
@@ -166,7 +167,7 @@ def test_compare_fails_on_a_real_regression_beyond_the_threshold(tmp_path: Path)
 
 
 def test_compare_unknown_campaign_names_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(ReportError, match=r"no campaign 'nope' .*campaigns: after, before"):
+    with pytest.raises(StoreError, match=r"no campaign 'nope' .*campaigns: before, after"):
         _orch(_two_builds(tmp_path), "compare", "before", "nope")
 
 

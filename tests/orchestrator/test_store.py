@@ -270,7 +270,7 @@ def test_campaigns_count_jobs_finished_and_ok(store: Store) -> None:
     store.upsert_result(_result(specs[1]))
     store.upsert_result(_result(specs[2], Status.LOAD_FAILED, error="failed to load model"))
 
-    summaries = {s.campaign: s for s in store.campaigns()}
+    summaries = {s.campaign: s for s in store.campaign_overview()}
 
     assert set(summaries) == {"halo-vs-laptop", "empty"}
     halo = summaries["halo-vs-laptop"]
