@@ -44,6 +44,28 @@ class Measurement(BaseModel):
     samples_ns: list[int] = Field(default_factory=list)  # wall time per repetition
 
 
+# Fields of llama-bench's JSON (`-o json`) kept as EngineInfo.details, by the llama-bench engine
+# and by `orch import llama-bench` alike (DESIGN.md lists what llama-bench prints).
+LLAMA_BENCH_DETAIL_FIELDS = (
+    "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
+    "model_n_params", "n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers",
+    "flash_attn", "use_mmap", "test_time",
+)  # fmt: skip
+
+
+def measurement_from_llama_bench(test: dict[str, Any]) -> Measurement:
+    """One test object of llama-bench's JSON output as a Measurement (tg when it generates)."""
+    n_prompt, n_gen = int(test["n_prompt"]), int(test["n_gen"])
+    return Measurement(
+        test="tg" if n_gen > 0 else "pp",
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        n_depth=int(test.get("n_depth", 0)),
+        samples_ts=[float(x) for x in test["samples_ts"]],
+        samples_ns=[int(x) for x in test.get("samples_ns") or []],
+    )
+
+
 class RequestSample(BaseModel):
     """One streamed request to a server engine, timed by the client, with the server's view."""
 

@@ -194,3 +194,19 @@ METRIC_LIST = (
 METRICS = {m.key: m for m in METRIC_LIST}
 # Metrics whose figures come from a power reading (footnoted with the power source).
 POWER_METRICS = frozenset({"power", "j_per_token", "tps_per_w"})
+
+
+def source_note(metric_key: str, result: RunResult) -> str | None:
+    """Where a cell's figure came from, when it is not what the column suggests: a footnote.
+
+    Power read from the APU or CPU package; a pp speed an engine could only estimate (LM
+    Studio: prompt tokens / its own TTFT, `EngineInfo.details["pp_source"]`); a TTFT the server
+    reported instead of the client timing it.
+    """
+    if metric_key in POWER_METRICS:
+        return power_source(result)
+    if metric_key == "pp" and result.engine is not None:
+        return result.engine.details.get("pp_source")
+    if metric_key == "ttft" and any(r.ttft_source == "server" for r in result.requests):
+        return f"TTFT as {result.engine.name if result.engine else 'the server'} reports it"
+    return None

@@ -25,7 +25,7 @@ from typing import Any
 from jobs.result import Status
 from jobs.spec import JobSpec
 from orchestrator.errors import OrchError
-from orchestrator.report.metrics import METRIC_LIST, METRICS, POWER_METRICS, Metric, power_source
+from orchestrator.report.metrics import METRIC_LIST, METRICS, Metric, source_note
 from orchestrator.stats import CellStats, Comparison, compare, describe
 from orchestrator.store import JobRow
 
@@ -280,8 +280,8 @@ def _add(cell: Cell, record: Record) -> None:
         return
     values = cell.metric.values(result)
     cell.values.extend(values)
-    if values and cell.metric.key in POWER_METRICS and (source := power_source(result)):
-        cell.notes.add(source)
+    if values and (note := source_note(cell.metric.key, result)):
+        cell.notes.add(note)
 
 
 def _apply_baseline(pivot: Pivot, baseline: tuple[str, str], values: dict[str, list[Any]]) -> None:

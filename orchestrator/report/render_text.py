@@ -152,7 +152,7 @@ def _collapse(pivot: Pivot, lines: list[_Line]) -> list[_Line]:
 
 
 def note_marks(pivot: Pivot) -> dict[str, str]:
-    """One footnote mark per distinct cell note (what a power figure measured)."""
+    """One footnote mark per distinct cell note (where a figure came from: `source_note`)."""
     notes = sorted({n for cell in pivot.cells.values() for n in cell.notes})
     marks = ["†", "‡", "§", "¶"]
     return {note: marks[i % len(marks)] * (1 + i // len(marks)) for i, note in enumerate(notes)}

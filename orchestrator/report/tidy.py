@@ -15,8 +15,8 @@ import json
 import statistics
 from typing import Any
 
-from jobs.result import Measurement, RunResult, Status
-from orchestrator.report.metrics import METRIC_LIST, power_source
+from jobs.result import LLAMA_BENCH_DETAIL_FIELDS, Measurement, RunResult, Status
+from orchestrator.report.metrics import METRIC_LIST, METRICS, power_source
 from orchestrator.report.pivot import Pivot, Record
 from orchestrator.stats import summarize
 
@@ -45,7 +45,7 @@ def _tidy_row(campaign: str, record: Record) -> dict[str, Any]:
         out[f"{test}_tokens_per_s_mad"] = s.mad if s else None
         out[f"{test}_tokens_per_s_samples"] = m.samples_ts if m else None
         out[f"{test}_depth"] = m.n_depth if m else None
-    ttft = summarize([r.ttft_s for r in ok.requests]) if ok else None
+    ttft = summarize(METRICS["ttft"].values(ok)) if ok else None  # the table's TTFT samples
     out["ttft_s_median"] = ttft.median if ttft else None
     out["ttft_s_mad"] = ttft.mad if ttft else None
     out["load_time_s"] = result.load_time_s if result else None
@@ -75,14 +75,6 @@ def render_tidy(pivot: Pivot, fmt: str) -> str:
                 {k: json.dumps(v) if isinstance(v, list) else v for k, v in record.items()}
             )
     return buf.getvalue()
-
-
-# llama-bench fields orch keeps in EngineInfo.details (worker/engines/llama_bench.py).
-LLAMA_BENCH_DETAILS = (
-    "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
-    "model_n_params", "n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers",
-    "flash_attn", "use_mmap",
-)  # fmt: skip
 
 
 def llama_bench_objects(pivot: Pivot) -> list[dict[str, Any]]:
@@ -115,7 +107,7 @@ def _bench_object(
         "build_commit": engine.build_commit if engine else None,
         "build_number": engine.build_number if engine else None,
     }
-    obj.update({k: details[k] for k in LLAMA_BENCH_DETAILS if k in details})
+    obj.update({k: details[k] for k in LLAMA_BENCH_DETAIL_FIELDS if k in details})
     obj.setdefault("backends", record.job.spec.backend)
     obj.update(
         {

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobs.result import EngineInfo, Measurement, RunResult, Status
+from jobs.result import EngineInfo, RunResult, Status, measurement_from_llama_bench
 from jobs.spec import JobSpec, Workload
 from orchestrator.report import (
     Cell,
@@ -101,17 +101,6 @@ def _bench_test(spec: JobSpec, test: str, samples_ts: list[float]) -> dict[str, 
     }
 
 
-def _measurement(row: dict[str, Any]) -> Measurement:
-    return Measurement(
-        test="tg" if row["n_gen"] > 0 else "pp",
-        n_prompt=row["n_prompt"],
-        n_gen=row["n_gen"],
-        n_depth=row["n_depth"],
-        samples_ts=row["samples_ts"],
-        samples_ns=row["samples_ns"],
-    )
-
-
 def _result(
     spec: JobSpec,
     status: Status = Status.OK,
@@ -133,7 +122,7 @@ def _result(
         attempt=attempt,
         status=status,
         error=error,
-        measurements=[_measurement(r) for r in rows],
+        measurements=[measurement_from_llama_bench(r) for r in rows],
         engine=EngineInfo(
             name="llama-bench",
             backend="cpu",
@@ -829,3 +818,20 @@ def test_a_metric_asked_twice_is_shown_once() -> None:
     assert [m.key for m in pivot.metrics] == ["tg"]
     cell = pivot.cell(("tiny:q8_0", 512, "tg"), ("laptop-80w",))
     assert cell is not None and cell.stats is not None and cell.stats.n == 3
+
+
+def test_an_estimated_pp_speed_is_footnoted_as_such() -> None:
+    """LM Studio reports no prefill speed: its pp is prompt tokens / its own TTFT, and the
+    cell says so wherever it appears."""
+    spec = _spec("laptop-80w", "tiny:q8_0", 2048)
+    result = _result(spec)
+    assert result.engine is not None
+    details = {"pp_source": "prompt_tokens / LM Studio time_to_first_token (an estimate)"}
+    estimated = result.model_copy(
+        update={"engine": result.engine.model_copy(update={"details": details})}
+    )
+    text = render(build_pivot(CAMPAIGN, [JobRow(spec, estimated)]), "table")
+    [pp_line] = [line for line in text.splitlines() if "pp tokens/s" in line]
+    [tg_line] = [line for line in text.splitlines() if "tg tokens/s" in line]
+    assert pp_line.endswith("†") and not tg_line.endswith("†")
+    assert "† prompt_tokens / LM Studio time_to_first_token (an estimate)" in text

@@ -12,7 +12,12 @@ import json
 import re
 from typing import Any
 
-from jobs.result import EngineInfo, Measurement, Status
+from jobs.result import (
+    LLAMA_BENCH_DETAIL_FIELDS,
+    EngineInfo,
+    Status,
+    measurement_from_llama_bench,
+)
 from jobs.spec import JobSpec
 from worker.engines.base import Engine, EngineOutcome, RunTarget, local_files, register
 from worker.engines.process import run_bounded
@@ -23,13 +28,6 @@ _LOAD_FAILURE = re.compile(
     r"|out of memory|ggml_backend_\w*alloc\w* failed|cannot allocate|failed to open",
     re.IGNORECASE,
 )
-
-# Fields of llama-bench's JSON kept as engine details (DESIGN.md lists what it prints).
-_DETAIL_FIELDS = (
-    "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
-    "model_n_params", "n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers",
-    "flash_attn", "use_mmap", "test_time",
-)  # fmt: skip
 
 
 @register("llama-bench")
@@ -60,7 +58,7 @@ class LlamaBench(Engine):
             )
         try:
             rows = json.loads(proc.stdout)
-            measurements = [_measurement(row) for row in rows]
+            measurements = [measurement_from_llama_bench(row) for row in rows]
         except (ValueError, KeyError, TypeError) as exc:
             return EngineOutcome(
                 Status.ERROR,
@@ -90,23 +88,11 @@ class LlamaBench(Engine):
         return argv
 
 
-def _measurement(row: dict[str, Any]) -> Measurement:
-    n_prompt, n_gen = int(row["n_prompt"]), int(row["n_gen"])
-    return Measurement(
-        test="tg" if n_gen > 0 else "pp",
-        n_prompt=n_prompt,
-        n_gen=n_gen,
-        n_depth=int(row.get("n_depth", 0)),
-        samples_ts=[float(x) for x in row["samples_ts"]],
-        samples_ns=[int(x) for x in row.get("samples_ns", [])],
-    )
-
-
 def _engine_info(info: EngineInfo, row: dict[str, Any]) -> EngineInfo:
     return info.model_copy(
         update={
             "build_commit": row.get("build_commit"),
             "build_number": row.get("build_number"),
-            "details": {key: row[key] for key in _DETAIL_FIELDS if key in row},
+            "details": {key: row[key] for key in LLAMA_BENCH_DETAIL_FIELDS if key in row},
         }
     )

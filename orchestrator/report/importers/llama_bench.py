@@ -29,11 +29,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.result import EngineInfo, Measurement, RunResult, Status
+from jobs.result import (
+    LLAMA_BENCH_DETAIL_FIELDS,
+    EngineInfo,
+    RunResult,
+    Status,
+    measurement_from_llama_bench,
+)
 from jobs.spec import JobSpec, Workload
 from jobs.version import ORCH_VERSION
 from orchestrator.report.pivot import ReportError
-from orchestrator.report.tidy import LLAMA_BENCH_DETAILS
 from orchestrator.store import Store
 
 _REQUIRED = ("n_prompt", "n_gen", "samples_ts")
@@ -211,7 +216,7 @@ def _result(
     except ValidationError as exc:
         raise ReportError(f"cannot name the imported run: {exc.errors()[0]['msg']}") from exc
     when = _time(first.get("test_time"))
-    details = {k: first[k] for k in (*LLAMA_BENCH_DETAILS, "test_time") if k in first}
+    details = {k: first[k] for k in LLAMA_BENCH_DETAIL_FIELDS if k in first}
     return RunResult(
         job_id=job.job_id,
         campaign=campaign,
@@ -219,7 +224,7 @@ def _result(
         queue=job.queue,
         attempt=1,
         status=Status.OK,
-        measurements=[_measurement(t) for t in (pp, tg) if t],
+        measurements=[measurement_from_llama_bench(t) for t in (pp, tg) if t],
         engine=EngineInfo(
             name=job.engine,
             backend=job.backend,
@@ -232,18 +237,6 @@ def _result(
         finished_at=when,
         worker_version=f"import (orch {ORCH_VERSION})",
         job=job,
-    )
-
-
-def _measurement(test: dict[str, Any]) -> Measurement:
-    n_prompt, n_gen = int(test["n_prompt"]), int(test["n_gen"])
-    return Measurement(
-        test="tg" if n_gen > 0 else "pp",
-        n_prompt=n_prompt,
-        n_gen=n_gen,
-        n_depth=int(test.get("n_depth", 0)),
-        samples_ts=[float(x) for x in test["samples_ts"]],
-        samples_ns=[int(x) for x in test.get("samples_ns") or []],
     )
 
 
