@@ -16,8 +16,6 @@ at a time cannot express.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from orchestrator.fleet.boxfacts import BoxFacts, check_installable, read_facts
 from orchestrator.fleet.bundle import Bundle, build_bundle
 from orchestrator.fleet.inventory import FleetFile, Target
 from orchestrator.fleet.registry import instance_ids, try_connect, wait_registered
-from orchestrator.fleet.remote import Box, unexpected_error
+from orchestrator.fleet.remote import Box, for_each_host
 from orchestrator.fleet.state import DeployState, read_state
 from orchestrator.fleet.units import (
     Layout,
@@ -68,19 +66,8 @@ class HostOutcome:
         return ", ".join(self.changes) if self.changes else "nothing to do"
 
 
-def for_each_host(
-    targets: list[Target], work: Callable[[Target], HostOutcome], max_parallel: int = 16
-) -> list[HostOutcome]:
-    """Run `work` for every target in parallel; any error becomes that host's failed row."""
-
-    def guarded(target: Target) -> HostOutcome:
-        try:
-            return work(target)
-        except Exception as exc:  # one box must not end the others' deploy or lose the table
-            return HostOutcome(target.name, ok=False, error=unexpected_error(target.name, exc))
-
-    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(targets)))) as pool:
-        return list(pool.map(guarded, targets))
+def failed_outcome(error: HostError) -> HostOutcome:
+    return HostOutcome(error.host, ok=False, error=error)
 
 
 def deploy_fleet(
@@ -118,7 +105,9 @@ def deploy_fleet(
 
 def deploy(fleet: FleetFile, targets: list[Target], bundle: Bundle) -> list[HostOutcome]:
     known_hosts = fleet.local_path(fleet.inventory.known_hosts)
-    return for_each_host(targets, lambda t: deploy_host(fleet, t, bundle, known_hosts))
+    return for_each_host(
+        targets, lambda t: deploy_host(fleet, t, bundle, known_hosts), failed_outcome
+    )
 
 
 def deploy_host(

@@ -6,18 +6,17 @@ reached is a row that says why. Nothing here prints the broker URL unredacted.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.errors import FleetError, HostError
+from orchestrator.errors import HostError
 from orchestrator.fleet import service
 from orchestrator.fleet.boxfacts import BoxFacts, read_facts
-from orchestrator.fleet.deploy import HostOutcome, for_each_host
+from orchestrator.fleet.deploy import HostOutcome, failed_outcome
 from orchestrator.fleet.inventory import FleetFile, Target
-from orchestrator.fleet.registry import broker_state
-from orchestrator.fleet.remote import Box, unexpected_error
+from orchestrator.fleet.registry import broker_states
+from orchestrator.fleet.remote import Box, for_each_host
 from orchestrator.fleet.state import DeployState, read_state
 from orchestrator.fleet.units import Layout, Mode, expand_home
 
@@ -45,15 +44,11 @@ def _open(fleet: FleetFile, target: Target) -> tuple[Box, Layout, DeployState | 
 
 def status(fleet: FleetFile, targets: list[Target], client: Any | None) -> list[AgentStatus]:
     def one(target: Target) -> AgentStatus:
-        try:
-            box, layout, state = _open(fleet, target)
-            with box:
-                if state is None:
-                    return AgentStatus(target.name, "not deployed")
-                running = service.is_running(box, layout, Mode(state.mode))
-        except Exception as exc:
-            error = unexpected_error(target.name, exc)
-            return AgentStatus(target.name, f"FAILED: {error.reason}", detail=error.detail)
+        box, layout, state = _open(fleet, target)
+        with box:
+            if state is None:
+                return AgentStatus(target.name, "not deployed")
+            running = service.is_running(box, layout, Mode(state.mode))
         when = datetime.fromtimestamp(state.deployed_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
         return AgentStatus(
             target.name,
@@ -63,9 +58,13 @@ def status(fleet: FleetFile, targets: list[Target], client: Any | None) -> list[
             deployed=when,
         )
 
-    rows = _parallel(targets, one)
+    def failed(error: HostError) -> AgentStatus:
+        return AgentStatus(error.host, f"FAILED: {error.reason}", detail=error.detail)
+
+    rows = for_each_host(targets, one, failed)
+    states = broker_states(client, [row.host for row in rows])  # one read of the broker
     for row in rows:
-        row.broker = broker_state(client, row.host)
+        row.broker = states[row.host]
     return rows
 
 
@@ -106,7 +105,7 @@ def _each_deployed(
                 return HostOutcome(target.name, ok=True, mode=mode.value)
             return HostOutcome(target.name, ok=True, mode=mode.value, changes=[done])
 
-    return for_each_host(targets, one)
+    return for_each_host(targets, one, failed_outcome)
 
 
 def logs(fleet: FleetFile, target: Target, lines: int) -> str:
@@ -119,17 +118,7 @@ def logs(fleet: FleetFile, target: Target, lines: int) -> str:
 
 def facts(fleet: FleetFile, targets: list[Target]) -> list[tuple[str, BoxFacts | HostError]]:
     def one(target: Target) -> tuple[str, BoxFacts | HostError]:
-        try:
-            with Box.open(target, fleet.local_path(fleet.inventory.known_hosts)) as box:
-                return target.name, read_facts(box)
-        except Exception as exc:
-            return target.name, unexpected_error(target.name, exc)
+        with Box.open(target, fleet.local_path(fleet.inventory.known_hosts)) as box:
+            return target.name, read_facts(box)
 
-    return _parallel(targets, one)
-
-
-def _parallel(targets: list[Target], work: Any) -> list[Any]:
-    if not targets:
-        raise FleetError("no hosts selected")
-    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-        return list(pool.map(work, targets))
+    return for_each_host(targets, one, lambda error: (error.host, error))

@@ -25,13 +25,19 @@ def instance_ids(client: Any) -> dict[str, str]:
     return {host: inv.instance_id for host, inv in read_fleet(client).inventories.items()}
 
 
-def broker_state(client: Any | None, host: str) -> str:
+def broker_states(client: Any | None, hosts: list[str]) -> dict[str, str]:
+    """What the broker says of each host's agent (one read of every inventory)."""
     if client is None:
-        return "not checked"
-    inv = read_fleet(client).inventories.get(host)
-    if inv is None:
-        return "never registered"
-    return "online" if inv.online(broker_time(client)) else "offline"
+        return dict.fromkeys(hosts, "not checked")
+    inventories, now = read_fleet(client).inventories, broker_time(client)
+    return {
+        host: "never registered"
+        if (inv := inventories.get(host)) is None
+        else "online"
+        if inv.online(now)
+        else "offline"
+        for host in hosts
+    }
 
 
 def wait_registered(client: Any, hosts: dict[str, str | None], timeout_s: float) -> dict[str, bool]:

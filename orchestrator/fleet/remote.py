@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import shlex
 import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import paramiko
 from fabric import Config, Connection
@@ -222,3 +224,25 @@ def sftp_error(host: str, path: str, exc: OSError) -> HostError:
     if exc.errno == 28 or "No space left" in str(exc):
         return HostError(host, "disk full", f"writing {path}: no space left on the box")
     return HostError(host, "upload failed", f"{path}: {exc}")
+
+
+T = TypeVar("T")
+
+
+def for_each_host(
+    targets: list[Target],
+    work: Callable[[Target], T],
+    on_error: Callable[[HostError], T],
+    max_parallel: int = 16,
+) -> list[T]:
+    """`work` for every target in parallel, in order; any error becomes `on_error`'s row for
+    that host (one box must never end the others' command or lose the table)."""
+
+    def guarded(target: Target) -> T:
+        try:
+            return work(target)
+        except Exception as exc:
+            return on_error(unexpected_error(target.name, exc))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(targets)))) as pool:
+        return list(pool.map(guarded, targets))

@@ -14,9 +14,16 @@ from invoke.exceptions import CommandTimedOut
 
 from orchestrator.errors import HostError
 from orchestrator.fleet.bundle import dependency_wheels
-from orchestrator.fleet.deploy import HostOutcome, for_each_host
+from orchestrator.fleet.deploy import HostOutcome, failed_outcome
 from orchestrator.fleet.inventory import Target
-from orchestrator.fleet.remote import Box, command_error, connect_error, connection, sftp_error
+from orchestrator.fleet.remote import (
+    Box,
+    command_error,
+    connect_error,
+    connection,
+    for_each_host,
+    sftp_error,
+)
 
 TARGET = Target(
     name="laptop", address="192.0.2.7", port=2222, user="bench", key=Path("/k/id_ed25519"),
@@ -136,7 +143,7 @@ def test_any_error_on_one_box_is_its_row_and_the_others_go_on() -> None:
         return HostOutcome(target.name, ok=True, changes=["started"])
 
     targets = [replace(TARGET, name=n) for n in [*errors, "good"]]
-    rows = {o.host: o for o in for_each_host(targets, work)}
+    rows = {o.host: o for o in for_each_host(targets, work, failed_outcome)}
     assert [r.ok for r in rows.values()] == [False] * 5 + [True]
     assert rows["good"].result == "changed"
     assert rows["ssh"].result == "FAILED: ssh failed" and "Channel closed" in rows["ssh"].detail
