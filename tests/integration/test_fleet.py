@@ -137,7 +137,7 @@ def test_both_engines_through_real_workers_report_ttft_tg_and_pp(
     server_jobs = [j for j in jobs if j.spec.engine == "llama-server"]
     assert [j.result.status.value for j in server_jobs if j.result] == ["ok", "ok"]
     for job in server_jobs:
-        assert job.result is not None
+        assert job.result is not None and len(job.result.requests) == job.spec.repetitions
         for r in job.result.requests:
             # client TTFT agrees with the server's own prefill time (see test_llama_server)
             assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s

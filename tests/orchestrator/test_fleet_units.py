@@ -127,7 +127,9 @@ def test_supervisor_script_restarts_on_failure_and_stops_with_its_group(tmp_path
     )
     os.chmod(layout.orch, 0o755)
     Path(layout.env_file).write_text(env_file_text("redis://127.0.0.1:1/0", {}))
-    Path(layout.script).write_text(supervisor_script(layout).replace("sleep 10", "sleep 0.2"))
+    script = supervisor_script(layout)
+    assert "sleep 10" in script  # the restart delay this test shortens
+    Path(layout.script).write_text(script.replace("sleep 10", "sleep 0.2"))
     with open(layout.log, "ab") as log:
         proc = subprocess.Popen(
             ["setsid", "sh", layout.script], stdout=log, stderr=log, stdin=subprocess.DEVNULL

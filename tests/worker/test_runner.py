@@ -185,7 +185,8 @@ def test_a_real_run_stores_psutil_telemetry_split_by_phase(
         close_engines()
     assert result is not None and result.status is Status.OK, result and result.error
     telemetry = result.telemetry
-    assert telemetry is not None and telemetry.samples >= 2
+    # at least one sample beyond the baseline and the exit sample the sampler always takes
+    assert telemetry is not None and telemetry.samples >= 3
     psutil_status = next(s for s in telemetry.sources if s.name == "psutil")
     assert psutil_status.available
     # every source that is absent here says why, instead of failing the job
@@ -194,6 +195,7 @@ def test_a_real_run_stores_psutil_telemetry_split_by_phase(
     assert all(0 <= p.start_s <= p.end_s for p in telemetry.phases)  # relative to sampling
     run_rss = [p.metrics["rss_bytes"] for p in telemetry.phases if "rss_bytes" in p.metrics]
     assert run_rss and all(m.peak is None or m.peak > 0 for m in run_rss)
+    assert any(m.peak for m in run_rss)  # the engine's memory was measured in some phase
     assert len(telemetry.series["t_s"]) == len(telemetry.series["rss_bytes"]) >= 2
     assert 0 <= telemetry.sampler_cpu_pct < 100
 

@@ -105,6 +105,7 @@ def test_openai_route_of_a_real_llama_server_reports_usage_and_timings(
     finally:
         server.stop()
     assert outcome.status is Status.OK, outcome.error
+    assert len(outcome.requests) == 3  # the job's repetitions, warm-up not counted
     for r in outcome.requests:
         assert r.gen_tokens == 20  # usage.completion_tokens
         assert r.prompt_tokens > 5  # the chat template wraps the text
