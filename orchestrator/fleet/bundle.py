@@ -12,8 +12,10 @@ builds of the same source differ in zip timestamps only, and must count as the s
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +53,9 @@ def build_bundle(out_dir: Path, wheelhouse: Path | None) -> Bundle:
     argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out_dir)]
     if wheelhouse is not None:
         argv += ["--no-index", "--find-links", str(wheelhouse)]
-    done = subprocess.run([*argv, str(root)], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="orch-wheel-src-") as tmp:
+        done = subprocess.run([*argv, str(_clean_copy(root, Path(tmp)))], capture_output=True,
+                              text=True)  # fmt: skip
     wheels = sorted(out_dir.glob("orch-*.whl"))
     if done.returncode != 0 or not wheels:
         hint = (
@@ -63,6 +67,23 @@ def build_bundle(out_dir: Path, wheelhouse: Path | None) -> Bundle:
     wheel = wheels[-1]
     house = dependency_wheels(wheelhouse) if wheelhouse is not None else ()
     return Bundle(wheel, _version(wheel), wheel_fingerprint(wheel), house)
+
+
+# What the wheel is built from (pyproject.toml's packages and readme), and nothing else.
+_SOURCES = ("pyproject.toml", "README.md", "jobs", "orchestrator", "worker")
+
+
+def _clean_copy(root: Path, dest: Path) -> Path:
+    """The checkout's sources without build leftovers: setuptools builds in `build/lib` and
+    never removes from it, so a module deleted from the checkout would still be deployed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in _SOURCES:
+        source = root / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
 
 
 def dependency_wheels(wheelhouse: Path) -> tuple[Path, ...]:

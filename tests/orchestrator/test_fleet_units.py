@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.fleet.boxfacts import shell_path
+from orchestrator.fleet.bundle import _clean_copy
 from orchestrator.fleet.service import supervisor_alive_command, supervisor_stop_command
 from orchestrator.fleet.units import (
     Layout,
@@ -196,3 +197,24 @@ def test_deploy_dir_is_one_shell_word_with_home_expanded(tmp_path: Path, deploy_
     ).stdout  # fmt: skip
     assert out == expand_home(deploy_dir, "/home/b")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_wheel_is_built_from_the_sources_not_from_build_leftovers(tmp_path: Path) -> None:
+    # setuptools builds in build/lib and never removes from it: a module deleted from the
+    # checkout would otherwise be deployed (seen: a stale module ended up in the wheel).
+    root = tmp_path / "checkout"
+    for name in ("jobs", "orchestrator", "worker"):
+        (root / name / "__pycache__").mkdir(parents=True)
+        (root / name / "__init__.py").write_text("")
+    (root / "pyproject.toml").write_text('[project]\nname = "orch"\n')
+    (root / "pyproject.toml").write_text('[project]\\nname = "orch"\n')
+    (root / "README.md").write_text("orch\n")
+    (root / "build" / "lib" / "orchestrator").mkdir(parents=True)
+    (root / "build" / "lib" / "orchestrator" / "deleted_since.py").write_text("")
+    (root / ".venv").mkdir()
+    copy = _clean_copy(root, tmp_path / "copy")
+    files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
+    assert files == [
+        "README.md", "jobs/__init__.py", "orchestrator/__init__.py", "pyproject.toml",
+        "worker/__init__.py",
+    ]  # fmt: skip
