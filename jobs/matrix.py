@@ -30,15 +30,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
-from jobs.spec import Name, VramSplit, Watts, Workload
+from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, Name, VramSplit, Watts, Workload
 
-# Keys a selector (exclude/include entry) may name; `host` plus every matrix axis.
-SELECTOR_KEYS = (
-    "host", "engine", "model", "backend", "context", "vram_split", "ttm_pages_limit",
-    "platform_profile", "power_limit_w", "configuration",
-)  # fmt: skip
 # Axes a named configuration sets (reboot-bound and runtime alike).
-HOST_SETTING_KEYS = ("vram_split", "ttm_pages_limit", "platform_profile", "power_limit_w")
+HOST_SETTING_KEYS = (*CONFIGURATION_AXES, *RUNTIME_AXES)
 
 
 class HostConfiguration(BaseModel):

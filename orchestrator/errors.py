@@ -1,11 +1,12 @@
 """Errors the coordinator raises on purpose; the CLI prints them and exits non-zero.
 
 OrchError                   base: a message for the user, exit code 2
-├── MatrixError             the matrix file is invalid (every problem, each with file:line: key)
-├── SubmitError             the matrix is valid but cannot run (unknown host/model/backend)
+├── ProblemsError           every problem at once, one line each
+│   ├── MatrixError         the matrix file is invalid (file:line: key)
+│   ├── SubmitError         the matrix is valid but cannot run (unknown host/model/backend)
+│   └── InventoryError      the fleet inventory (fleet.yaml) is invalid (file:line: key)
 ├── BrokerError             the broker cannot be reached or refused us
 ├── StoreError              the result store cannot be opened or is from a newer orch
-├── InventoryError          the fleet inventory (fleet.yaml) is invalid (file:line: key)
 ├── FleetError              a fleet command cannot start at all (no such host, no wheel)
 └── HostError               one box failed (unreachable, auth failed, no Python 3.11, disk
                             full...): it becomes that host's row, the other hosts go on
@@ -20,20 +21,20 @@ class OrchError(Exception):
     exit_code = 2
 
 
-class MatrixError(OrchError):
-    """One or more problems in a matrix file; `problems` holds one line per problem."""
+class ProblemsError(OrchError):
+    """Every problem found at once; `problems` holds one line per problem."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
 
 
-class SubmitError(OrchError):
+class MatrixError(ProblemsError):
+    """One or more problems in a matrix file (file:line: key)."""
+
+
+class SubmitError(ProblemsError):
     """The matrix asks for hosts, models or backends the fleet does not have."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class BrokerError(OrchError):
@@ -44,12 +45,8 @@ class StoreError(OrchError):
     """The result store cannot be used."""
 
 
-class InventoryError(OrchError):
-    """One or more problems in a fleet inventory; `problems` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
+class InventoryError(ProblemsError):
+    """One or more problems in a fleet inventory (file:line: key)."""
 
 
 class FleetError(OrchError):

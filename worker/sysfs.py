@@ -44,3 +44,20 @@ def read_int(path: Path) -> int | None:
         return int(value, 16 if value.lower().startswith("0x") else 10)
     except ValueError:
         return None
+
+
+_MEMINFO_UNITS = {"kB": 1024, "": 1}  # the kernel writes "kB" and means KiB; counters have none
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """`MemTotal:  131072000 kB` -> {"MemTotal": 134217728000} (bytes)."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if not sep or not parts or not parts[0].isdigit():
+            continue
+        unit = parts[1] if len(parts) > 1 else ""
+        if unit in _MEMINFO_UNITS:
+            values[key.strip()] = int(parts[0]) * _MEMINFO_UNITS[unit]
+    return values

@@ -22,11 +22,7 @@ from typing import TypeVar
 from jobs.result import EngineInfo, Measurement, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
-
-
-def _ignore_pid(_pid: int) -> None:
-    return None
-
+from worker.engines.process import ignore_pid
 
 log = logging.getLogger("orch.worker")
 
@@ -40,7 +36,7 @@ class RunTarget:
     timeout_s: float
     threads: int | None = None
     # Called with the engine's process id as soon as it exists (telemetry follows that process).
-    on_process: Callable[[int], None] = _ignore_pid
+    on_process: Callable[[int], None] = ignore_pid
     url: str | None = None  # server engines: the running server
     served_model: str | None = None  # server engines: the model's id on that server
     image: Path | None = None  # vision workloads: the image file the job names

@@ -44,12 +44,13 @@ def die_with_parent() -> Callable[[], None] | None:
     return set_pdeathsig
 
 
-def _ignore(_pid: int) -> None:
+def ignore_pid(_pid: int) -> None:
+    """The default `on_start`/`on_process` callback: nobody follows the process."""
     return None
 
 
 def run_bounded(
-    argv: list[str], timeout_s: float, on_start: Callable[[int], None] = _ignore
+    argv: list[str], timeout_s: float, on_start: Callable[[int], None] = ignore_pid
 ) -> ProcessOutcome:
     """Run `argv` (never a shell string) for at most `timeout_s` seconds."""
     proc = subprocess.Popen(

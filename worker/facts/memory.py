@@ -10,24 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.facts._common import FactLog, shown
-from worker.sysfs import read_int, read_text
+from worker.sysfs import parse_meminfo, read_int, read_text
 
 MEMINFO = "proc/meminfo"
-_UNITS = {"kB": 1024, "": 1}  # the kernel writes "kB" and means KiB; counters have no unit
-
-
-def parse_meminfo(text: str) -> dict[str, int]:
-    """`MemTotal:  131072000 kB` -> {"MemTotal": 134217728000} (bytes)."""
-    values: dict[str, int] = {}
-    for line in text.splitlines():
-        key, sep, rest = line.partition(":")
-        parts = rest.split()
-        if not sep or not parts or not parts[0].isdigit():
-            continue
-        unit = parts[1] if len(parts) > 1 else ""
-        if unit in _UNITS:
-            values[key.strip()] = int(parts[0]) * _UNITS[unit]
-    return values
 
 
 TTM_PAGES_LIMIT = "sys/module/ttm/parameters/pages_limit"

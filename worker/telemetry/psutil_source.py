@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are checked by tests
 
 from jobs.telemetry import SourceStatus
-from worker.sysfs import read_text
+from worker.sysfs import parse_meminfo, read_text
 from worker.telemetry.base import Every, Source, register_source
 from worker.telemetry.counters import CounterDeltas, ProcessTree
 
@@ -151,16 +151,12 @@ def _proc_memory() -> dict[str, float] | None:
     text = read_text(Path("/proc/meminfo"))
     if text is None:
         return None
-    kib: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"):
-            kib[key] = int(value.split()[0])
-    if len(kib) < 4:
+    mem = parse_meminfo(text)
+    if not {"MemTotal", "MemAvailable", "SwapTotal", "SwapFree"} <= mem.keys():
         return None
     return {
-        "sys_ram_used_bytes": float((kib["MemTotal"] - kib["MemAvailable"]) * 1024),
-        "swap_used_bytes": float((kib["SwapTotal"] - kib["SwapFree"]) * 1024),
+        "sys_ram_used_bytes": float(mem["MemTotal"] - mem["MemAvailable"]),
+        "swap_used_bytes": float(mem["SwapTotal"] - mem["SwapFree"]),
     }
 
 

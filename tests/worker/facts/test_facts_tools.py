@@ -11,7 +11,6 @@ from facts_fakes import FIXTURES, FakeTools
 from worker.facts._common import FactLog
 from worker.facts.cpu import cpu_from_blocks, parse_cpuinfo
 from worker.facts.engines import engine_versions, version_line
-from worker.facts.memory import parse_meminfo
 from worker.facts.nvidia import normalize_bus_id, parse_nvidia_smi, probe_nvidia
 from worker.facts.pciids import lookup_pci_name
 from worker.facts.rocm import detect_rocm
@@ -19,6 +18,7 @@ from worker.facts.ryzenadj import parse_ryzenadj_info, probe_ryzenadj
 from worker.facts.system import parse_os_release
 from worker.facts.tools import ToolError, ToolOutput, Tools, run_tool
 from worker.facts.vulkan import parse_vulkan_summary, vulkan_label
+from worker.sysfs import parse_meminfo
 
 
 def tools_answering(**outputs: ToolOutput) -> Tools:
