@@ -89,17 +89,16 @@ def peak_memory(result: RunResult) -> tuple[int | None, str | None]:
     return (int(rss), "process RSS") if rss is not None else (None, None)
 
 
-def render_checks(checks: list[PredictionCheck], *, md: bool) -> list[str]:
+CHECKS_TITLE = "Planner predictions (at submit) against outcomes"
+
+
+def check_items(checks: list[PredictionCheck]) -> list[str]:
+    """One line per check and a tally; each report format adds its own bullets."""
     if not checks:
         return []
-    bullet = "- " if md else "  "
-    lines = ["", "Planner predictions (at submit) against outcomes:"]
-    for check in checks:
-        job = check.job
-        lines.append(
-            f"{bullet}{job.host} {job.engine} {job.model} ctx {job.context}: {check.text()}"
-        )
+    items = [
+        f"{c.job.host} {c.job.engine} {c.job.model} ctx {c.job.context}: {c.text()}" for c in checks
+    ]
     wrong = sum(1 for c in checks if c.held is False)
     tested = sum(1 for c in checks if c.held is not None)
-    lines.append(f"{bullet}{tested - wrong}/{tested} predictions held")
-    return lines
+    return [*items, f"{tested - wrong}/{tested} predictions held"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from html import escape
 
-from orchestrator.predictions import check_predictions, render_checks
 from orchestrator.report.charts import (
     Chart,
     bar_charts,
@@ -20,9 +19,9 @@ from orchestrator.report.charts import (
 from orchestrator.report.pivot import Pivot
 from orchestrator.report.render_text import (
     axis_title,
-    failure_notes,
     legend,
     note_marks,
+    sections,
     table,
 )
 
@@ -63,16 +62,11 @@ def render_html(pivot: Pivot) -> str:
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     out += [f'<p class="legend">{escape(line)}</p>' for line in legend(pivot)]
-    failures = failure_notes(pivot, md=True)
-    if failures:
-        out.append("<h2>Failures</h2><ul>")
-        out += [f"<li>{escape(line[2:])}</li>" for line in failures[2:]]
-        out.append("</ul>")
-    checks = render_checks(check_predictions([r.job for r in pivot.records]), md=True)
-    if checks:
-        out.append(f"<h2>{escape(checks[1].rstrip(':'))}</h2><ul>")
-        out += [f"<li>{escape(line[2:])}</li>" for line in checks[2:]]
-        out.append("</ul>")
+    for title, items in sections(pivot):
+        if items:
+            out.append(f"<h2>{escape(title)}</h2><ul>")
+            out += [f"<li>{escape(item)}</li>" for item in items]
+            out.append("</ul>")
     charts = bar_charts(pivot) + context_charts(pivot) + timeline_charts(pivot)
     if charts:
         out.append("<h2>Charts</h2>")

@@ -16,7 +16,7 @@ from typing import Any
 from tabulate import tabulate
 
 from jobs.result import Status
-from orchestrator.predictions import check_predictions, render_checks
+from orchestrator.predictions import CHECKS_TITLE, check_items, check_predictions
 from orchestrator.report.metrics import METRICS
 from orchestrator.report.pivot import (
     AXIS_TITLES,
@@ -199,12 +199,19 @@ def render_text(pivot: Pivot, *, md: bool) -> str:
             out.append(constants)
         out += ["", tabulate(body, headers, tablefmt="simple", disable_numparse=True), ""]
         out += legend(pivot)
-    out += failure_notes(pivot, md=md)
-    out += render_checks(check_predictions([r.job for r in pivot.records]), md=md)
+    for title, items in sections(pivot):
+        if items:
+            out += ["", f"{title}:", *(("- " if md else "  ") + item for item in items)]
     return "\n".join(out)
 
 
-def failure_notes(pivot: Pivot, *, md: bool) -> list[str]:
+def sections(pivot: Pivot) -> list[tuple[str, list[str]]]:
+    """What follows the table in every format: failures, then the planner's predictions."""
+    checks = check_items(check_predictions([r.job for r in pivot.records]))
+    return [("Failures", failure_items(pivot)), (CHECKS_TITLE, checks)]
+
+
+def failure_items(pivot: Pivot) -> list[str]:
     notes = []
     for record in pivot.records:
         result = record.job.result
@@ -216,9 +223,8 @@ def failure_notes(pivot: Pivot, *, md: bool) -> list[str]:
         if len(lines) > 1:
             reason += f": {lines[-1].strip()}"
         spec = record.job.spec
-        bullet = "- " if md else "  "
         notes.append(
-            f"{bullet}{spec.host} {spec.model} ctx {spec.context}: "
+            f"{spec.host} {spec.model} ctx {spec.context}: "
             f"{result.status.words} (job {result.job_id}): {reason}"
         )
-    return ["", "Failures:", *notes] if notes else []
+    return notes

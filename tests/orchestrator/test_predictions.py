@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from jobs.result import RunResult, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import MetricSummary, PhaseSummary, Telemetry
-from orchestrator.predictions import check_predictions, render_checks
+from orchestrator.predictions import check_items, check_predictions
 from orchestrator.store import JobRow, Prediction
 
 MIB = 2**20
@@ -47,8 +47,8 @@ def test_wrong_predictions_are_called_wrong() -> None:
     failed = _row("fits", _result(Status.LOAD_FAILED))
     checks = check_predictions([loaded, failed])
     assert [c.held for c in checks] == [False, False]
-    lines = render_checks(checks, md=True)
-    assert lines[-1] == "- 0/2 predictions held" and "WRONG" in lines[2]
+    lines = check_items(checks)
+    assert lines[-1] == "0/2 predictions held" and "WRONG" in lines[0]
 
 
 def test_outcomes_that_say_nothing_about_memory_test_nothing() -> None:
@@ -60,7 +60,7 @@ def test_outcomes_that_say_nothing_about_memory_test_nothing() -> None:
     ]
     checks = check_predictions(rows)
     assert [c.held for c in checks] == [None, None, None]
-    assert render_checks(checks, md=False)[-1] == "  0/0 predictions held"
+    assert check_items(checks)[-1] == "0/0 predictions held"
     assert (
         check_predictions([_row("fits", _result(Status.OK))])[0]
         .text()
