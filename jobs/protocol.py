@@ -6,6 +6,9 @@ and the worker's consumer app both apply, so the two can never drift apart.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from typing import Any
 
 TASK_NAME = "orch.run_job"
@@ -35,6 +38,9 @@ MAX_DELIVERIES = 3
 HEARTBEAT_INTERVAL_S = 5.0
 LEASE_TTL_S = 15
 ONLINE_WITHIN_S = 3 * HEARTBEAT_INTERVAL_S
+# A box that announced an unattended reboot is expected back within this (firmware updates,
+# memory training after a carve-out change and a slow disk can take minutes).
+REBOOT_GRACE_S = 20 * 60
 
 
 def redact_url(url: str) -> str:
@@ -42,6 +48,21 @@ def redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     creds, at, hostpart = rest.rpartition("@")
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{hostpart}" if at else url
+
+
+def job_of_message(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The job (a JobSpec as JSON) inside one Celery message as kombu's Redis transport keeps
+    it (protocol 2: `body` is base64 of `[args, kwargs, embed]`, args[0] our job); None for a
+    message that is not an orch job or cannot be read."""
+    try:
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        job = args[0]
+    except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
+        return None
+    return job if isinstance(job, dict) else None
 
 
 def celery_settings() -> dict[str, Any]:

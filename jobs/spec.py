@@ -120,6 +120,54 @@ def host_of_queue(queue: str) -> str | None:
     return queue[len("orch.") :].rsplit(".", 1)[0]
 
 
+def configuration_of_queue(queue: str) -> dict[str, str]:
+    """The configuration a queue stands for: the inverse of `queue_name`.
+
+    >>> configuration_of_queue("orch.halo.vram-32G+ttm-8388608")
+    {'vram_split': '32G', 'ttm_pages_limit': '8388608'}
+    """
+    out: dict[str, str] = {}
+    for part in queue.rsplit(".", 1)[-1].split("+"):
+        if part.startswith("vram-"):
+            out["vram_split"] = part[len("vram-") :]
+        elif part.startswith("ttm-"):
+            out["ttm_pages_limit"] = part[len("ttm-") :]
+    return out
+
+
+def configuration_label(configuration: dict[str, str]) -> str:
+    """How every command spells a configuration: `vram_split=32G, ttm_pages_limit=8388608`."""
+    return (
+        ", ".join(
+            f"{axis}={configuration[axis]}" for axis in CONFIGURATION_AXES if axis in configuration
+        )
+        or "no vram_split"
+    )
+
+
+def _configuration_order(configuration: dict[str, str]) -> tuple[int, int]:
+    vram = configuration.get("vram_split")
+    pages = configuration.get("ttm_pages_limit")
+    return (vram_split_bytes(vram) if vram else 0, int(pages) if pages else 0)
+
+
+def reconfiguration_sequence(
+    current: dict[str, str], pending: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """The order a host visits the configurations it has work in: where it is now first, then
+    the others smallest first, each once (so reboots = configurations to visit - 1 when the box
+    starts in one of them). The agent that reboots itself and the coordinator that shows the
+    plan both follow this order.
+
+    >>> small, big = {"vram_split": "512M"}, {"vram_split": "32G"}
+    >>> reconfiguration_sequence(small, [big, small])
+    [{'vram_split': '512M'}, {'vram_split': '32G'}]
+    """
+    distinct = {queue_name("-", c): c for c in pending}
+    rest = sorted((c for c in distinct.values() if c != current), key=_configuration_order)
+    return ([current] if current in distinct.values() else []) + rest
+
+
 def configuration_of(facts: dict[str, Any]) -> dict[str, str]:
     """The reboot-bound part of a host's facts (what routes a job to a queue)."""
     return {axis: str(facts[axis]) for axis in CONFIGURATION_AXES if facts.get(axis) is not None}

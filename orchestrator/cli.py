@@ -21,19 +21,21 @@ from jobs.paths import orch_home
 from jobs.protocol import redact_url
 from orchestrator import status as status_mod
 from orchestrator.broker import connect, read_fleet
+from orchestrator.cli_common import BROKER_HELP, optional_broker, require_broker
+from orchestrator.cli_local import local_group
 from orchestrator.cli_report import COMMANDS as REPORT_COMMANDS
 from orchestrator.control import cancel, retry_failed
-from orchestrator.errors import OrchError
+from orchestrator.errors import OrchError, WaitingForHumanError
 from orchestrator.fleet.cli import fleet_group
 from orchestrator.hosts import render_hosts
 from orchestrator.local import local_fleet, prepare_demo
+from orchestrator.localservice import LocalService
+from orchestrator.localservice import start as start_local_service
 from orchestrator.matrixfile import load_matrix_file
 from orchestrator.plan import parse_model_options, plan, render_plan
 from orchestrator.report import build_pivot, render
 from orchestrator.store import Store, default_store_path
 from orchestrator.submit import Progress, SubmitOutcome, resolve_configurations, submit, wait_for
-
-BROKER_HELP = "Broker URL (redis://[:password@]host:port/db); default $ORCH_BROKER_URL."
 
 
 class OrchGroup(click.Group):
@@ -81,18 +83,42 @@ def cli(ctx: click.Context, store_path: Path | None) -> None:
         ctx.obj["store"] = Store.open(path)
 
 
+_WAIT_OPTIONS = [
+    click.option(
+        "--timeout", type=float, default=None, help="With --wait: give up after N seconds."
+    ),
+    click.option(
+        "--wait-for-reconfiguration",
+        is_flag=True,
+        help="With --wait: keep waiting when every job left needs a reboot or a worker "
+        "(default: print what to do and exit with code 4).",
+    ),
+]
+
+
+def _wait_options(command: Any) -> Any:
+    for option in reversed(_WAIT_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command("submit")
 @click.argument("matrix", type=click.Path(path_type=Path))
 @click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
 @click.option("--wait", is_flag=True, help="Show progress until every job is done, then report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
-@click.option("--local", is_flag=True, help="Single-box: embedded broker + one local worker.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="One box: start the one-box service if it is not running (`orch local start`), "
+    "queue there and wait.",
+)
 @click.option(
     "--worker-config",
     type=click.Path(path_type=Path),
-    help="With --local: the local worker's worker.yaml.",
+    help="With --local: this box's worker.yaml (needed the first time).",
 )
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after N seconds.")
+@_wait_options
 @click.option(
     "--skip-predicted-failures",
     is_flag=True,
@@ -114,37 +140,28 @@ def submit_cmd(
     local: bool,
     worker_config: Path | None,
     timeout: float | None,
+    wait_for_reconfiguration: bool,
     skip_predicted_failures: bool,
     models: tuple[str, ...],
 ) -> None:
     """Expand MATRIX, check it against the fleet, and queue its jobs."""
     store = _store(ctx)
     files = parse_model_options(models)
-
-    def run_submit(broker_url: str) -> SubmitOutcome:
-        return submit(
-            matrix, broker_url, store,
-            skip_predicted_failures=skip_predicted_failures, model_files=files,
-        )  # fmt: skip
-
     if local:
-        if worker_config is None:
-            raise OrchError("--local needs --worker-config worker.yaml (the local box's config)")
-        with tempfile.TemporaryDirectory(prefix="orch-local-") as tmp:
-            with local_fleet(worker_config, Path(tmp)) as fleet:
-                outcome = run_submit(fleet.broker_url)
-                _print_submission(outcome, as_json)
-                _wait_and_report(store, fleet.broker_url, outcome.campaign, timeout)
-        return
-    if not broker:
-        raise OrchError(
-            "no broker: pass --broker redis://HOST:6379/0 or set ORCH_BROKER_URL "
-            "(or use --local for a single box)"
-        )
-    outcome = run_submit(broker)
+        if broker:
+            raise OrchError("--local queues on the one-box service: leave out --broker")
+        service = LocalService()
+        started, _state = start_local_service(service, worker_config)
+        if started:
+            click.echo(f"started the one-box service in {service.dir}", err=True)
+        wait = True
+    url = require_broker(broker)
+    outcome = submit(
+        matrix, url, store, skip_predicted_failures=skip_predicted_failures, model_files=files
+    )
     _print_submission(outcome, as_json)
     if wait:
-        _wait_and_report(store, broker, outcome.campaign, timeout)
+        _wait_and_report(store, url, outcome.campaign, timeout, wait_for_reconfiguration)
 
 
 def _print_submission(outcome: SubmitOutcome, as_json: bool) -> None:
@@ -163,7 +180,21 @@ def _print_submission(outcome: SubmitOutcome, as_json: bool) -> None:
         click.echo(f"note: {note}", err=True)
 
 
-def _wait_and_report(store: Store, broker: str, campaign: str, timeout: float | None) -> None:
+def _wait_and_report(
+    store: Store,
+    broker: str,
+    campaign: str,
+    timeout: float | None,
+    wait_for_reconfiguration: bool = False,
+) -> None:
+    final = _wait(store, broker, campaign, timeout, wait_for_reconfiguration)
+    click.echo(render(build_pivot(campaign, store.campaign_jobs(campaign)), "table"))
+    _end_of_wait(final)
+
+
+def _wait(
+    store: Store, broker: str, campaign: str, timeout: float | None, keep_waiting: bool
+) -> Progress:
     client = connect(broker)
     with click.progressbar(length=1, label=f"{campaign}", file=sys.stderr) as bar:
         seen = 0
@@ -174,20 +205,56 @@ def _wait_and_report(store: Store, broker: str, campaign: str, timeout: float | 
             bar.update(state.finished - seen)
             seen = state.finished
 
-        final = wait_for(store, client, campaign, timeout_s=timeout, on_progress=on_progress)
-    click.echo(render(build_pivot(campaign, store.campaign_jobs(campaign)), "table"))
-    if not final.done:
-        raise OrchError(f"timed out: {final.finished}/{final.total} jobs finished")
+        def on_outage(message: str) -> None:
+            click.echo(f"\n{message}", err=True)
+
+        return wait_for(
+            store, client, campaign, timeout_s=timeout, wait_for_reconfiguration=keep_waiting,
+            on_progress=on_progress, on_outage=on_outage,
+        )  # fmt: skip
+
+
+def _end_of_wait(final: Progress) -> None:
+    if final.done:
+        return
+    if final.blocked:
+        raise WaitingForHumanError(
+            f"{final.finished}/{final.total} jobs finished; the rest cannot run until "
+            "someone acts:\n"
+            + "\n".join(f"  {line}" for line in final.blocked)
+            + "\nthen `orch status CAMPAIGN --wait` (or --wait-for-reconfiguration to keep "
+            "waiting)"
+        )
+    raise OrchError(f"timed out: {final.finished}/{final.total} jobs finished")
 
 
 @cli.command("status")
 @click.argument("campaign", required=False)
 @click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
+@click.option("--wait", is_flag=True, help="With CAMPAIGN: wait until it is done, then report.")
+@_wait_options
 @click.pass_context
-def status_cmd(ctx: click.Context, campaign: str | None, broker: str | None) -> None:
+def status_cmd(
+    ctx: click.Context,
+    campaign: str | None,
+    broker: str | None,
+    wait: bool,
+    timeout: float | None,
+    wait_for_reconfiguration: bool,
+) -> None:
     """Hosts (online, queue, waiting jobs) and campaign progress."""
     store = _store(ctx)
-    client = connect(broker) if broker else None
+    if wait:
+        if not campaign:
+            raise click.UsageError("--wait needs a CAMPAIGN")
+        store.require_campaign(campaign)
+        url = require_broker(broker)
+        final = _wait(store, url, campaign, timeout, wait_for_reconfiguration)
+        click.echo(status_mod.render_status(store, connect(url), campaign))
+        _end_of_wait(final)
+        return
+    found = optional_broker(broker)
+    client = connect(found) if found else None
     if client is not None:
         store.collect(client)
     click.echo(status_mod.render_status(store, client, campaign))
@@ -207,31 +274,32 @@ def plan_cmd(ctx: click.Context, matrix: Path, models: tuple[str, ...], broker: 
     """Estimate each job's memory (weights, KV, compute), whether it fits its host's
     configuration, and its duration from earlier runs."""
     mf = load_matrix_file(matrix)
-    fleet = read_fleet(connect(broker)) if broker else None
+    url = optional_broker(broker)
+    fleet = read_fleet(connect(url)) if url else None
     jobs = resolve_configurations(mf.jobs, fleet.inventories) if fleet else mf.jobs
     path: Path = ctx.obj["store_path"]
     store = Store.open(path) if path.exists() else None  # durations of earlier runs, if any
-    click.echo(render_plan(plan(jobs, parse_model_options(models), fleet, store)))
+    click.echo(render_plan(plan(jobs, parse_model_options(models), fleet, store), fleet))
 
 
 @cli.command("retry")
 @click.argument("campaign")
 @click.option("--failed", is_flag=True, required=True, help="Re-run jobs whose result failed.")
-@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help=BROKER_HELP)
+@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
 @click.pass_context
-def retry_cmd(ctx: click.Context, campaign: str, failed: bool, broker: str) -> None:
+def retry_cmd(ctx: click.Context, campaign: str, failed: bool, broker: str | None) -> None:
     """Queue the failed jobs of CAMPAIGN again (load failed, timeout, error)."""
-    jobs = retry_failed(campaign, broker, _store(ctx))
+    jobs = retry_failed(campaign, require_broker(broker), _store(ctx))
     click.echo(f"{len(jobs)} failed job(s) of {campaign} queued again")
 
 
 @cli.command("cancel")
 @click.argument("campaign")
-@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help=BROKER_HELP)
+@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
 @click.pass_context
-def cancel_cmd(ctx: click.Context, campaign: str, broker: str) -> None:
+def cancel_cmd(ctx: click.Context, campaign: str, broker: str | None) -> None:
     """Take CAMPAIGN's waiting jobs out of their queues (running ones finish)."""
-    done = cancel(campaign, broker, _store(ctx))
+    done = cancel(campaign, require_broker(broker), _store(ctx))
     click.echo(
         f"{campaign}: {done.removed} job(s) taken out of their queues, {done.running} running "
         "(they will finish); submit the matrix again to resume"
@@ -239,10 +307,10 @@ def cancel_cmd(ctx: click.Context, campaign: str, broker: str) -> None:
 
 
 @cli.command("hosts")
-@click.option("--broker", envvar="ORCH_BROKER_URL", required=True, help=BROKER_HELP)
-def hosts_cmd(broker: str) -> None:
+@click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
+def hosts_cmd(broker: str | None) -> None:
     """Every registered box: state, queue, declared and detected facts (fingerprint)."""
-    click.echo(render_hosts(connect(broker)))
+    click.echo(render_hosts(connect(require_broker(broker))))
 
 
 @cli.command("demo")
@@ -268,6 +336,7 @@ def demo_cmd(ctx: click.Context, timeout: float) -> None:
 for _command in REPORT_COMMANDS:  # report, compare, campaigns, import
     cli.add_command(_command)
 cli.add_command(fleet_group)
+cli.add_command(local_group)
 
 
 def main() -> None:

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 
 import click
 
-from orchestrator.broker import connect
+from orchestrator.broker import broker_time, connect, read_fleet
+from orchestrator.cli_common import BROKER_HELP, optional_broker
 from orchestrator.report import FORMATS, PivotOptions, ReportError, build_pivot, render
-from orchestrator.report.campaigns import render_campaigns
+from orchestrator.report.campaigns import blocked_by_campaign, render_campaigns
 from orchestrator.report.compare import (
     RegressionError,
     compare_campaigns,
@@ -25,7 +26,6 @@ from orchestrator.report.metrics import METRICS
 from orchestrator.report.pivot import AXES, METRIC
 from orchestrator.store import Store
 
-BROKER_HELP = "Broker URL (redis://[:password@]host:port/db); default $ORCH_BROKER_URL."
 _AXES_HELP = (
     f"Comma-separated axes: {', '.join((*AXES, METRIC))}, and any configuration part or "
     "setting the jobs have (configuration, ttm_pages_limit, platform_profile, power_limit_w)."
@@ -108,6 +108,7 @@ def report_cmd(
 ) -> None:
     """The comparison table of CAMPAIGN: configurations as columns, metrics as rows."""
     store = _store(ctx)
+    broker = optional_broker(broker)
     if broker:
         store.collect(connect(broker))
     store.require_campaign(campaign)
@@ -168,9 +169,13 @@ def compare_cmd(
 def campaigns_cmd(ctx: click.Context, broker: str | None) -> None:
     """Every campaign in the store: dates, hosts, job counts, status."""
     store = _store(ctx)
+    broker = optional_broker(broker)
+    blocked = None
     if broker:
-        store.collect(connect(broker))
-    click.echo(render_campaigns(store))
+        client = connect(broker)
+        store.collect(client)
+        blocked = blocked_by_campaign(store, read_fleet(client), broker_time(client))
+    click.echo(render_campaigns(store, blocked))
 
 
 @click.group("import")

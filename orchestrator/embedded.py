@@ -55,11 +55,14 @@ class EmbeddedBroker:
         port: int | None = None,
         password: str | None = None,
         bind: tuple[str, ...] = ("127.0.0.1",),
+        appendfsync: str = "everysec",
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.password = password  # `requirepass`: as a fleet's broker should run
         self.bind = bind  # addresses to listen on; the URL names the first
+        # "always" for the one-box service: a power cut then loses no queued job or result.
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +76,8 @@ class EmbeddedBroker:
         argv = [
             str(server_binary()),
             "--bind", *self.bind, "--port", str(self.port), "--protected-mode", "yes",
-            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+            "--dir", str(self.data_dir), "--appendonly", "yes",
+            "--appendfsync", self.appendfsync, "--save", "",
             "--maxmemory-policy", "noeviction", "--logfile", str(log), "--daemonize", "no",
         ]  # fmt: skip
         if self.password:

@@ -6,6 +6,7 @@ OrchError                   base: a message for the user, exit code 2
 │   ├── SubmitError         the matrix is valid but cannot run (unknown host/model/backend)
 │   └── InventoryError      the fleet inventory (fleet.yaml) is invalid (file:line: key)
 ├── BrokerError             the broker cannot be reached or refused us
+├── WaitingForHumanError    --wait: every job left needs a reboot or a worker (exit code 4)
 ├── StoreError              the result store cannot be opened or is from a newer orch
 ├── FleetError              a fleet command cannot start at all (no such host, no wheel)
 └── HostError               one box failed (unreachable, auth failed, no Python 3.11, disk
@@ -39,6 +40,12 @@ class SubmitError(ProblemsError):
 
 class BrokerError(OrchError):
     """The broker (Redis) is unreachable or misconfigured."""
+
+
+class WaitingForHumanError(OrchError):
+    """`--wait` stopped: nothing left can run until someone reboots a box or starts a worker."""
+
+    exit_code = 4  # documented in the README (One box); orchestrator.waiting has the rule
 
 
 class StoreError(OrchError):

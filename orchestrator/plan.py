@@ -29,6 +29,7 @@ from orchestrator.planner import (
     verdict,
 )
 from orchestrator.store import Store
+from orchestrator.waiting import visit_lines
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def plan(
     return rows
 
 
-def render_plan(rows: list[PlanRow]) -> str:
+def render_plan(rows: list[PlanRow], fleet: Fleet | None = None) -> str:
     table = []
     notes: dict[str, None] = {}
     for row in rows:
@@ -152,7 +153,11 @@ def render_plan(rows: list[PlanRow]) -> str:
         *(f"* {note}" for note in notes),
     ]
     out = tabulate(table, headers, tablefmt="simple", disable_numparse=True)
-    return out + "\n\n" + "\n".join(legend)
+    return (
+        out
+        + "\n\n"
+        + "\n".join(legend + visit_lines([r.job for r in rows], fleet.inventories if fleet else {}))
+    )
 
 
 def _config_label(job: JobSpec) -> str:

@@ -7,10 +7,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from jobs.spec import host_of_queue
+from jobs.spec import configuration_label, host_of_queue
 from orchestrator.broker import Fleet, broker_time, queue_counts, read_fleet
 from orchestrator.store import Store
-from orchestrator.submit import waiting_notes
+from orchestrator.waiting import blocked_notes, visit_lines
 
 WAITING, CANCELLED = "waiting", "cancelled"
 
@@ -22,7 +22,8 @@ def render_status(store: Store, client: Any | None, campaign: str | None) -> str
         out += _hosts(client, fleet, now, store)
         if not campaign:  # with one, the campaign's own notes follow below
             pending = [j for j in store.pending_jobs() if j.host in fleet.inventories]
-            out += waiting_notes(pending, fleet.inventories, now)
+            out += blocked_notes(pending, fleet.inventories, now)
+            out += _plan_lines(pending, fleet)
     else:
         out.append("hosts: unknown (no broker given: pass --broker or set ORCH_BROKER_URL)")
     rejected = store.rejected_count()
@@ -65,7 +66,7 @@ def _hosts(client: Any, fleet: Fleet, now: float, store: Store) -> list[str]:
                     host if current else "",
                     state if current else "",
                     _configuration_label(queue, names.get(queue, []))
-                    + (" (now)" if current else ""),
+                    + (_now_mark(inv, now) if current else ""),
                     done.get(queue, 0),
                     running.get(queue, 0),
                     waiting.get(queue, 0),
@@ -76,6 +77,16 @@ def _hosts(client: Any, fleet: Fleet, now: float, store: Store) -> list[str]:
         return ["hosts: none registered yet (start `orch worker` on each box)"]
     headers = ["host", "state", "configuration", "done", "running", "waiting", "engines"]
     return [tabulate(rows, headers, tablefmt="simple", disable_numparse=True)]
+
+
+def _now_mark(inv: Any, now: float) -> str:
+    """`(now)` only for a box that is up: an offline one may have rebooted into anything."""
+    if inv.online(now):
+        return " (now)"
+    if inv.reconfigure is not None and inv.reconfigure.rebooting(now):
+        into = configuration_label(inv.reconfigure.rebooting_into or {})
+        return f" (last; rebooting into {into})"
+    return " (last seen)"
 
 
 def _configuration_label(queue: str, names: list[str]) -> str:
@@ -104,5 +115,22 @@ def _campaign(store: Store, campaign: str, fleet: Fleet | None, now: float) -> l
     ]
     if fleet is not None:
         pending = [r.spec for r in jobs if not r.settled and r.spec.host in fleet.inventories]
-        out += waiting_notes(pending, fleet.inventories, now)
+        out += blocked_notes(pending, fleet.inventories, now)
+        out += _plan_lines(pending, fleet)
+    return out
+
+
+def _plan_lines(pending: list[Any], fleet: Fleet) -> list[str]:
+    """The configurations each host still has to visit, and how its unattended switching
+    stands (the last switch, campaigns it stopped for)."""
+    out = visit_lines(pending, fleet.inventories)
+    for host in sorted({j.host for j in pending}):
+        inv = fleet.inventories.get(host)
+        rec = inv.reconfigure if inv is not None else None
+        if rec is None:
+            continue
+        if rec.last_outcome:
+            out.append(f"{host}: last unattended switch: {rec.last_outcome}")
+        for campaign, why in sorted(rec.blocked.items()):
+            out.append(f"{host}: unattended switching stopped for {campaign}: {why}")
     return out

@@ -15,14 +15,16 @@ Example::
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis as redis_lib
+
 from jobs.inventory import WorkerInventory
+from jobs.protocol import REBOOT_GRACE_S
 from jobs.result import RunResult, Status
 from jobs.spec import JobSpec
 from jobs.version import ORCH_VERSION, SCHEMA_VERSION
@@ -31,6 +33,7 @@ from orchestrator.errors import SubmitError
 from orchestrator.matrixfile import MatrixFile, load_matrix_file
 from orchestrator.plan import PlanRow, plan
 from orchestrator.store import Prediction, Store
+from orchestrator.waiting import blocked_notes, blocked_on
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,18 @@ class SubmitOutcome:
 def resolve_configurations(
     jobs: list[JobSpec], inventories: dict[str, WorkerInventory]
 ) -> list[JobSpec]:
-    """A job that names no configuration runs in whatever its host declares now."""
+    """A configuration axis a job does not name (the carve-out, the TTM limit) is the one its
+    host is in now: `vram_split: 32G` on a box that also routes by its TTM limit waits for
+    32G at that limit, instead of in a queue no configuration of the box ever consumes."""
     out = []
     for job in jobs:
         inv = inventories.get(job.host)
-        if not job.configuration and inv is not None and inv.configuration:
+        if inv is not None and set(inv.configuration) - set(job.configuration):
             job = JobSpec.model_validate(
-                {**job.model_dump(exclude={"job_id"}), "configuration": inv.configuration}
+                {
+                    **job.model_dump(exclude={"job_id"}),
+                    "configuration": {**inv.configuration, **job.configuration},
+                }
             )
         out.append(job)
     return out
@@ -168,33 +176,6 @@ def _setting_where(mf: MatrixFile, job: JobSpec, axis: str, value: str) -> str:
     return mf.where((axis,))
 
 
-def _config_words(configuration: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(configuration.items())) or "no vram_split"
-
-
-def waiting_notes(
-    pending: list[JobSpec], inventories: dict[str, WorkerInventory], now: float
-) -> list[str]:
-    """Why some jobs will not start soon: their host is off, or in another configuration."""
-    notes = []
-    elsewhere = Counter(
-        (j.host, _config_words(j.configuration))
-        for j in pending
-        if j.queue != inventories[j.host].queue
-    )
-    for (host, wanted), count in sorted(elsewhere.items()):
-        now_in = _config_words(inventories[host].configuration)
-        notes.append(
-            f"{host}: {count} job(s) wait for {wanted} (now {now_in}) — reboot into that "
-            "BIOS setting and restart its worker with it declared"
-        )
-    for host in sorted({j.host for j in pending}):
-        if not inventories[host].online(now):
-            seen = now - inventories[host].last_seen
-            notes.append(f"{host}: offline (last seen {seen:.0f} s ago): its jobs wait for it")
-    return notes
-
-
 def submit(
     path: Path,
     broker_url: str,
@@ -257,7 +238,7 @@ def submit(
             store.record_job(job)
     finally:
         publisher.close()
-    notes = waiting_notes(fresh + waiting, fleet.inventories, broker_time(client))
+    notes = blocked_notes(fresh + waiting, fleet.inventories, broker_time(client))
     requeued = [j for j in fresh if j.job_id in lost and j.job_id not in skipped_before]
     return SubmitOutcome(
         mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes, skipped=skipped
@@ -301,6 +282,8 @@ def skipped_result(job: JobSpec, row: PlanRow) -> RunResult:
 class Progress:
     total: int
     finished: int
+    # Set when every job still to run waits for a human (a reboot, a worker): what to do.
+    blocked: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -312,6 +295,20 @@ def progress(store: Store, campaign: str) -> Progress:
     return Progress(len(rows), sum(1 for r in rows if r.settled))
 
 
+def blocked_progress(store: Store, client: Any, campaign: str) -> Progress:
+    """`progress`, plus the instructions when nothing left can run without a human."""
+    rows = store.campaign_jobs(campaign)
+    state = Progress(len(rows), sum(1 for r in rows if r.settled))
+    pending = [r.spec for r in rows if not r.settled]
+    if not pending:
+        return state
+    fleet, now = read_fleet(client), broker_time(client)
+    if any(blocked_on(j, fleet.inventories.get(j.host), now) is None for j in pending):
+        return state
+    notes = blocked_notes(pending, fleet.inventories, now)
+    return Progress(state.total, state.finished, tuple(notes))
+
+
 def wait_for(
     store: Store,
     client: Any,
@@ -319,14 +316,49 @@ def wait_for(
     *,
     timeout_s: float | None = None,
     poll_s: float = 1.0,
+    wait_for_reconfiguration: bool = False,
+    outage_s: float = REBOOT_GRACE_S,
     on_progress: Callable[[Progress], None] = lambda _p: None,
+    on_outage: Callable[[str], None] = lambda _m: None,
 ) -> Progress:
-    """Collect results until every job of `campaign` has one (or the timeout passes)."""
+    """Collect results until every job of `campaign` has one, the timeout passes, or (unless
+    `wait_for_reconfiguration`) every job left waits for a human: then `blocked` says what to
+    do. A job counts as waiting for a human only on two looks in a row, a poll apart, so a
+    worker restarting between two heartbeats does not end the wait.
+
+    The broker may go away for a while (the one-box service stops while its box reboots):
+    up to `outage_s` the wait goes on, saying so once through `on_outage`."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    blocked_before = False
+    outage_since: float | None = None
     while True:
-        store.collect(client)
-        state = progress(store, campaign)
+        try:
+            store.collect(client)
+            state = (
+                progress(store, campaign)
+                if wait_for_reconfiguration
+                else blocked_progress(store, client, campaign)
+            )
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            if outage_since is None:
+                outage_since = time.monotonic()
+                on_outage(f"the broker is not answering ({exc}); waiting for it to come back")
+            if time.monotonic() - outage_since > outage_s:
+                raise
+            if deadline is not None and time.monotonic() > deadline:
+                return progress(store, campaign)
+            time.sleep(min(poll_s * 2, 5.0))
+            continue
+        if outage_since is not None:
+            on_outage("the broker is back")
+            outage_since = None
         on_progress(state)
         if state.done or (deadline is not None and time.monotonic() > deadline):
             return state
+        if state.blocked:
+            if blocked_before:
+                return state
+            blocked_before = True
+        else:
+            blocked_before = False
         time.sleep(poll_s)

@@ -24,10 +24,13 @@ _KEEP = {"ORCH_LLAMA_CPP_BIN", "ORCH_HOME", "ORCH_TEST_WHEELHOUSE", "ORCH_TEST_W
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("ORCH_") and name not in _KEEP:
             monkeypatch.delenv(name)
+    # Never the developer's own one-box service (~/.local/share/orch/local): a test that
+    # wants one starts it here, and `orch` children inherit this.
+    monkeypatch.setenv("ORCH_LOCAL_DIR", str(tmp_path / "orch-local"))
 
 
 def llama_bin_dir() -> Path:

@@ -43,15 +43,17 @@ from jobs.protocol import (
     TASK_NAME,
     celery_settings,
 )
-from jobs.spec import host_of_queue
+from jobs.spec import CONFIGURATION_AXES, configuration_of, host_of_queue
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.cooldown import CooldownGate
 from worker.engines import close_engines
 from worker.errors import ConfigError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
+from worker.reconfigure import Reconfigurer
 from worker.runner import execute, flush_spool
 from worker.settings import build_setters, journal_in, recover_settings
+from worker.unattended import Unattended
 
 log = logging.getLogger("orch.worker")
 
@@ -86,6 +88,8 @@ class Agent:
         self.clock_skew_s: float | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.unattended: Unattended | None = None
+        self.busy = False  # a job runs now (the heartbeat never reconfigures under one)
         self.app = self._make_app()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -102,6 +106,7 @@ class Agent:
             self.config.facts_root, binaries=binaries, models=self.config.models,
             cache_dir=orch_home() / "facts",
         )  # fmt: skip
+        self._adopt_detected_configuration(facts)
         problems = conflicts(self.config.declared_facts(), facts)
         if problems and self.config.check_declared:
             raise ConfigError(
@@ -125,7 +130,32 @@ class Agent:
                     missing, self.config.cooldown.timeout_s,
                 )  # fmt: skip
         self.model_shapes = _model_shapes(self.config.models)
+        if self.config.reconfigure is not None:
+            reconfigurer = Reconfigurer(
+                self.config.reconfigure,
+                root=self.config.facts_root,
+                state_dir=orch_home() / "reconfigure" / self.config.host,
+            )
+            self.unattended = Unattended(self.config, reconfigurer, self.redis, self._broker_now)
+            self.unattended.at_start(configuration_of(facts.model_dump()))
         return facts
+
+    def _adopt_detected_configuration(self, facts: HostFacts) -> None:
+        """A carve-out the config does not declare is the one the box booted with, so after
+        a reboot into another one the agent consumes that configuration's queue without anyone
+        editing worker.yaml. The TTM limit is adopted the same way only where the owner lets
+        the agent switch it (`reconfigure:`): on other boxes it would split the queues of
+        jobs that never name it."""
+        declared = self.config.declared
+        switchable = set(self.config.reconfigure.axes) if self.config.reconfigure else set()
+        for axis in CONFIGURATION_AXES:
+            detected = getattr(facts, axis, None)
+            if axis != "vram_split" and axis not in switchable:
+                continue
+            if getattr(declared, axis) is None and detected is not None:
+                setattr(declared, axis, detected)
+                log.info("%s %s detected (not declared): consuming %s", axis, detected,
+                         self.config.queue)  # fmt: skip
 
     def run(self, lease_wait_s: float = 2.5 * LEASE_TTL_S) -> None:
         """Block consuming jobs until the worker is told to stop (SIGTERM/SIGINT)."""
@@ -246,6 +276,7 @@ class Agent:
             last_seen=self._broker_now(),
             clock_skew_s=self.clock_skew_s,
             facts=self.facts,
+            reconfigure=self.unattended.info() if self.unattended is not None else None,
         )
 
     def _announce_stop(self) -> None:
@@ -279,6 +310,8 @@ class Agent:
                     os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
                     return
                 flush_spool(self.redis, self.spool)
+                if self.unattended is not None:
+                    self.unattended.tick(self.busy)
                 self.publish_inventory()
             except redis_lib.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
@@ -302,12 +335,20 @@ class Agent:
 
         @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
         def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
+            if agent.unattended is not None and agent.unattended.rebooting_into is not None:
+                # The box is about to reboot into another configuration: hold the job (it
+                # goes back to its queue) instead of measuring it across a shutdown.
+                agent._stop.wait(30)
+                raise Reject("the box is rebooting", requeue=True)
+            agent.busy = True
             try:
                 result = execute(payload, config, redis, spool, agent.facts)
             except redis_lib.RedisError as exc:
                 # Celery acknowledges a failed task; a broker hiccup must not drop the job.
                 log.error("broker error before the job ran, re-queueing it: %s", exc)
                 raise Reject(str(exc), requeue=True) from exc
+            finally:
+                agent.busy = False
             return None if result is None else {"job_id": result.job_id, "status": result.status}
 
         return app

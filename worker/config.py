@@ -32,6 +32,7 @@ from pydantic import (
 from jobs.protocol import MAX_JOB_TIMEOUT_S
 from jobs.spec import RUNTIME_AXES, Name, VramSplit, Watts, configuration_of, queue_name
 from worker.errors import ConfigError
+from worker.reconfigure.config import ReconfigureConfig
 
 
 class DeclaredFacts(BaseModel):
@@ -165,6 +166,8 @@ class WorkerConfig(BaseModel):
     # Runtime settings jobs may change on this box, and how (nothing else is ever changed).
     setters: dict[str, SetterConfig] = Field(default_factory=dict)
     cooldown: CooldownConfig | None = None
+    # Unattended reconfiguration (switch the BIOS carve-out or kernel limit and reboot): opt-in.
+    reconfigure: ReconfigureConfig | None = None
 
     @model_validator(mode="after")
     def _setter_methods(self) -> WorkerConfig:
@@ -257,3 +260,5 @@ def _resolve_paths(config: WorkerConfig, base: Path) -> None:
     config.models = {name: resolve(file) for name, file in config.models.items()}
     config.images = {name: resolve(file) for name, file in config.images.items()}
     config.facts_root = resolve(config.facts_root)
+    if config.reconfigure is not None and config.reconfigure.bios_password_file is not None:
+        config.reconfigure.bios_password_file = resolve(config.reconfigure.bios_password_file)

@@ -4,7 +4,9 @@
     ├── ConfigError             worker.yaml is wrong (names the file and key)
     ├── ProvisionError          building an engine or writing a model failed
     ├── SettingError            a job's runtime setting could not be applied (the job does not run)
-    └── QueueBusyError          another live worker already consumes this host/configuration queue
+    ├── QueueBusyError          another live worker already consumes this host/configuration queue
+    └── ReconfigureError        an unattended switch of the box's configuration is not possible,
+                                failed before its reboot, or did not take
 
 A failing *benchmark* is not an exception: it becomes a RunResult with a failure status.
 """
@@ -30,3 +32,7 @@ class SettingError(WorkerError):
 
 class QueueBusyError(WorkerError):
     """Another worker holds the lease on this queue: two benchmarks would overlap."""
+
+
+class ReconfigureError(WorkerError):
+    """An unattended reconfiguration (BIOS setting, kernel parameter, reboot) cannot be done."""

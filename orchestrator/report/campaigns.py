@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tabulate import tabulate
 
+from jobs.spec import JobSpec
 from orchestrator.store import CampaignOverview, Store
+from orchestrator.waiting import Blocked, blocked_on
 
 
-def campaign_status(c: CampaignOverview) -> str:
-    """done / done, N failed / running / queued / cancelled / empty, in words."""
+def campaign_status(c: CampaignOverview, blocked: list[Blocked] | None = None) -> str:
+    """done / done, N failed / running / queued / cancelled / empty, in words; with `blocked`
+    (every waiting job waits for a human), what it waits for: `waiting for reboot into
+    vram_split=512M`, `waiting for halo (offline)`."""
     if c.total == 0:
         return "empty"
+    if c.waiting and blocked:
+        reboots = sorted({b.wanted for b in blocked if b.kind == "reboot"})
+        hosts = sorted({b.host for b in blocked if b.kind != "reboot"})
+        parts = [f"reboot into {' / '.join(reboots)}"] if reboots else []
+        parts += [f"{host} (offline)" for host in hosts]
+        return "waiting for " + ", ".join(parts)
     if c.waiting:
         return "running" if c.finished else "queued"
     if c.cancelled:
@@ -18,8 +30,23 @@ def campaign_status(c: CampaignOverview) -> str:
     return f"done, {c.failed} failed" if c.failed else "done"
 
 
-def render_campaigns(store: Store) -> str:
+def blocked_by_campaign(store: Store, fleet: Any, now: float) -> dict[str, list[Blocked]]:
+    """campaign -> what its waiting jobs wait for, for campaigns where every one waits for a
+    human (none of them will start by itself)."""
+    pending: dict[str, list[JobSpec]] = {}
+    for job in store.pending_jobs():
+        pending.setdefault(job.campaign, []).append(job)
+    out = {}
+    for campaign, jobs in pending.items():
+        found = [blocked_on(j, fleet.inventories.get(j.host), now) for j in jobs]
+        if all(b is not None for b in found):
+            out[campaign] = [b for b in found if b is not None]
+    return out
+
+
+def render_campaigns(store: Store, blocked: dict[str, list[Blocked]] | None = None) -> str:
     overview = store.campaign_overview()
+    blocked = blocked or {}
     if not overview:
         return f"no campaigns in {store.path} yet: `orch submit MATRIX` or `orch import`"
     headers = ["campaign", "created", "last result", "hosts", "jobs", "done", "ok", "failed",
@@ -36,7 +63,7 @@ def render_campaigns(store: Store) -> str:
             c.failed,
             c.skipped,
             c.waiting,
-            campaign_status(c),
+            campaign_status(c, blocked.get(c.campaign)),
         ]
         for c in overview
     ]

@@ -79,7 +79,7 @@ def test_jobs_follow_the_configuration_their_host_is_in(
     assert out["queues"] == ["orch.laptop-80w.vram-512M"]
     instruction = (
         "laptop-80w: 1 job(s) wait for vram_split=512M (now vram_split=32G) — reboot into "
-        "that BIOS setting and restart its worker with it declared"
+        "vram_split=512M and start its worker again"
     )
     assert out["notes"] == [instruction]
     status = orch("--store", str(store), "status", "small-carveout", "--broker", broker)

@@ -1,0 +1,73 @@
+"""`orch local install`: the systemd user unit and the launchd agent, and what is run to
+enable them (recorded here: this machine has no user service manager to talk to)."""
+
+from __future__ import annotations
+
+import plistlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import localinstall
+from orchestrator.errors import OrchError
+
+
+class Recorder:
+    def __init__(self, answers: dict[str, tuple[int, str]] | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.answers = answers or {}
+
+    def __call__(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        self.calls.append(argv)
+        for word, (code, out) in self.answers.items():
+            if word in argv:
+                return subprocess.CompletedProcess(argv, code, out, "no user bus" if code else "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_systemd_user_unit_runs_the_supervisor_and_is_enabled(tmp_path: Path) -> None:
+    run = Recorder({"show-user": (0, "Linger=no\n")})
+    service_dir = tmp_path / "svc dir%"  # a space and a specifier, escaped for systemd
+    done = localinstall.install(service_dir, platform="linux", home=tmp_path, run=run)
+    unit = done.path.read_text()
+    assert done.path == tmp_path / ".config/systemd/user/orch-local.service"
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start == (
+        f'ExecStart="{sys.executable}" "-m" "orchestrator" "local" "run" "--dir" '
+        f'"{tmp_path}/svc dir%%"'
+    )
+    assert "Restart=on-failure" in unit and "WantedBy=default.target" in unit
+    assert ["systemctl", "--user", "enable", "--now", "orch-local.service"] in run.calls
+    assert any("sudo loginctl enable-linger" in line for line in done.lines)
+
+
+def test_without_a_user_manager_install_says_what_to_do(tmp_path: Path) -> None:
+    run = Recorder({"daemon-reload": (1, "")})
+    with pytest.raises(OrchError, match="is a systemd user manager running") as info:
+        localinstall.install(tmp_path / "svc", platform="linux", home=tmp_path, run=run)
+    assert "orch local start" in str(info.value)
+    assert (tmp_path / ".config/systemd/user/orch-local.service").is_file()
+
+
+def test_launchd_agent_on_macos(tmp_path: Path) -> None:
+    run = Recorder()
+    done = localinstall.install(tmp_path / "svc", platform="darwin", home=tmp_path, run=run)
+    plist = plistlib.loads(done.path.read_bytes())
+    assert done.path == tmp_path / "Library/LaunchAgents/org.orch.local.plist"
+    assert plist["ProgramArguments"][-4:] == ["local", "run", "--dir", str(tmp_path / "svc")]
+    assert plist["RunAtLoad"] is True and plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert run.calls[-1][:2] == ["launchctl", "bootstrap"]
+    removed = localinstall.uninstall(platform="darwin", home=tmp_path, run=run)
+    assert not done.path.exists() and "removed" in removed[0]
+
+
+def test_other_platforms_are_told_to_start_it_by_hand(tmp_path: Path) -> None:
+    with pytest.raises(OrchError, match="orch local start"):
+        localinstall.install(tmp_path, platform="win32", home=tmp_path, run=Recorder())
+
+
+def test_uninstall_without_install(tmp_path: Path) -> None:
+    assert "nothing installed" in localinstall.uninstall(platform="linux", home=tmp_path,
+                                                         run=Recorder())[0]  # fmt: skip
