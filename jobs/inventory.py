@@ -38,6 +38,10 @@ class ReconfigureInfo(BaseModel):
     reboots: dict[str, int] = Field(default_factory=dict)  # campaign -> reboots so far
     blocked: dict[str, str] = Field(default_factory=dict)  # campaign -> why no more switches
     last_outcome: str | None = None  # the last switch, in words
+    # Why the agent does not switch for the work waiting now, when that needs a human (a
+    # password file it may not read, an attribute it cannot write, a blocked campaign at the
+    # head of the queue, an unreadable journal): the coordinator stops waiting on it.
+    stalled: str | None = None
     # Set just before the agent runs the reboot command (broker clock), cleared by the next
     # agent: an offline box that is rebooting is expected back.
     rebooting_into: dict[str, str] | None = None

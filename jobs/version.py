@@ -13,7 +13,9 @@ from importlib import metadata
 #       config_name; RunResult.settings (what was applied and restored) and cooldown;
 #       RequestSample.stream_burst;
 #       Status.SKIPPED (coordinator-made, never run); WorkerInventory.setters and model_shapes.
-SCHEMA_VERSION = 2
+#   3 - one box: WorkerInventory.reconfigure (unattended reconfiguration: what the box may
+#       switch, reboots and blocks per campaign, a reboot under way, why it is stalled).
+SCHEMA_VERSION = 3
 
 try:
     ORCH_VERSION = metadata.version("orch")

@@ -189,7 +189,7 @@ def _wait_and_report(
 ) -> None:
     final = _wait(store, broker, campaign, timeout, wait_for_reconfiguration)
     click.echo(render(build_pivot(campaign, store.campaign_jobs(campaign)), "table"))
-    _end_of_wait(final)
+    _end_of_wait(final, campaign)
 
 
 def _wait(
@@ -214,7 +214,7 @@ def _wait(
         )  # fmt: skip
 
 
-def _end_of_wait(final: Progress) -> None:
+def _end_of_wait(final: Progress, campaign: str) -> None:
     if final.done:
         return
     if final.blocked:
@@ -222,7 +222,7 @@ def _end_of_wait(final: Progress) -> None:
             f"{final.finished}/{final.total} jobs finished; the rest cannot run until "
             "someone acts:\n"
             + "\n".join(f"  {line}" for line in final.blocked)
-            + "\nthen `orch status CAMPAIGN --wait` (or --wait-for-reconfiguration to keep "
+            + f"\nthen `orch status {campaign} --wait` (or --wait-for-reconfiguration to keep "
             "waiting)"
         )
     raise OrchError(f"timed out: {final.finished}/{final.total} jobs finished")
@@ -251,7 +251,7 @@ def status_cmd(
         url = require_broker(broker)
         final = _wait(store, url, campaign, timeout, wait_for_reconfiguration)
         click.echo(status_mod.render_status(store, connect(url), campaign))
-        _end_of_wait(final)
+        _end_of_wait(final, campaign)
         return
     found = optional_broker(broker)
     client = connect(found) if found else None

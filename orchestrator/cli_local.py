@@ -91,9 +91,10 @@ def status_cmd(directory: Path | None) -> None:
 
 @local_group.command("run", hidden=True)
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help=DIR_HELP)
-def run_cmd(directory: Path | None) -> None:
+@click.option("--worker-config", type=click.Path(path_type=Path), default=None)
+def run_cmd(directory: Path | None, worker_config: Path | None) -> None:
     """The supervisor in the foreground (what `start`, systemd and launchd run)."""
-    sys.exit(Supervisor(_service(directory)).run())
+    sys.exit(Supervisor(_service(directory), worker_config).run())
 
 
 @local_group.command("install")
@@ -126,6 +127,6 @@ def install_cmd(worker_config: Path | None, directory: Path | None) -> None:
 
 @local_group.command("uninstall")
 def uninstall_cmd() -> None:
-    """Stop starting the service at boot (it keeps running until `orch local stop`)."""
+    """Stop the installed service and no longer start it at boot."""
     for line in localinstall.uninstall():
         click.echo(line)

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -83,8 +84,10 @@ class EmbeddedBroker:
         if self.password:
             # In a mode-600 config file rather than on the command line, where `ps` shows it.
             conf = self.data_dir / "secret.conf"
-            conf.touch(mode=0o600)
-            conf.write_text(f"requirepass {self.password}\n")
+            conf.unlink(missing_ok=True)  # never write through a link someone planted there
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(conf, flags, 0o600), "w") as out:
+                out.write(f"requirepass {self.password}\n")
             argv.insert(1, str(conf))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         client = redis_lib.Redis(
@@ -94,6 +97,13 @@ class EmbeddedBroker:
         while True:
             try:
                 client.ping()
+                served = str(client.config_get("dir").get("dir", ""))
+                if self.proc.poll() is not None or served != str(self.data_dir.resolve()):
+                    # Something else answers on our port and ours could not bind.
+                    self.stop()
+                    raise BrokerError(
+                        f"embedded broker: port {self.port} is taken by another server"
+                    )
                 return
             except redis_lib.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:

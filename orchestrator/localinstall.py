@@ -60,6 +60,8 @@ def systemd_unit_text(service_dir: Path, env: dict[str, str]) -> str:
         "Restart=on-failure",
         "RestartSec=10",
         "KillSignal=SIGTERM",
+        # SIGTERM to the supervisor only: it stops the agent, then the broker, in that order.
+        "KillMode=mixed",
         # The supervisor stops the agent (up to 60 s), then the broker.
         "TimeoutStopSec=90",
         "UMask=0077",

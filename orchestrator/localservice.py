@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,10 +38,16 @@ from jobs.protocol import redact_url
 from orchestrator.errors import BrokerError, OrchError
 from orchestrator.local import orch_command
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the recorded pids are all there is
+    fcntl = None  # type: ignore[assignment]
+
 STATE_FILE = "service.json"
 PASSWORD_FILE = "broker.password"
 _START_WAIT_S = 120.0  # the agent may first wait for a killed predecessor's lease to lapse
 _STOP_WAIT_S = 60.0
+ALREADY_RUNNING_EXIT = 75  # `orch local run` when another supervisor holds the lock
 
 
 def local_dir() -> Path:
@@ -49,6 +56,26 @@ def local_dir() -> Path:
         return Path(os.environ["ORCH_LOCAL_DIR"]).expanduser()
     data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(data) / "orch" / "local"
+
+
+def process_token(pid: int) -> str:
+    """What tells this process apart from a later one that reuses its id: the boot it runs in
+    and its start time (`/proc/PID/stat` field 22); "" where there is no /proc (macOS)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return ""
+
+
+def same_process(pid: int, token: str) -> bool:
+    """`pid` is alive and is the process that was recorded with `token` (not a reuse of its
+    id after a reboot or a crash): only such a process may be signalled."""
+    if not pid_alive(pid):
+        return False
+    now = process_token(pid)
+    return not token or not now or now == token
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -76,7 +103,13 @@ class ServiceState:
     worker_config: str = ""
     supervisor_pid: int = 0
     broker_pid: int = 0
+    broker_token: str = ""  # process_token of each: a pid reused after a reboot is not ours
     agent_pid: int = 0
+    agent_token: str = ""
+
+    def stopped(self) -> ServiceState:
+        """What is kept while nothing runs: the port and the worker config."""
+        return ServiceState(port=self.port, worker_config=self.worker_config)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -125,8 +158,42 @@ class LocalService:
             data = {}
         return ServiceState(**{k: type(v)(data[k]) for k, v in fields.items() if k in data})
 
+    def secure_dir(self) -> None:
+        """Create the folder (mode 700), and refuse one another user owns or others may write:
+        its state file names the worker config the supervisor runs, and it holds the broker's
+        password and data (as ssh refuses a loose ~/.ssh)."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = self.dir.stat()
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise OrchError(f"{self.dir} belongs to another user: use a folder of your own")
+        if info.st_mode & 0o022:
+            raise OrchError(
+                f"{self.dir} may be written by others (mode {info.st_mode & 0o777:o}): "
+                f"`chmod 700 {self.dir}` (it holds the broker's password and data)"
+            )
+
+    @property
+    def lock_path(self) -> Path:
+        return self.dir / "service.lock"
+
+    def running(self) -> bool:
+        """A supervisor holds the service's lock (a crashed one held nothing)."""
+        if fcntl is None:  # no flock (Windows): the recorded pid is all there is
+            return pid_alive(self.read_state().supervisor_pid)
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def write_state(self, state: ServiceState) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.secure_dir()
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state.as_dict(), indent=1))
         os.replace(tmp, self.state_path)
@@ -135,7 +202,7 @@ class LocalService:
         """The broker password, generated once into a mode-600 file."""
         path = self.dir / PASSWORD_FILE
         if not path.exists():
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.secure_dir()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_hex(24) + "\n")
@@ -151,9 +218,6 @@ class LocalService:
                 "`orch local start --worker-config worker.yaml`"
             )
         return f"redis://:{self.password()}@127.0.0.1:{state.port}/0"
-
-    def running(self) -> bool:
-        return pid_alive(self.read_state().supervisor_pid)
 
 
 def resolve_broker(explicit: str | None, *, announce: Any = None) -> str:
@@ -185,8 +249,10 @@ def start(service: LocalService, worker_config: Path | None) -> tuple[bool, Serv
     """Start the supervisor in the background unless it runs; (started now, state).
 
     The worker config is checked first (`orch worker --check-config`), so a typo is an error
-    here and not a restart loop in a log.
+    here and not a restart loop in a log. Two starts at once are safe: the supervisor that
+    does not get the service's lock exits, and its start reports the one that runs.
     """
+    service.secure_dir()
     state = service.read_state()
     wanted = str(worker_config.expanduser().absolute()) if worker_config else state.worker_config
     if not wanted:
@@ -205,31 +271,34 @@ def start(service: LocalService, worker_config: Path | None) -> tuple[bool, Serv
     if check.returncode != 0:
         raise OrchError(f"worker config refused:\n{(check.stderr or check.stdout).strip()}")
     service.password()
-    service.write_state(ServiceState(port=state.port, worker_config=wanted))
     with service.log_path.open("ab") as log:
         proc = subprocess.Popen(
-            orch_command("local", "run", "--dir", str(service.dir)),
+            orch_command("local", "run", "--dir", str(service.dir), "--worker-config", wanted),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this command and the terminal it ran in
         )  # fmt: skip
-    return True, _wait_until_ready(service, proc)
+    return _wait_until_ready(service, proc)
 
 
-def _wait_until_ready(service: LocalService, proc: subprocess.Popen[bytes]) -> ServiceState:
+def _wait_until_ready(
+    service: LocalService, proc: subprocess.Popen[bytes]
+) -> tuple[bool, ServiceState]:
     from orchestrator.broker import connect, read_inventories
 
     deadline = time.monotonic() + _START_WAIT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if proc.returncode == ALREADY_RUNNING_EXIT and service.running():
+                return False, service.read_state()  # another start won the race
             raise OrchError(f"the one-box service stopped at start:\n{_tail(service.log_path)}")
         state = service.read_state()
-        if state.agent_pid and state.port:
+        if state.agent_pid and state.port and state.supervisor_pid == proc.pid:
             try:
                 inventories = read_inventories(connect(service.url()))
             except BrokerError:
                 inventories = {}
             if any(inv.pid == state.agent_pid and not inv.stopped for inv in inventories.values()):
-                return state
+                return True, state
         time.sleep(0.2)
     raise OrchError(
         f"the one-box service started but its agent has not registered after "
@@ -242,18 +311,19 @@ def stop(service: LocalService) -> list[str]:
     """Stop the supervisor (it stops the agent, then the broker); what was stopped, in words."""
     state = service.read_state()
     stopped = []
-    if pid_alive(state.supervisor_pid):
+    if service.running() and pid_alive(state.supervisor_pid):
         os.kill(state.supervisor_pid, signal.SIGTERM)
-        if not _wait_gone(state.supervisor_pid, _STOP_WAIT_S):
+        if not _wait_gone(state.supervisor_pid, _STOP_WAIT_S + 60):
             os.kill(state.supervisor_pid, signal.SIGKILL)
         stopped.append(f"supervisor (pid {state.supervisor_pid})")
-    # What a killed supervisor left behind.
-    for name, pid in (("agent", state.agent_pid), ("broker", state.broker_pid)):
-        if pid_alive(pid):
+    # What a supervisor killed with -9 left behind (only processes recorded as ours).
+    for name, pid, token in (("agent", state.agent_pid, state.agent_token),
+                             ("broker", state.broker_pid, state.broker_token)):  # fmt: skip
+        if same_process(pid, token):
             terminate(pid, _STOP_WAIT_S)
             stopped.append(f"{name} (pid {pid})")
     if service.exists():
-        service.write_state(ServiceState(port=state.port, worker_config=state.worker_config))
+        service.write_state(service.read_state().stopped())
     return stopped
 
 
@@ -264,8 +334,8 @@ def terminate(pid: int, wait_s: float) -> None:
         if not _wait_gone(pid, wait_s):
             os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, 5)
-    except ProcessLookupError:
-        pass
+    except (ProcessLookupError, PermissionError):
+        pass  # gone, or not ours after all
 
 
 def _wait_gone(pid: int, wait_s: float) -> bool:
@@ -289,27 +359,38 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 class Supervisor:
     """Runs the broker and the agent in the foreground until SIGTERM/SIGINT; restarts either
-    when it dies (the agent after 1, 2, 4 ... 60 s, so a broken config does not spin)."""
+    when it dies (the agent after 1, 2, 4 ... 60 s, so a broken config does not spin). It holds
+    the service's lock for its whole life: one supervisor per folder."""
 
-    def __init__(self, service: LocalService) -> None:
+    def __init__(self, service: LocalService, worker_config: Path | None = None) -> None:
         self.service = service
+        self.worker_config = worker_config
         self.stopping = threading.Event()
         self.broker: Any = None
         self.agent: subprocess.Popen[bytes] | None = None
         self._agent_started = 0.0
+        self._lock_fd: int | None = None
 
     def run(self) -> int:
-        from orchestrator.embedded import EmbeddedBroker, free_port
+        from orchestrator.embedded import EmbeddedBroker
 
+        self.service.secure_dir()
+        if not self._take_lock():
+            _log("another supervisor runs this service")
+            return ALREADY_RUNNING_EXIT
         state = self.service.read_state()
-        if pid_alive(state.supervisor_pid) and state.supervisor_pid != os.getpid():
-            raise OrchError(f"a supervisor already runs (pid {state.supervisor_pid})")
+        if self.worker_config is not None:
+            state.worker_config = str(self.worker_config.expanduser().absolute())
         if not state.worker_config:
             raise OrchError("no worker config: `orch local start --worker-config worker.yaml`")
-        for pid in (state.agent_pid, state.broker_pid):  # left by a supervisor killed -9
-            if pid_alive(pid):
+        # A supervisor killed with -9 leaves its broker and agent running: stop them (only
+        # when they are the processes it recorded, not others that reuse their ids).
+        for pid, token in ((state.agent_pid, state.agent_token),
+                           (state.broker_pid, state.broker_token)):  # fmt: skip
+            if same_process(pid, token):
                 terminate(pid, _STOP_WAIT_S)
-        state.port = state.port or free_port()
+        state = state.stopped()
+        state.port = _usable_port(state.port)
         state.supervisor_pid = os.getpid()
         self.service.write_state(state)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -340,12 +421,25 @@ class Supervisor:
             self._shutdown(state)
         return 0
 
+    def _take_lock(self) -> bool:
+        if fcntl is None:
+            return not pid_alive(self.service.read_state().supervisor_pid)
+        fd = os.open(self.service.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd  # held until this process ends
+        return True
+
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping.set()
 
     def _start_broker(self, state: ServiceState) -> None:
         self.broker.start(timeout_s=60)
         state.broker_pid = self.broker.proc.pid
+        state.broker_token = process_token(state.broker_pid)
         self.service.write_state(state)
         _log(f"broker {redact_url(self.broker.url)} (pid {state.broker_pid})")
 
@@ -358,12 +452,15 @@ class Supervisor:
             )  # fmt: skip
         self._agent_started = time.monotonic()
         state.agent_pid = self.agent.pid
+        state.agent_token = process_token(state.agent_pid)
         self.service.write_state(state)
         _log(f"agent {state.worker_config} (pid {state.agent_pid})")
 
     def _shutdown(self, state: ServiceState) -> None:
         if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()  # the agent finishes nothing: its job goes back to the queue
+            # Celery's warm shutdown lets a running job finish; after a minute it is killed
+            # and its message goes back to the queue (the next agent runs it again).
+            self.agent.terminate()
             try:
                 self.agent.wait(timeout=_STOP_WAIT_S)
             except subprocess.TimeoutExpired:
@@ -371,8 +468,26 @@ class Supervisor:
                 self.agent.wait()
         if self.broker is not None:
             self.broker.stop()  # SIGTERM: Valkey writes the AOF out and exits
-        self.service.write_state(ServiceState(port=state.port, worker_config=state.worker_config))
+        self.service.write_state(state.stopped())
         _log("stopped")
+
+
+def _usable_port(port: int) -> int:
+    """The service's port, unless something else listens there now (a new one then: the
+    password must not go to another program)."""
+    from orchestrator.embedded import free_port
+
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As Valkey binds: connections of the last run in TIME_WAIT do not count, a
+            # program listening there does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                _log(f"port {port} is taken by another program: moving to a new one")
+    return free_port()
 
 
 def _log(message: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import redis as redis_lib
 
 from jobs.inventory import WorkerInventory
-from jobs.protocol import REBOOT_GRACE_S
+from jobs.protocol import ONLINE_WITHIN_S, REBOOT_GRACE_S
 from jobs.result import RunResult, Status
 from jobs.spec import JobSpec
 from jobs.version import ORCH_VERSION, SCHEMA_VERSION
@@ -323,13 +323,13 @@ def wait_for(
 ) -> Progress:
     """Collect results until every job of `campaign` has one, the timeout passes, or (unless
     `wait_for_reconfiguration`) every job left waits for a human: then `blocked` says what to
-    do. A job counts as waiting for a human only on two looks in a row, a poll apart, so a
-    worker restarting between two heartbeats does not end the wait.
+    do. Jobs count as waiting for a human only once they have for ONLINE_WITHIN_S, so a
+    worker restarting (`orch local stop && orch local start`) does not end the wait.
 
     The broker may go away for a while (the one-box service stops while its box reboots):
     up to `outage_s` the wait goes on, saying so once through `on_outage`."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    blocked_before = False
+    blocked_since: float | None = None
     outage_since: float | None = None
     while True:
         try:
@@ -356,9 +356,9 @@ def wait_for(
         if state.done or (deadline is not None and time.monotonic() > deadline):
             return state
         if state.blocked:
-            if blocked_before:
+            blocked_since = blocked_since or time.monotonic()
+            if time.monotonic() - blocked_since >= ONLINE_WITHIN_S:
                 return state
-            blocked_before = True
         else:
-            blocked_before = False
+            blocked_since = None
         time.sleep(poll_s)

@@ -44,9 +44,11 @@ def blocked_on(job: JobSpec, inv: WorkerInventory | None, now: float) -> Blocked
         return Blocked(job.host, "offline", wanted, current)
     if job.queue == inv.queue:
         return None
-    why = "" if rec is None else rec.refusal(job.configuration, inv.configuration, job.campaign)
-    if rec is not None and why is None:
-        return None
+    why = None
+    if rec is not None:
+        why = rec.stalled or rec.refusal(job.configuration, inv.configuration, job.campaign)
+        if why is None:
+            return None
     return Blocked(job.host, "reboot", wanted, current, why or "")
 
 

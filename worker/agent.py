@@ -90,6 +90,7 @@ class Agent:
         self._heartbeat: threading.Thread | None = None
         self.unattended: Unattended | None = None
         self.busy = False  # a job runs now (the heartbeat never reconfigures under one)
+        self.job_lock = threading.Lock()  # `busy` and the decision to switch, together
         self.app = self._make_app()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -136,21 +137,27 @@ class Agent:
                 root=self.config.facts_root,
                 state_dir=orch_home() / "reconfigure" / self.config.host,
             )
-            self.unattended = Unattended(self.config, reconfigurer, self.redis, self._broker_now)
+            self.unattended = Unattended(
+                self.config, reconfigurer, self.redis, broker_now=self._broker_now,
+                publish=self._publish_quietly, job_lock=self.job_lock,
+                is_busy=lambda: self.busy,
+            )  # fmt: skip
             self.unattended.at_start(configuration_of(facts.model_dump()))
         return facts
 
     def _adopt_detected_configuration(self, facts: HostFacts) -> None:
-        """A carve-out the config does not declare is the one the box booted with, so after
-        a reboot into another one the agent consumes that configuration's queue without anyone
-        editing worker.yaml. The TTM limit is adopted the same way only where the owner lets
-        the agent switch it (`reconfigure:`): on other boxes it would split the queues of
-        jobs that never name it."""
+        """With `detect_configuration` (or `reconfigure:`), a carve-out the config does not
+        declare is the one the box booted with, so after a reboot into another one the agent
+        consumes that configuration's queue without anyone editing worker.yaml. The TTM limit
+        is adopted only where the owner lets the agent switch it: its kernel default moves
+        with the carve-out, and routing by it would split queues for nothing."""
+        rc = self.config.reconfigure
+        if not (self.config.detect_configuration or rc is not None):
+            return
         declared = self.config.declared
-        switchable = set(self.config.reconfigure.axes) if self.config.reconfigure else set()
         for axis in CONFIGURATION_AXES:
             detected = getattr(facts, axis, None)
-            if axis != "vram_split" and axis not in switchable:
+            if axis != "vram_split" and (rc is None or axis not in rc.axes):
                 continue
             if getattr(declared, axis) is None and detected is not None:
                 setattr(declared, axis, detected)
@@ -290,6 +297,12 @@ class Agent:
         except redis_lib.RedisError:
             pass  # it will read as offline once its heartbeats are old enough
 
+    def _publish_quietly(self) -> None:
+        try:
+            self.publish_inventory()
+        except redis_lib.RedisError as exc:
+            log.warning("could not publish the inventory: %s", exc)
+
     def publish_inventory(self) -> None:
         key = INVENTORY_KEY.format(host=self.config.host)
         self.redis.set(key, self.inventory().model_dump_json())
@@ -311,7 +324,7 @@ class Agent:
                     return
                 flush_spool(self.redis, self.spool)
                 if self.unattended is not None:
-                    self.unattended.tick(self.busy)
+                    self.unattended.tick()
                 self.publish_inventory()
             except redis_lib.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
@@ -335,12 +348,14 @@ class Agent:
 
         @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
         def run_job(payload: dict[str, Any]) -> dict[str, Any] | None:
-            if agent.unattended is not None and agent.unattended.rebooting_into is not None:
+            with agent.job_lock:  # the heartbeat decides to switch under the same lock
+                rebooting = agent.unattended is not None and agent.unattended.rebooting_into
+                agent.busy = not rebooting
+            if rebooting:
                 # The box is about to reboot into another configuration: hold the job (it
                 # goes back to its queue) instead of measuring it across a shutdown.
                 agent._stop.wait(30)
                 raise Reject("the box is rebooting", requeue=True)
-            agent.busy = True
             try:
                 result = execute(payload, config, redis, spool, agent.facts)
             except redis_lib.RedisError as exc:

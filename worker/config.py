@@ -168,6 +168,21 @@ class WorkerConfig(BaseModel):
     cooldown: CooldownConfig | None = None
     # Unattended reconfiguration (switch the BIOS carve-out or kernel limit and reboot): opt-in.
     reconfigure: ReconfigureConfig | None = None
+    # Take the BIOS carve-out this box booted with as its configuration when `declared:` does
+    # not name it (the one-box workflow: reboot into another carve-out, nothing to edit). On
+    # by itself with `reconfigure:`; off otherwise, so a fleet box keeps its queue.
+    detect_configuration: bool = False
+
+    @model_validator(mode="after")
+    def _switched_axes_not_declared(self) -> WorkerConfig:
+        if self.reconfigure is not None:
+            both = [a for a in self.reconfigure.axes if getattr(self.declared, a) is not None]
+            if both:
+                raise ValueError(
+                    f"declared.{both[0]}: the agent switches it itself (reconfigure.{both[0]}), "
+                    "so it is detected at each boot: remove it from `declared:`"
+                )
+        return self
 
     @model_validator(mode="after")
     def _setter_methods(self) -> WorkerConfig:

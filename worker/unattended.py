@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+
+from pydantic import ValidationError
 
 from jobs.inventory import ReconfigureInfo
 from jobs.protocol import REBOOT_GRACE_S, job_of_message
 from jobs.spec import (
+    JobSpec,
     configuration_label,
     configuration_of_queue,
     host_of_queue,
@@ -48,12 +53,22 @@ class Unattended:
         config: WorkerConfig,
         reconfigurer: Reconfigurer,
         redis: Any,
+        *,
         broker_now: Callable[[], float],
+        publish: Callable[[], None] = lambda: None,
+        job_lock: threading.Lock | None = None,
+        is_busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.reconfigurer = reconfigurer
         self.redis = redis
         self.broker_now = broker_now
+        self.publish = publish  # the inventory, so the coordinator hears of a reboot first
+        # Held by the task from "is the box rebooting?" to "busy", and by `tick` from "is it
+        # idle?" to "rebooting": a job never starts under a switch.
+        self.job_lock = job_lock or threading.Lock()
+        self.is_busy = is_busy
+        self.stalled: str | None = None
         self.idle_beats = 0
         self.rebooting_into: dict[str, str] | None = None
         self.rebooting_since: float | None = None
@@ -77,6 +92,7 @@ class Unattended:
             reboots=dict(status.get("reboots") or {}),
             blocked=blocked,
             last_outcome=self.last_outcome or status.get("last_outcome"),
+            stalled=self.stalled or (str(status["error"]) if status.get("error") else None),
             rebooting_into=self.rebooting_into,
             rebooting_since=self.rebooting_since,
         )
@@ -112,31 +128,43 @@ class Unattended:
 
     # -- every heartbeat -------------------------------------------------------------------
 
-    def tick(self, busy: bool) -> bool:
+    def tick(self) -> bool:
         """One look from the heartbeat; True when the box was told to reboot."""
         if self.rebooting_into is not None:
             self._check_reboot_happens()
             return False
-        if busy or self._has_work_here():
-            self.idle_beats = 0
-            return False
-        self.idle_beats += 1
-        if self.idle_beats < 2:
-            return False
-        choice = self._target()
-        if choice is None:
-            return False
-        target, campaign = choice
         current = self.config.configuration
-        reason = self._refusal(target, campaign)
-        if reason is not None:
-            self._say_once(f"{configuration_label(target)} for {campaign}: {reason}")
-            return False
+        with self.job_lock:
+            if self.is_busy() or self._has_work_here():
+                self.idle_beats = 0
+                return False
+            self.idle_beats += 1
+            if self.idle_beats < 2:
+                return False
+            choice = self._target()
+            if choice is None:
+                self.stalled = None
+                return False
+            target, campaign = choice
+            rc = self.config.reconfigure
+            assert rc is not None
+            now = datetime.now().astimezone()
+            if not rc.within_allowed_hours(now.time()):
+                # Not a human's business: it switches by itself once the window opens.
+                self._say_once(f"outside allowed_hours {rc.allowed_hours}: switching later")
+                return False
+            reason = self._refusal(target, campaign)
+            if reason is not None:
+                self.stalled = f"cannot switch into {configuration_label(target)}: {reason}"
+                self._say_once(self.stalled)
+                return False
+            self.stalled = None
+            self.rebooting_into, self.rebooting_since = target, self.broker_now()
+        self.publish()  # the coordinator learns of the reboot before anything is touched
         log.warning(
             "unattended reconfiguration: %s -> %s for %s, then reboot",
             configuration_label(current), configuration_label(target), campaign,
         )  # fmt: skip
-        self.rebooting_into, self.rebooting_since = target, self.broker_now()
         try:
             self.reconfigurer.switch(current, target, campaign)
         except ReconfigureError as exc:
@@ -186,28 +214,36 @@ class Unattended:
                 return True
         return False
 
-    def _waiting_elsewhere(self) -> dict[str, int]:
-        """This host's other queues that hold jobs: queue -> count."""
+    def _waiting_elsewhere(self) -> dict[str, str]:
+        """This host's other queues whose oldest message is a valid job of this host:
+        queue -> that job's campaign. Anything else in a queue (junk, a forged message) never
+        makes the box reboot."""
         out = {}
         for key in self.redis.scan_iter(match=f"orch.{self.config.host}.*", _type="list"):
             queue = key.decode() if isinstance(key, bytes) else str(key)
             if host_of_queue(queue) != self.config.host or queue == self.config.queue:
                 continue
-            count = int(self.redis.llen(queue))
-            if count:
-                out[queue] = count
+            campaign = self._campaign_of(queue)
+            if campaign is not None:
+                out[queue] = campaign
         return out
 
     def _target(self) -> tuple[dict[str, str], str] | None:
         """(configuration to switch into, campaign it is for), or None."""
         current = self.config.configuration
-        waiting = self._waiting_elsewhere()
+        waiting: dict[str, tuple[dict[str, str], str]] = {}
+        for queue, campaign in self._waiting_elsewhere().items():
+            configuration = configuration_of_queue(queue)
+            if all(current.get(a) == v for a, v in configuration.items()):
+                # A queue that names fewer axes than this box routes by (made before it did):
+                # no switch reaches it. Said once; its jobs wait for a re-submit.
+                self._say_once(f"{queue} names fewer configuration axes than {self.config.queue}")
+                continue
+            waiting[json.dumps(configuration, sort_keys=True)] = (configuration, campaign)
         if waiting:
-            by_config = {json.dumps(configuration_of_queue(q), sort_keys=True): q for q in waiting}
-            configs = [json.loads(k) for k in by_config]
+            configs = [c for c, _campaign in waiting.values()]
             target = reconfiguration_sequence(current, configs)[0]
-            queue = by_config[json.dumps(target, sort_keys=True)]
-            return target, self._campaign_of(queue)
+            return target, waiting[json.dumps(target, sort_keys=True)][1]
         rc = self.config.reconfigure
         original = self.reconfigurer.original()
         if rc is not None and rc.restore and original is not None:
@@ -218,12 +254,13 @@ class Unattended:
             return {**current, **original}, RESTORE_CAMPAIGN
         return None
 
-    def _campaign_of(self, queue: str) -> str:
+    def _campaign_of(self, queue: str) -> str | None:
         """The campaign of the job that has waited longest in `queue` (kombu pushes on the
-        left and pops on the right)."""
+        left and pops on the right), when that message is a valid job for this queue."""
         raw = self.redis.lindex(queue, -1)
         try:
-            job = job_of_message(json.loads(raw)) if raw else None
-        except ValueError:
-            job = None
-        return str(job.get("campaign", "?")) if job else "?"
+            payload = job_of_message(json.loads(raw)) if raw else None
+            job = JobSpec.model_validate(payload) if payload is not None else None
+        except (ValueError, ValidationError):
+            return None
+        return job.campaign if job is not None and job.queue == queue else None

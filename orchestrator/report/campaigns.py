@@ -19,9 +19,8 @@ def campaign_status(c: CampaignOverview, blocked: list[Blocked] | None = None) -
         return "empty"
     if c.waiting and blocked:
         reboots = sorted({b.wanted for b in blocked if b.kind == "reboot"})
-        hosts = sorted({b.host for b in blocked if b.kind != "reboot"})
         parts = [f"reboot into {' / '.join(reboots)}"] if reboots else []
-        parts += [f"{host} (offline)" for host in hosts]
+        parts += sorted({f"{b.host} ({b.kind})" for b in blocked if b.kind != "reboot"})
         return "waiting for " + ", ".join(parts)
     if c.waiting:
         return "running" if c.finished else "queued"

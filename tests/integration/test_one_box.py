@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -24,7 +26,7 @@ import redis
 import yaml
 
 from jobs.protocol import RESULTS_KEY
-from orchestrator.localservice import LocalService
+from orchestrator.localservice import LocalService, pid_alive
 from orchestrator.store import Store
 from tests.integration.conftest import orch, write_worker_config
 
@@ -48,13 +50,13 @@ matrix:
 
 def _box(tmp_path: Path, llama_bin: Path, tiny_models: dict[str, Path], **extra: Any) -> Path:
     """worker.yaml for host `halo` on a copy of the Strix Halo tree (512M), nothing declared:
-    the agent detects its carve-out."""
+    the agent detects its carve-out (`detect_configuration`)."""
     root = tmp_path / "root"
     if not root.exists():
         shutil.copytree(FACTS / "strix-halo" / "root", root, symlinks=True)
     config = write_worker_config(tmp_path / "worker.yaml", "halo", llama_bin, tiny_models)
     data = yaml.safe_load(config.read_text())
-    data.update(facts_root=str(root), telemetry_interval_s=0, **extra)
+    data.update(facts_root=str(root), telemetry_interval_s=0, detect_configuration=True, **extra)
     config.write_text(yaml.safe_dump(data))
     return config
 
@@ -87,13 +89,16 @@ def _stored_once(store: Store, client: Any, campaign: str) -> None:
     assert rows and all(r.result is not None and r.result.status.value == "ok" for r in rows), [
         (r.spec.configuration, r.result and r.result.error) for r in rows
     ]
-    pushed = Counter(
-        json.loads(fields[b"result"])["job_id"]
-        for _id, fields in client.xrange(RESULTS_KEY)
-        if json.loads(fields[b"result"])["campaign"] == campaign
+    # A job whose message came back after a kill between its result and its ack announces the
+    # same result again (its final mark): the same run. A second run would have another start.
+    runs = Counter(
+        (result["job_id"], result["started_at"])
+        for result in (json.loads(fields[b"result"]) for _id, fields in client.xrange(RESULTS_KEY))
+        if result["campaign"] == campaign
     )
-    assert sorted(pushed) == sorted(r.spec.job_id for r in rows)
-    assert set(pushed.values()) == {1}, pushed  # nothing ran twice
+    per_job = Counter(job_id for job_id, _started in runs)
+    assert sorted(per_job) == sorted(r.spec.job_id for r in rows)
+    assert set(per_job.values()) == {1}, runs  # nothing ran twice
 
 
 def test_power_cut_mid_campaign_loses_nothing_and_runs_nothing_twice(
@@ -133,16 +138,17 @@ def test_power_cut_mid_campaign_loses_nothing_and_runs_nothing_twice(
     while client.xlen(RESULTS_KEY) < 1:
         assert time.monotonic() < deadline, service.agent_log.read_text()[-3000:]
         time.sleep(0.05)
+    unread = client.xlen(RESULTS_KEY)  # appendfsync always: on disk before it answered
     state = service.read_state()
     for pid in (state.supervisor_pid, state.agent_pid, state.broker_pid):
         os.kill(pid, signal.SIGKILL)
-    unread = client.xlen(RESULTS_KEY)  # (the broker answered until the kill: fsynced)
     client.close()
 
     # The box comes back in the other carve-out.
     _set_carve_out(tmp_path / "root", 32 * GiB)
     back = local_service("local", "start")  # remembers the worker config
     assert back.returncode == 0, back.stderr + back.stdout
+    assert service.url() == url  # the same broker, on the same port
     assert redis.Redis.from_url(url).xlen(RESULTS_KEY) >= unread >= 1  # still there, unread
     status = local_service("local", "status")
     assert status.returncode == 0 and "consumes orch.halo.vram-32G" in status.stdout
@@ -420,3 +426,53 @@ def test_firmware_that_ignores_the_write_gives_one_failed_attempt_and_no_loop(
     rows = Store.open(tmp_path / "orch.db").campaign_jobs("stuck")
     assert [r.spec.configuration["vram_split"] for r in rows if r.result is None] == ["32G"]
     _password_nowhere(tmp_path, client)
+
+
+def test_two_starts_at_once_make_one_service_and_stale_pids_are_never_signalled(
+    tmp_path: Path, llama_bin: Path, tiny_models: dict[str, Path], local_service: Any,
+    service_env: dict[str, str],
+) -> None:  # fmt: skip
+    config = _box(tmp_path, llama_bin, tiny_models)
+    argv = [sys.executable, "-m", "orchestrator", "local", "start", "--worker-config", str(config)]
+    env = {**os.environ, **service_env}
+    both = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outs
+    said = sorted(out.split(":")[0] for out, _err in outs)
+    assert said == ["one-box service already running", "one-box service started"], outs
+    service = LocalService()
+    state = service.read_state()
+    alive = [p for p in Path("/proc").glob("[0-9]*/cmdline")
+             if b"local\0run\0--dir\0" + str(service.dir).encode() in p.read_bytes()]  # fmt: skip
+    assert len(alive) == 1  # one supervisor
+
+    # A power cut: everything dies; after the "boot" an unrelated process has the agent's old
+    # pid (here: a sleep whose pid we write into the state file) and another program listens
+    # on the service's port. The next start must neither signal the one nor talk to the other.
+    for pid in (state.supervisor_pid, state.agent_pid, state.broker_pid):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while any(pid_alive(p) for p in (state.supervisor_pid, state.agent_pid, state.broker_pid)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    bystander = subprocess.Popen(["sleep", "300"])
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", state.port))
+    squatter.listen()
+    try:
+        data = json.loads(service.state_path.read_text())
+        data["agent_pid"] = bystander.pid
+        service.state_path.write_text(json.dumps(data))
+        back = local_service("local", "start")
+        assert back.returncode == 0, back.stderr + back.stdout
+        assert bystander.poll() is None  # not ours: left alone
+        assert service.read_state().port != state.port
+        assert f"port {state.port} is taken by another program" in service.log_path.read_text()
+    finally:
+        bystander.kill()
+        squatter.close()
+    stopped = local_service("local", "stop")
+    assert stopped.returncode == 0 and "supervisor" in stopped.stdout
+    assert local_service("local", "status").returncode == 1

@@ -121,3 +121,12 @@ def test_a_box_rebooting_by_itself_is_expected_back_for_a_while() -> None:
 def test_reboot_plan_per_host() -> None:
     plan = reboot_plan([_job(BIG), _job(SMALL), _job(BIG)], {"halo": _inv(SMALL)})
     assert plan == {"halo": ["vram_split=512M", "vram_split=32G"]}
+
+
+def test_a_box_that_says_it_is_stalled_waits_for_a_human() -> None:
+    stalled = "cannot switch into vram_split=32G: password file mode 644"
+    info = ReconfigureInfo(axes=["vram_split"], stalled=stalled)
+    blocked = blocked_on(_job(BIG), _inv(SMALL, reconfigure=info), NOW)
+    assert blocked is not None and blocked.why.endswith("password file mode 644")
+    # jobs of its current configuration still run
+    assert blocked_on(_job(SMALL), _inv(SMALL, reconfigure=info), NOW) is None

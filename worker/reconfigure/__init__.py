@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,13 @@ class Reconfigurer:
         if campaign in state.blocked:
             return f"campaign {campaign} is blocked: {state.blocked[campaign]}"
         limit = self.config.max_reboots_per_campaign
+        day_ago = self._now() - timedelta(days=1)
+        recent = [t for t in state.recent if datetime.fromisoformat(t) > day_ago]
+        if len(recent) >= self.config.max_reboots_per_day:
+            return (
+                f"{len(recent)} unattended reboot(s) in the last 24 hours "
+                "(reconfigure.max_reboots_per_day)"
+            )
         if state.reboots.get(campaign, 0) >= limit:
             return (
                 f"campaign {campaign} used its {limit} unattended reboot(s) "
@@ -195,6 +202,9 @@ class Reconfigurer:
             if axis in now:
                 state.original.setdefault(axis, now[axis])
         state.reboots[campaign] = state.reboots.get(campaign, 0) + 1
+        day_ago = self._now() - timedelta(days=1)
+        state.recent = [t for t in state.recent if datetime.fromisoformat(t) > day_ago]
+        state.recent.append(self._stamp())
         self.state.save(state)  # the journal: before the first change
         log.warning(
             "switching %s -> %s for campaign %s (unattended reboot %d of %d)",

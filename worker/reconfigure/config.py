@@ -121,6 +121,8 @@ class ReconfigureConfig(BaseModel):
     bios_password_file: Path | None = None
     reboot_command: list[str] = Field(default=["systemctl", "reboot"], min_length=1)
     max_reboots_per_campaign: int = Field(default=4, ge=1)
+    # Whatever the campaigns: anyone who can write to the broker can name new ones.
+    max_reboots_per_day: int = Field(default=12, ge=1)
     allowed_hours: str | None = None  # "HH:MM-HH:MM", local time; None = any time
     restore: bool = False
 

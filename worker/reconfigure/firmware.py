@@ -158,6 +158,11 @@ class FirmwareAttribute:
         where = f"firmware attribute {self.name!r} ({self.driver})"
         if self.current() is None:
             return f"{where}: current_value cannot be read"
+        if not os.access(self.path / "current_value", os.W_OK):
+            return (
+                f"{where}: current_value is not writable by this agent (firmware attributes "
+                "need root: run the agent as root)"
+            )
         kind = self.kind
         if kind in (None, "enumeration"):
             choices = self.possible_values()

@@ -65,6 +65,9 @@ class ReconfigureState(BaseModel):
     # Each axis as it was before the first unattended switch of it (for `restore`).
     original: dict[str, str] = Field(default_factory=dict)
     last_outcome: BootOutcome | None = None
+    # ISO times of the switches journalled in the last day (any campaign): the per-day cap, so
+    # that queue messages under ever new campaign names cannot reboot a box over and over.
+    recent: list[str] = Field(default_factory=list)
 
 
 class StateFile:
