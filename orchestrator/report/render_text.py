@@ -176,7 +176,9 @@ def legend(pivot: Pivot) -> list[str]:
         )
     lines.append(
         "llama-bench: the KV cache is pre-filled to context - prompt - gen tokens. Server "
-        "engines: TTFT and tg measured by the client, pp from the server's own timing."
+        "engines: TTFT measured by the client, pp from the server's own timing, tg from the "
+        "server's own timing for llama-server and LM Studio and by the client for Ollama "
+        "and OpenAI-compatible servers."
     )
     lines += [f"{mark} {note}" for note, mark in note_marks(pivot).items()]
     return lines

@@ -128,20 +128,26 @@ def test_both_engines_through_real_workers_report_ttft_tg_and_pp(
     assert done.returncode == 0, done.stderr
 
     lines = done.stdout.splitlines()
-    for metric, count in (("tg tokens/s", 4), ("pp tokens/s", 4), ("TTFT (s)", 2)):
+    for metric in ("tg tokens/s", "pp tokens/s"):  # the engines' own figures: all 3, always
         rows = [line for line in lines if metric in line]
-        assert len(rows) == count, metric  # TTFT: llama-server's 2 configurations only
+        assert len(rows) == 4, metric
         assert all(re.search(r" n=3( ⚠)?$", row) for row in rows), rows
 
     jobs = Store.open(store_path).campaign_jobs("engines")
     server_jobs = [j for j in jobs if j.spec.engine == "llama-server"]
     assert [j.result.status.value for j in server_jobs if j.result] == ["ok", "ok"]
+    # TTFT (llama-server's 2 configurations only) counts the requests whose stream did not
+    # arrive in one burst (a client starved on a busy box): the table agrees with the store.
+    timed = [sum(not r.stream_burst for r in j.result.requests) for j in server_jobs if j.result]
+    ttft_rows = [line for line in lines if "TTFT (s)" in line]
+    assert sorted(int(re.search(r" n=(\d+)", row)[1]) for row in ttft_rows) == sorted(  # type: ignore[index]
+        n for n in timed if n
+    ), (ttft_rows, timed)
     for job in server_jobs:
         assert job.result is not None and len(job.result.requests) == job.spec.repetitions
         for r in job.result.requests:
-            # client TTFT agrees with the server's own prefill time (see test_llama_server)
-            assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s
-            assert r.ttft_s <= r.server_timings["prompt_ms"] / 1000 + 0.5
+            # the client's TTFT holds the server's own prefill time, and the stream ends after
+            assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s < r.e2e_s
         assert job.result.load_time_s is not None  # each context is its own server group
     status = orch("--store", str(store_path), "status", "engines", "--broker", broker)
     assert "server model loads: 2 for 2 group(s)" in status.stdout

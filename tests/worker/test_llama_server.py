@@ -53,16 +53,17 @@ def test_client_ttft_agrees_with_the_server_timing(
         assert r.server_timings["prompt_n"] == 64 and r.server_timings["predicted_n"] == 32
         assert not r.cached_prompt
         server_prefill_s = r.server_timings["prompt_ms"] / 1000
-        # Tolerance: the client's TTFT is the server's prefill plus one decode step plus
-        # loopback HTTP; it can never be shorter, and is within 0.5 s of it even on a
-        # loaded 2-core CI box (a few ms when idle).
-        assert server_prefill_s <= r.ttft_s <= server_prefill_s + 0.5
-        assert r.ttft_s < r.e2e_s
+        # The client's TTFT is the server's prefill plus one decode step plus loopback HTTP:
+        # never shorter (how much longer depends on how busy the box is, so no bound here).
+        assert server_prefill_s <= r.ttft_s < r.e2e_s
         assert set(r.itl_s) == {"p50", "p90", "p99"}
         assert r.itl_s["p50"] <= r.itl_s["p90"] <= r.itl_s["p99"]
     phases = [p.phase for p in outcome.phases]
     assert phases == ["prefill", "decode"] * 3
     assert all(p.start_s <= p.end_s for p in outcome.phases)
+    # tg is the engine's own figure for every request (a starved client cannot distort it)
+    tg = next(m for m in outcome.measurements if m.test == "tg")
+    assert tg.samples_ts == [r.server_timings["predicted_per_second"] for r in outcome.requests]
 
 
 def test_the_server_stays_warm_within_a_group_and_restarts_across(

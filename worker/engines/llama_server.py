@@ -22,7 +22,12 @@ from jobs.telemetry import PhaseWindow
 from worker.engines.base import Engine, EngineOutcome, RunTarget, local_files, register
 from worker.engines.http_stream import HttpError, get_json, post_json, stream_sse
 from worker.engines.server_process import ServerProcess, free_port
-from worker.engines.timing import StreamClock, measurements, server_prefill_rate
+from worker.engines.timing import (
+    StreamClock,
+    measurements,
+    server_decode_rate,
+    server_prefill_rate,
+)
 
 # Log lines that mean the model never got to serve (llama.cpp's own wording).
 _LOAD_FAILURE = re.compile(
@@ -146,7 +151,7 @@ class LlamaServer(Engine):
         return EngineOutcome(
             Status.OK,
             info,
-            measurements=measurements(samples, server_prefill_rate),
+            measurements=measurements(samples, server_prefill_rate, server_decode_rate),
             argv=server.argv,
             phases=phases,
             requests=samples,

@@ -130,14 +130,29 @@ def server_prefill_rate(sample: RequestSample) -> float | None:
     return float(rate) if rate else None
 
 
+def server_decode_rate(sample: RequestSample) -> float | None:
+    """llama.cpp's own generation tokens/s (`timings.predicted_per_second`): what the engine
+    did, which an HTTP client starved on a busy box cannot distort."""
+    rate = sample.server_timings.get("predicted_per_second")
+    return float(rate) if rate else None
+
+
 def measurements(
-    samples: list[RequestSample], prefill_rate: Callable[[RequestSample], float | None]
+    samples: list[RequestSample],
+    prefill_rate: Callable[[RequestSample], float | None],
+    decode_rate: Callable[[RequestSample], float | None] | None = None,
 ) -> list[Measurement]:
-    """pp from `prefill_rate` (server-side figures), tg from the client's decode timing."""
+    """pp from `prefill_rate` (server-side figures); tg from `decode_rate` when the engine
+    gives it for every request (one source per cell, never a mix), else from the client's
+    decode timing."""
     if not samples:
         return []
     pp = [r for r in (prefill_rate(s) for s in samples) if r]
-    tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
+    engine_tg = [decode_rate(s) for s in samples] if decode_rate is not None else []
+    if engine_tg and all(engine_tg):
+        tg = [float(r) for r in engine_tg if r]
+    else:
+        tg = [s.decode_tokens_per_s for s in samples if s.decode_tokens_per_s]
     out = []
     if pp:
         out.append(Measurement(test="pp", n_prompt=samples[0].prompt_tokens, n_gen=0,
