@@ -46,7 +46,8 @@ def start_cmd(worker_config: Path | None, directory: Path | None) -> None:
 @local_group.command("stop")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help=DIR_HELP)
 def stop_cmd(directory: Path | None) -> None:
-    """Stop the agent (a running job goes back to its queue), then the broker (data kept)."""
+    """Stop the agent (a running job gets a minute to finish, else it goes back to its
+    queue), then the broker (its data is kept)."""
     stopped = stop(_service(directory))
     click.echo(
         "stopped " + ", ".join(stopped) if stopped else "the one-box service was not running"
