@@ -9,7 +9,7 @@ import click
 
 from jobs.protocol import redact_url
 from orchestrator import localinstall
-from orchestrator.errors import BrokerError
+from orchestrator.errors import BrokerError, OrchError
 from orchestrator.localservice import LocalService, Supervisor, pid_alive, start, stop
 
 DIR_HELP = "The service's folder; default $ORCH_LOCAL_DIR or ~/.local/share/orch/local."
@@ -114,14 +114,20 @@ def install_cmd(worker_config: Path | None, directory: Path | None) -> None:
         state.worker_config = str(worker_config.expanduser().absolute())
     if not state.worker_config:
         raise click.UsageError("give --worker-config worker.yaml (this box's config)")
-    if service.running():
+    was_running = service.running()
+    if was_running:
         stop(service)  # the service manager takes over from here
         state = service.read_state()
         if worker_config is not None:
             state.worker_config = str(worker_config.expanduser().absolute())
     service.password()
     service.write_state(state)
-    outcome = localinstall.install(service.dir)
+    try:
+        outcome = localinstall.install(service.dir)
+    except OrchError:
+        if was_running:  # as it was before: running, by hand
+            start(service, None)
+        raise
     for line in outcome.lines:
         click.echo(line)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from orchestrator.errors import OrchError
 from orchestrator.fleet.units import unit_arg
 from orchestrator.local import orch_command
+from orchestrator.localservice import ALREADY_RUNNING_EXIT
 
 UNIT_NAME = "orch-local.service"
 LAUNCHD_LABEL = "org.orch.local"
@@ -59,6 +60,8 @@ def systemd_unit_text(service_dir: Path, env: dict[str, str]) -> str:
         f"ExecStart={' '.join(unit_arg(a) for a in supervisor_argv(service_dir))}",
         "Restart=on-failure",
         "RestartSec=10",
+        # A supervisor started by hand holds the lock: the unit's one exits 75, not a failure.
+        f"RestartPreventExitStatus={ALREADY_RUNNING_EXIT}",
         "KillSignal=SIGTERM",
         # SIGTERM to the supervisor only: it stops the agent, then the broker, in that order.
         "KillMode=mixed",

@@ -476,3 +476,30 @@ def test_two_starts_at_once_make_one_service_and_stale_pids_are_never_signalled(
     stopped = local_service("local", "stop")
     assert stopped.returncode == 0 and "supervisor" in stopped.stdout
     assert local_service("local", "status").returncode == 1
+
+
+def test_an_install_that_fails_leaves_the_service_running_as_it_was(
+    tmp_path: Path, llama_bin: Path, tiny_models: dict[str, Path], local_service: Any,
+    service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from click.testing import CliRunner
+
+    from orchestrator import localinstall
+    from orchestrator.cli import cli
+    from orchestrator.errors import OrchError
+
+    config = _box(tmp_path, llama_bin, tiny_models)
+    assert local_service("local", "start", "--worker-config", str(config)).returncode == 0
+    for name, value in service_env.items():
+        monkeypatch.setenv(name, value)
+
+    def no_user_manager(*_args: Any, **_kwargs: Any) -> Any:
+        raise OrchError("wrote the unit, but `systemctl --user daemon-reload` failed")
+
+    monkeypatch.setattr(localinstall, "install", no_user_manager)
+    before = LocalService().read_state().supervisor_pid
+    done = CliRunner().invoke(cli, ["local", "install"])
+    assert isinstance(done.exception, OrchError) and "daemon-reload" in str(done.exception)
+    service = LocalService()
+    assert service.running() and service.read_state().supervisor_pid != before  # started again
+    assert local_service("local", "status").returncode == 0

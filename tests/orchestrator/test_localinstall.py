@@ -39,6 +39,8 @@ def test_systemd_user_unit_runs_the_supervisor_and_is_enabled(tmp_path: Path) ->
         f'"{tmp_path}/svc dir%%"'
     )
     assert "Restart=on-failure" in unit and "WantedBy=default.target" in unit
+    # a supervisor already running by hand holds the lock: that exit is not a failure to retry
+    assert "RestartPreventExitStatus=75" in unit and "KillMode=mixed" in unit
     assert ["systemctl", "--user", "enable", "--now", "orch-local.service"] in run.calls
     assert any("sudo loginctl enable-linger" in line for line in done.lines)
 
