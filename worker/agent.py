@@ -198,6 +198,10 @@ class Agent:
             worker.start()
         finally:
             self._stop.set()
+            if self._heartbeat is not None:
+                # A beat under way would publish the inventory again after the "stopped"
+                # one below, and the box would look online for another 15 s.
+                self._heartbeat.join(timeout=2 * HEARTBEAT_INTERVAL_S)
             close_engines()
             self.release_lease()
             self._announce_stop()
@@ -325,7 +329,8 @@ class Agent:
                 flush_spool(self.redis, self.spool)
                 if self.unattended is not None:
                     self.unattended.tick()
-                self.publish_inventory()
+                if not self._stop.is_set():
+                    self.publish_inventory()
             except redis_lib.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
