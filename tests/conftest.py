@@ -16,6 +16,8 @@ import redis
 
 from jobs.paths import orch_home
 from orchestrator.embedded import EmbeddedBroker
+from orchestrator.localservice import LocalService
+from orchestrator.localservice import stop as stop_local_service
 from worker.provision.llamacpp import LLAMA_CPP_PYTHON_VERSION
 from worker.provision.tiny_model import write_tiny_models
 
@@ -24,13 +26,19 @@ _KEEP = {"ORCH_LLAMA_CPP_BIN", "ORCH_HOME", "ORCH_TEST_WHEELHOUSE", "ORCH_TEST_W
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("ORCH_") and name not in _KEEP:
             monkeypatch.delenv(name)
     # Never the developer's own one-box service (~/.local/share/orch/local): a test that
     # wants one starts it here, and `orch` children inherit this.
-    monkeypatch.setenv("ORCH_LOCAL_DIR", str(tmp_path / "orch-local"))
+    service = LocalService(tmp_path / "orch-local")
+    monkeypatch.setenv("ORCH_LOCAL_DIR", str(service.dir))
+    yield
+    # A one-box service a test started (`submit --local` does) outlives its command: stop
+    # it, or its supervisor, broker and agent stay behind after the suite.
+    if service.exists() and service.running():
+        stop_local_service(service)
 
 
 def llama_bin_dir() -> Path:
