@@ -28,7 +28,7 @@ FINAL_KEY = "orch:final:{job_id}"  # string: the final RunResult JSON, once push
 
 # Longest a single job may run (the worker enforces it per engine run). Kombu's Redis transport
 # re-delivers any message unacked for longer than `visibility_timeout`, so that must exceed this,
-# or a long job runs twice (DESIGN.md).
+# or a long job runs twice (docs/facts.md, Celery and Redis).
 MAX_JOB_TIMEOUT_S = 6 * 3600
 VISIBILITY_TIMEOUT_S = MAX_JOB_TIMEOUT_S + 3600
 

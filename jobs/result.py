@@ -45,7 +45,7 @@ class Measurement(BaseModel):
 
 
 # Fields of llama-bench's JSON (`-o json`) kept as EngineInfo.details, by the llama-bench engine
-# and by `orch import llama-bench` alike (DESIGN.md lists what llama-bench prints).
+# and by `orch import llama-bench` alike (docs/facts.md lists what llama-bench prints).
 LLAMA_BENCH_DETAIL_FIELDS = (
     "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
     "model_n_params", "n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers",

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
@@ -135,7 +136,7 @@ def configuration_of_queue(queue: str) -> dict[str, str]:
     return out
 
 
-def configuration_label(configuration: dict[str, str]) -> str:
+def configuration_label(configuration: Mapping[str, str]) -> str:
     """How every command spells a configuration: `vram_split=32G, ttm_pages_limit=8388608`."""
     return (
         ", ".join(

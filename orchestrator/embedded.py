@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """Start/stop a private Valkey with `appendonly yes` and `noeviction` (DESIGN.md)."""
+    """Start/stop a private Valkey with `appendonly yes` and `noeviction` (docs/facts.md)."""
 
     def __init__(
         self,

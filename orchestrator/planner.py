@@ -238,9 +238,9 @@ def verdict(estimate: MemoryEstimate, facts: HostFacts | None) -> Verdict:
     - GPU memory is the sum of all GPUs' VRAM (llama.cpp splits layers across GPUs). On an APU
       it also counts GTT: the iGPU maps system RAM through GTT and llama.cpp's Vulkan and ROCm
       backends allocate from it when the carve-out is full, so a 512M carve-out still runs an
-      18 GB model (slower: DESIGN.md measured 17 vs 43 tokens/s). The verdict says "via GTT"
-      then, so a report can tell it from a carve-out fit. On a discrete GPU, GTT is system RAM
-      over PCIe: that is a spill, not a fit.
+      18 GB model (slower: a user measured 17 vs 43 tokens/s, docs/facts.md). The verdict
+      says "via GTT" then, so a report can tell it from a carve-out fit. On a discrete GPU,
+      GTT is system RAM over PCIe: that is a spill, not a fit.
     - What does not fit GPU memory spills into system RAM (layers on the CPU: runs, slowly). On
       an APU, GTT is part of that same RAM, so the total pool is VRAM + RAM, never + GTT twice.
     - Without any GPU, RAM is the only pool: a CPU-only box either fits or will not load.

@@ -145,7 +145,7 @@ def need(total_gb: float) -> MemoryEstimate:
 
 def test_strix_halo_512m_vs_32g() -> None:
     small, big = strix_halo("512M"), strix_halo("32G")
-    glm = need(18.1)  # GLM-4.7-Flash Q4_K_M, the DESIGN.md case
+    glm = need(18.1)  # GLM-4.7-Flash Q4_K_M, the case in docs/facts.md
     at_32g = verdict(glm, big)
     # 32 GiB carve-out + 48 GiB GTT (half of the remaining 96 GiB RAM).
     assert at_32g.kind == "fits" and at_32g.text() == "fits (needs 18.1 GB, has 85.9 GB GPU)"

@@ -64,7 +64,7 @@ def _spec(host: str, model: str, context: int) -> JobSpec:
 
 
 def _bench_test(spec: JobSpec, test: str, samples_ts: list[float]) -> dict[str, Any]:
-    """One object of `llama-bench -o json` output (the fields DESIGN.md lists)."""
+    """One object of `llama-bench -o json` output (the fields docs/facts.md lists)."""
     n_prompt = spec.workload.prompt_tokens if test == "pp" else 0
     n_gen = spec.workload.gen_tokens if test == "tg" else 0
     samples_ns = [round((n_prompt + n_gen) / ts * 1e9) for ts in samples_ts]

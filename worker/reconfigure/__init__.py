@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec import CONFIGURATION_AXES, vram_split_bytes
+from jobs.spec import configuration_label as label
 from worker.errors import ReconfigureError
 from worker.reconfigure.apply import apply_steps, plan
 from worker.reconfigure.config import NORMALIZE, AxisConfig, ReconfigureConfig
@@ -48,11 +49,6 @@ _HINTS = {
 
 def _local_now() -> datetime:
     return datetime.now().astimezone()
-
-
-def label(configuration: Mapping[str, str]) -> str:
-    """`vram_split=32G, ttm_pages_limit=8388608`: how messages spell a configuration."""
-    return ", ".join(f"{a}={configuration[a]}" for a in CONFIGURATION_AXES if a in configuration)
 
 
 class Reconfigurer:
