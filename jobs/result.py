@@ -24,6 +24,10 @@ class Status(StrEnum):
     # Never run: the coordinator's planner predicted it would not load (`submit
     # --skip-predicted-failures`); `error` holds the prediction, e.g. "predicted OOM (needs ...)".
     SKIPPED = "skipped"
+    # The engine ran, but not on the job's backend (a CPU build behind a `vulkan` label, a GPU
+    # that took no layers): `error` says what it reported, `RunResult.backend_check` keeps the
+    # evidence, and no report shows its figures under that backend.
+    MISLABELLED = "mislabelled"
 
     @property
     def words(self) -> str:
@@ -127,6 +131,49 @@ class Cooldown(BaseModel):
     sources: list[str] = Field(default_factory=list)  # files or APIs read
 
 
+class BackendCheck(BaseModel):
+    """What the engine said it ran on, checked against the job's backend label
+    (`jobs.backends.check_backend` is the rule; the worker applies it after every run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str  # the job's backend
+    verdict: Literal["match", "mismatch", "unverified"]
+    # What the engine reported, e.g. ["CPU"], ["Vulkan"], ["ROCm0 (Radeon 8060S)"].
+    devices: list[str] = Field(default_factory=list)
+    gpu_layers_requested: int | None = None  # the -ngl orch passed (None: not a llama.cpp flag)
+    gpu_layers_offloaded: int | None = None  # as the engine reported ("offloaded 25/25 layers")
+    layers_total: int | None = None
+    vram_bytes: int | None = None  # model bytes in GPU memory (Ollama's /api/ps size_vram)
+    source: str = ""  # where the evidence came from, e.g. "llama-bench json", "load log"
+    detail: str = ""  # why it matches, does not, or cannot be checked
+
+
+class Disturbance(BaseModel):
+    """What else used the box while the job ran (pyperf's system checks, measured live):
+    a run above the worker owner's thresholds is `disturbed`, and reports draw no verdict
+    from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration_s: float
+    logical_cpus: int
+    # CPU seconds used by processes that are neither the worker nor the engine it started,
+    # and that as a share of the box's capacity over the run (1.0 = every core, all the time).
+    other_cpu_s: float | None = None
+    other_cpu_fraction: float | None = None
+    top_others: list[str] = Field(default_factory=list)  # e.g. "stress-ng (pid 812): 41.2 s"
+    load_avg_1m_max: float | None = None
+    cpu_freq_mhz_min: float | None = None  # lowest current frequency seen on any core
+    cpu_freq_mhz_max: float | None = None  # the cores' rated maximum, where readable
+    thermal_throttle_events: int | None = None  # core/package throttle counters, increase
+    gpu_other_processes: list[str] = Field(default_factory=list)  # other users of the GPU
+    thresholds: dict[str, float] = Field(default_factory=dict)  # the owner's, as applied
+    disturbed: bool = False
+    reasons: list[str] = Field(default_factory=list)  # why it counts as disturbed
+    sources: list[str] = Field(default_factory=list)  # files or APIs read
+
+
 class RunResult(BaseModel):
     """The outcome of one job. Upserted by `job_id` in the store, so a re-delivery counts once."""
 
@@ -157,6 +204,8 @@ class RunResult(BaseModel):
     host_facts: HostFacts | None = None  # the box's fingerprint when the job ran
     settings: dict[str, AppliedSetting] = Field(default_factory=dict)  # runtime settings
     cooldown: Cooldown | None = None
+    backend_check: BackendCheck | None = None
+    disturbance: Disturbance | None = None
 
     def measurement(self, test: str) -> Measurement | None:
         return next((m for m in self.measurements if m.test == test), None)

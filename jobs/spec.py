@@ -193,6 +193,11 @@ class JobSpec(BaseModel):
     # The matrix's name for this job's host configuration, when it used a named one.
     config_name: Name | None = None
     workload: Workload = Workload()
+    # The matrix's name for this job's workload, when it named several (`workloads:`).
+    workload_name: Name | None = None
+    # llama.cpp's -ngl when the matrix's `gpu_layers` axis sets it; None: every layer on a GPU
+    # backend, 0 on `cpu` (what the engine ran with is in RunResult.backend_check).
+    gpu_layers: int | None = Field(default=None, ge=0)
     repetitions: PositiveInt = 3
     timeout_s: PositiveInt = 3600
     job_id: str = ""
@@ -231,8 +236,8 @@ class JobSpec(BaseModel):
         """Hash of the canonical spec (campaign included): the same job always has the same id."""
         body = self.model_dump(mode="json", exclude={"job_id", "schema_version"})
         # Fields added later hash only when set, so earlier jobs keep their ids.
-        for later in ("settings", "config_name"):
-            if not body[later]:
+        for later in ("settings", "config_name", "workload_name", "gpu_layers"):
+            if body[later] is None or body[later] == {}:
                 del body[later]
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -244,7 +249,8 @@ class JobSpec(BaseModel):
     def load_group(self) -> tuple[str, ...]:
         """Jobs with the same group can share one loaded model (a warm server): run them back to
         back and the campaign loads each model once per group."""
-        return (self.queue, self.engine, self.model, self.backend, str(self.context))
+        return (self.queue, self.engine, self.model, self.backend, str(self.context),
+                str(self.gpu_layers))  # fmt: skip
 
     def axes(self) -> dict[str, Any]:
         """The values that identify this job in a report."""
@@ -257,4 +263,6 @@ class JobSpec(BaseModel):
             **self.configuration,
             **self.settings,
             **({"configuration": self.config_name} if self.config_name else {}),
+            **({"workload": self.workload_name} if self.workload_name else {}),
+            **({"gpu_layers": self.gpu_layers} if self.gpu_layers is not None else {}),
         }

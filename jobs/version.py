@@ -15,7 +15,10 @@ from importlib import metadata
 #       Status.SKIPPED (coordinator-made, never run); WorkerInventory.setters and model_shapes.
 #   3 - one box: WorkerInventory.reconfigure (unattended reconfiguration: what the box may
 #       switch, reboots and blocks per campaign, a reboot under way, why it is stalled).
-SCHEMA_VERSION = 3
+#   4 - truth of labels: Status.MISLABELLED and RunResult.backend_check (what the engine ran
+#       on), RunResult.disturbance (what else used the box); JobSpec.gpu_layers and
+#       workload_name (hashed only when set, so earlier ids stand).
+SCHEMA_VERSION = 4
 
 try:
     ORCH_VERSION = metadata.version("orch")
