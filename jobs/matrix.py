@@ -23,17 +23,51 @@ to run in it) and runtime ones (platform_profile, power_limit_w: the worker appl
       fast-32g: {vram_split: 32G, platform_profile: performance}
     matrix:
       configuration: [quiet-512m, fast-32g]
+
+Contexts count tokens, with K = 1024 and M = 1024 K as model cards and LM Studio count them:
+`context: [16K, 64K, 198K]` is 16384, 65536 and 202752 tokens (`1M` = 1048576; lower case and
+plain numbers work too). "16KB" and "1.5K" are refused: a context is a whole number of tokens.
+
+Several workloads, by name: the `workload` axis crosses them with everything else, and an
+include adds one for a single model (an exclude may name one too)::
+
+    workloads:
+      short: {prompt_tokens: 512, gen_tokens: 128}
+      long-prompt: {prompt_tokens: 8192, gen_tokens: 128}
+      vision: {prompt_text: "What is in this picture?", image: cat, gen_tokens: 64}
+    matrix:
+      workload: [short, long-prompt]
+    include:
+      - {host: halo, model: qwen3-vl-32b, context: 16K, engine: lmstudio, workload: vision}
+
+Without a `workload` axis every job runs the single top-level `workload:`, as before (a file
+sets one or the other). Layers on the GPU (llama.cpp's `-ngl`, llama-bench and llama-server
+only) are an axis too: `gpu_layers: [0, 20, 999]`. A `cpu` backend has no GPU to put them on,
+so its jobs leave gpu_layers unset (one job instead of one per value).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
-from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, Name, VramSplit, Watts, Workload
+from jobs.spec import (
+    CONFIGURATION_AXES,
+    RUNTIME_AXES,
+    Context,
+    Name,
+    VramSplit,
+    Watts,
+    Workload,
+)
 
 # Axes a named configuration sets (reboot-bound and runtime alike).
 HOST_SETTING_KEYS = (*CONFIGURATION_AXES, *RUNTIME_AXES)
+# Engines that pass `gpu_layers` on as llama.cpp's -ngl. Ollama's `num_gpu` and LM Studio's GPU
+# offload are other knobs, not wired: a matrix asking them for gpu_layers is refused.
+GPU_LAYERS_ENGINES = ("llama-bench", "llama-server")
+# The backend that runs no layer on a GPU: its jobs leave gpu_layers unset.
+CPU_BACKEND = "cpu"
 
 
 class HostConfiguration(BaseModel):
@@ -55,13 +89,15 @@ class MatrixAxes(BaseModel):
 
     model: list[str] = Field(min_length=1)
     backend: list[Name] = Field(default_factory=lambda: ["cpu"], min_length=1)
-    context: list[PositiveInt] = Field(min_length=1)
+    context: list[Context] = Field(min_length=1)
     vram_split: list[VramSplit] = Field(default_factory=list)
     engine: list[Name] = Field(default_factory=list)  # when empty: the top-level `engine`
     ttm_pages_limit: list[PositiveInt] = Field(default_factory=list)
     platform_profile: list[Name] = Field(default_factory=list)
     power_limit_w: list[Watts] = Field(default_factory=list)
     configuration: list[Name] = Field(default_factory=list)  # names from `configurations`
+    workload: list[Name] = Field(default_factory=list)  # names from `workloads`
+    gpu_layers: list[NonNegativeInt] = Field(default_factory=list)
 
 
 class Selector(BaseModel):
@@ -73,12 +109,14 @@ class Selector(BaseModel):
     engine: Name | None = None
     model: str | None = None
     backend: Name | None = None
-    context: PositiveInt | None = None
+    context: Context | None = None
     vram_split: VramSplit | None = None
     ttm_pages_limit: PositiveInt | None = None
     platform_profile: Name | None = None
     power_limit_w: Watts | None = None
     configuration: Name | None = None
+    workload: Name | None = None
+    gpu_layers: NonNegativeInt | None = None
 
     def named(self) -> dict[str, object]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -92,7 +130,8 @@ class Matrix(BaseModel):
     campaign: Name
     repetitions: PositiveInt = 3
     engine: Name = "llama-bench"
-    workload: Workload = Workload()
+    workload: Workload = Workload()  # every job's, unless the matrix has a `workload` axis
+    workloads: dict[Name, Workload] = Field(default_factory=dict)  # by name, for that axis
     timeout_s: PositiveInt = Field(default=3600, le=MAX_JOB_TIMEOUT_S)
     hosts: list[Name] = Field(min_length=1)
     configurations: dict[Name, HostConfiguration] = Field(default_factory=dict)

@@ -11,6 +11,11 @@ import binascii
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
+from jobs.spec import JobSpec
+from jobs.version import SCHEMA_VERSION
+
 TASK_NAME = "orch.run_job"
 
 # Redis keys (all under one prefix so `orch` can share a Redis with other apps).
@@ -50,19 +55,146 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{hostpart}" if at else url
 
 
-def job_of_message(message: dict[str, Any]) -> dict[str, Any] | None:
-    """The job (a JobSpec as JSON) inside one Celery message as kombu's Redis transport keeps
-    it (protocol 2: `body` is base64 of `[args, kwargs, embed]`, args[0] our job); None for a
-    message that is not an orch job or cannot be read."""
+# Poison-proof consumption: both sides check every queued message with `check_message` before
+# anything acts on it; one that fails goes to the dead-letter list (jobs/deadletter.py).
+# A real job message is about 2 KB; a long fixed `prompt_text` makes it bigger, never this big.
+MAX_MESSAGE_BYTES = 1024 * 1024
+# The most a job's JSON may take so that its message stays under MAX_MESSAGE_BYTES (Celery
+# sends it base64-encoded, 4/3 bigger, with about 3 KB of headers and a 1 KB argsrepr).
+MAX_JOB_JSON_BYTES = MAX_MESSAGE_BYTES * 3 // 4 - 16 * 1024
+# Kombu's Redis transport keeps a priority's messages in `<queue>\x06\x16<priority>`.
+PRIORITY_SEP = "\x06\x16"
+# Celery headers that make a worker do more than run the task once, now: a job never sets them.
+_INERT_HEADERS = ("eta", "expires", "countdown", "chord", "group", "group_index", "callbacks",
+                  "errbacks", "shadow", "stamped_headers", "stamps")  # fmt: skip
+# The types of the other headers Celery reads (celery/app/amqp.py `as_task_v2` writes them,
+# kombu adds `redelivered`); a header Celery does not know must be a plain value.
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "lang": (str,), "task": (str,), "id": (str,), "retries": (int,), "root_id": (str, type(None)),
+    "parent_id": (str, type(None)), "argsrepr": (str,), "kwargsrepr": (str,), "origin": (str,),
+    "ignore_result": (bool, type(None)), "replaced_task_nesting": (int,), "redelivered": (bool,),
+    "timelimit": (list, type(None)),
+}  # fmt: skip
+_PLAIN = (str, int, float, bool, type(None))
+_INERT_EMBED = ("callbacks", "errbacks", "chain", "chord")
+
+
+class InvalidMessage(ValueError):
+    """A queued message that must not be acted on; the text says why (the dead-letter reason)."""
+
+
+def queue_of_key(key: str | bytes) -> str:
+    """The queue a kombu list key belongs to (priority suffix removed)."""
+    name = key.decode(errors="replace") if isinstance(key, bytes) else key
+    return name.split(PRIORITY_SEP, 1)[0]
+
+
+def check_message(raw: bytes | str, queue: str) -> JobSpec:
+    """The job in one raw message popped from `queue` (a kombu list), or InvalidMessage.
+
+    The only messages that pass are what `Publisher.publish` writes: kombu's JSON envelope
+    (protocol 2, base64 body, JSON content), task TASK_NAME, a JobSpec this orch can read whose
+    id is the message's and whose queue is `queue`, and none of Celery's scheduling or workflow
+    fields (eta, expires, callbacks, chains): anything else would make a worker crash, wait,
+    run the wrong thing or send tasks of its own.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"oversized: {len(raw)} bytes (limit {MAX_MESSAGE_BYTES})")
     try:
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        job = args[0]
-    except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
-        return None
-    return job if isinstance(job, dict) else None
+        envelope = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidMessage(f"not JSON: {_short(exc)}") from None
+    return check_envelope(envelope, queue)
+
+
+def check_envelope(envelope: Any, queue: str) -> JobSpec:
+    """`check_message` for an envelope already parsed (as kombu's `unacked` hash keeps it)."""
+    headers = _checked_headers(envelope)
+    try:
+        job = JobSpec.model_validate(_job_argument(envelope.get("body")))
+    except ValidationError as exc:
+        raise InvalidMessage(
+            f"not a job this orch (schema {SCHEMA_VERSION}) can read: {_short(exc)}"
+        ) from None
+    if headers.get("id") != job.job_id:
+        raise InvalidMessage(f"message id {_short(headers.get('id'))} is not job {job.job_id}")
+    if job.queue != queue:
+        raise InvalidMessage(f"job {job.job_id} for {job.queue} was found in {queue}")
+    return job
+
+
+def _checked_headers(envelope: Any) -> dict[str, Any]:
+    """The Celery headers of a kombu envelope that carries an orch job and nothing more."""
+    if not isinstance(envelope, dict):
+        raise InvalidMessage(f"not a kombu message: a JSON {type(envelope).__name__}")
+    properties, headers = envelope.get("properties"), envelope.get("headers")
+    if not isinstance(properties, dict) or not isinstance(headers, dict):
+        raise InvalidMessage("not a kombu message: no properties or headers")
+    info = properties.get("delivery_info")
+    if not (
+        isinstance(properties.get("delivery_tag"), str)
+        and isinstance(info, dict)
+        and isinstance(info.get("exchange"), str)
+        and isinstance(info.get("routing_key"), str)
+    ):
+        raise InvalidMessage("not a kombu message: no delivery tag or delivery info")
+    if not isinstance(properties.get("priority", 0), int):
+        raise InvalidMessage("not a kombu message: priority is not a number")
+    if envelope.get("content-type") != "application/json":
+        raise InvalidMessage(f"content-type {_short(envelope.get('content-type'))}, not JSON")
+    if envelope.get("content-encoding") != "utf-8" or properties.get("body_encoding") != "base64":
+        raise InvalidMessage("body not utf-8 JSON in base64")
+    if headers.get("task") != TASK_NAME:
+        raise InvalidMessage(f"unknown task {_short(headers.get('task'))} (expected {TASK_NAME})")
+    if any(headers.get(name) not in (None, [], {}) for name in _INERT_HEADERS) or headers.get(
+        "timelimit"
+    ) not in (None, [None, None]):
+        raise InvalidMessage("sets Celery scheduling or workflow headers a job never has")
+    for name, value in headers.items():
+        if name not in _INERT_HEADERS and not isinstance(value, _HEADER_TYPES.get(name, _PLAIN)):
+            raise InvalidMessage(f"header {_short(name)} has a {type(value).__name__} value")
+    return headers
+
+
+def _job_argument(body: Any) -> Any:
+    """The one argument of Celery's protocol-2 body `[[job], {}, embed]`, base64-encoded."""
+    if not isinstance(body, str):
+        raise InvalidMessage("no body")
+    try:
+        decoded = json.loads(base64.b64decode(body, validate=True))
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        raise InvalidMessage(f"body is not base64 of JSON: {_short(exc)}") from None
+    if not (
+        isinstance(decoded, list)
+        and len(decoded) == 3
+        and isinstance(decoded[0], list)
+        and len(decoded[0]) == 1
+        and decoded[1] == {}
+        and isinstance(decoded[2], dict)
+    ):
+        raise InvalidMessage("body is not Celery's [[job], {}, {...}]")
+    if any(decoded[2].get(name) not in (None, [], {}) for name in _INERT_EMBED):
+        raise InvalidMessage("body chains or calls back other tasks: a job never does")
+    return decoded[0][0]
+
+
+def unacked_parts(raw: bytes | str) -> tuple[Any, str]:
+    """(envelope, routing key) of one entry of kombu's `unacked` hash, which holds
+    `[message, exchange, routing_key]` as JSON; InvalidMessage for anything else."""
+    if len(raw) > 2 * MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"oversized: {len(raw)} bytes")
+    try:
+        entry = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessage(f"unacked entry is not JSON: {_short(exc)}") from None
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str)):
+        raise InvalidMessage("unacked entry is not kombu's [message, exchange, routing_key]")
+    return entry[0], entry[2]
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def celery_settings() -> dict[str, Any]:

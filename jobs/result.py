@@ -209,3 +209,9 @@ class RunResult(BaseModel):
 
     def measurement(self, test: str) -> Measurement | None:
         return next((m for m in self.measurements if m.test == test), None)
+
+    @property
+    def disturbed(self) -> bool:
+        """Other work used the box beyond its owner's thresholds during the run: reports flag
+        its figures and draw no faster/slower verdict from them."""
+        return self.disturbance is not None and self.disturbance.disturbed

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
-from pydantic.functional_validators import AfterValidator
+from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from jobs.version import SCHEMA_VERSION
 
@@ -77,7 +77,48 @@ def normalize_setting(axis: str, value: object) -> str:
     raise ValueError(f"unknown runtime setting {axis!r}: known {RUNTIME_AXES}")
 
 
+# llama.cpp's n_ctx is a uint32_t (llama.h, `struct llama_context_params`).
+MAX_CONTEXT = 2**32 - 1
+_CONTEXT = re.compile(r"^(\d{1,19})\s*([KM])?$", re.IGNORECASE)
+_CONTEXT_UNIT = {"": 1, "K": 1024, "M": 1024 * 1024}
+_NOT_A_CONTEXT = (
+    "not a context size: expected a whole number of tokens such as 4096, 16K or 1M "
+    "(K = 1024 tokens; no 'KB', no decimals)"
+)
+
+
+def parse_context(value: object) -> int:
+    """A context size in tokens, as people write it: 4096, "16K", "198K", "1M".
+
+    >>> parse_context("16K"), parse_context("198k"), parse_context("1M"), parse_context(512)
+    (16384, 202752, 1048576, 512)
+
+    K = 1024 tokens and M = 1024 K, as model cards and LM Studio count context lengths ("128K"
+    is 131072). Only whole numbers of tokens: "16KB" (a context counts tokens, not bytes),
+    "1.5K" (write 1536) and "16k tokens" are refused, and so are 0 and anything above
+    llama.cpp's 32-bit n_ctx. Messages leave the value out: callers say where it was and what.
+    """
+    if isinstance(value, bool):  # YAML reads `yes` as True, an int subclass
+        raise ValueError(_NOT_A_CONTEXT)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        tokens = value
+    else:
+        match = _CONTEXT.match(str(value).strip()) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(_NOT_A_CONTEXT)
+        tokens = int(match.group(1)) * _CONTEXT_UNIT[(match.group(2) or "").upper()]
+    if tokens <= 0:
+        raise ValueError("a context must be a positive number of tokens")
+    if tokens > MAX_CONTEXT:
+        raise ValueError(f"a context is at most {MAX_CONTEXT} tokens (llama.cpp's n_ctx)")
+    return tokens
+
+
 Name = Annotated[str, AfterValidator(_check_name)]
+# A context size in tokens, with K/M suffixes (`parse_context`).
+Context = Annotated[int, BeforeValidator(parse_context)]
 # A positive, finite number of watts ("1e999" would reach a setter as infinity).
 Watts = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 VramSplit = Annotated[str, AfterValidator(normalize_vram_split)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,8 +14,20 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 from pydantic import ValidationError
 
+from jobs.deadletter import UNACKED_KEY, move_from_list, move_from_unacked
 from jobs.inventory import WorkerInventory
-from jobs.protocol import INVENTORY_PATTERN, TASK_NAME, celery_settings, redact_url
+from jobs.protocol import (
+    INVENTORY_PATTERN,
+    MAX_JOB_JSON_BYTES,
+    TASK_NAME,
+    InvalidMessage,
+    celery_settings,
+    check_envelope,
+    check_message,
+    queue_of_key,
+    redact_url,
+    unacked_parts,
+)
 from jobs.spec import JobSpec
 from orchestrator.errors import BrokerError
 
@@ -47,7 +60,10 @@ def read_fleet(client: Any) -> Fleet:
         try:
             inv = WorkerInventory.model_validate_json(raw)
         except ValidationError:
-            version = json.loads(raw).get("version", "?") if raw.startswith(b"{") else "?"
+            try:
+                version = json.loads(raw).get("version", "?")
+            except (ValueError, AttributeError, RecursionError):
+                version = "?"
             fleet.unreadable[host] = f"its worker runs orch {version}, unreadable by this one"
             continue
         fleet.inventories[inv.host] = inv
@@ -65,30 +81,49 @@ def broker_time(client: Any) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-def job_id_of(message: dict[str, Any]) -> str:
-    """Celery puts the task id (our job id) in each message's headers."""
-    return str(message.get("headers", {}).get("id"))
+_SOURCE = "coordinator"
+log = logging.getLogger("orch.coordinator")
 
 
-def orch_messages(client: Any) -> Iterator[tuple[str, bool, dict[str, Any]]]:
-    """Every orch job message on this broker as (queue, delivered, message).
+def queued_jobs(client: Any, key: str | bytes) -> Iterator[tuple[bytes, JobSpec]]:
+    """(raw message, job) of each valid message waiting in queue list `key`.
+
+    A message `jobs.protocol.check_message` refuses is moved to the dead-letter list, as the
+    agent would do when it popped it: no coordinator command stops on junk in a queue.
+    """
+    queue = queue_of_key(key)
+    for raw in client.lrange(key, 0, -1):
+        try:
+            yield raw, check_message(raw, queue)
+        except InvalidMessage as exc:
+            if move_from_list(client, key, raw, str(exc), _SOURCE):
+                log.warning("dead-lettered a message in %s: %s", queue, exc)
+
+
+def orch_messages(client: Any) -> Iterator[tuple[str, bool, JobSpec]]:
+    """Every orch job message on this broker as (queue, delivered, job); invalid ones are
+    dead-lettered on the way (see `queued_jobs`).
 
     Kombu's Redis transport keeps one list per queue (waiting messages) and the delivered but
     unacknowledged ones in the `unacked` hash, with their routing key (our queue name).
     """
     for key in client.scan_iter(match="orch.*", count=200, _type="list"):
-        queue = key.decode() if isinstance(key, bytes) else str(key)
-        for raw in client.lrange(key, 0, -1):
-            yield queue, False, json.loads(raw)
-    for raw in client.hvals("unacked"):
-        message, _exchange, routing_key = json.loads(raw)
-        if str(routing_key).startswith("orch."):
-            yield str(routing_key), True, message
+        for _raw, job in queued_jobs(client, key):
+            yield job.queue, False, job
+    for tag, raw in client.hgetall(UNACKED_KEY).items():
+        try:
+            envelope, routing_key = unacked_parts(raw)
+            if not routing_key.startswith("orch."):
+                continue  # another app's message on a shared Redis
+            yield routing_key, True, check_envelope(envelope, routing_key)
+        except InvalidMessage as exc:
+            if move_from_unacked(client, tag, raw, str(exc), _SOURCE):
+                log.warning("dead-lettered an entry of kombu's unacked hash: %s", exc)
 
 
 def waiting_job_ids(client: Any) -> set[str]:
     """Ids of jobs queued or delivered-but-unacknowledged anywhere on this broker."""
-    return {job_id_of(message) for _queue, _delivered, message in orch_messages(client)}
+    return {job.job_id for _queue, _delivered, job in orch_messages(client)}
 
 
 def queue_counts(client: Any) -> tuple[Counter[str], Counter[str]]:
@@ -111,6 +146,12 @@ class Publisher:
 
     def publish(self, job: JobSpec) -> None:
         """Publish one job (callers record each in the store right after, see submit)."""
+        size = len(json.dumps(job.model_dump(mode="json")))  # ASCII-escaped, as kombu sends it
+        if size > MAX_JOB_JSON_BYTES:  # every agent would dead-letter it as oversized
+            raise BrokerError(
+                f"job {job.job_id} ({job.campaign}, {job.model}) is {size} bytes as JSON, over "
+                f"the {MAX_JOB_JSON_BYTES}-byte limit of a queued job: shorten its prompt_text"
+            )
         with self.app.connection_for_write() as conn:
             if job.queue not in self._declared:
                 # Without the binding the Redis transport drops the message silently.

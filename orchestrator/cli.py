@@ -22,6 +22,7 @@ from jobs.protocol import redact_url
 from orchestrator import status as status_mod
 from orchestrator.broker import connect, read_fleet
 from orchestrator.cli_common import BROKER_HELP, optional_broker, require_broker
+from orchestrator.cli_dlq import dlq_group
 from orchestrator.cli_local import local_group
 from orchestrator.cli_report import COMMANDS as REPORT_COMMANDS
 from orchestrator.control import cancel, retry_failed
@@ -32,7 +33,7 @@ from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.localservice import LocalService
 from orchestrator.localservice import start as start_local_service
 from orchestrator.matrixfile import load_matrix_file
-from orchestrator.plan import parse_model_options, plan, render_plan
+from orchestrator.plan import context_warnings, parse_model_options, plan, render_plan
 from orchestrator.report import build_pivot, render
 from orchestrator.store import Store, default_store_path
 from orchestrator.submit import Progress, SubmitOutcome, resolve_configurations, submit, wait_for
@@ -178,6 +179,8 @@ def _print_submission(outcome: SubmitOutcome, as_json: bool) -> None:
     )
     for note in outcome.notes:
         click.echo(f"note: {note}", err=True)
+    for warning in outcome.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _wait_and_report(
@@ -279,7 +282,10 @@ def plan_cmd(ctx: click.Context, matrix: Path, models: tuple[str, ...], broker: 
     jobs = resolve_configurations(mf.jobs, fleet.inventories) if fleet else mf.jobs
     path: Path = ctx.obj["store_path"]
     store = Store.open(path) if path.exists() else None  # durations of earlier runs, if any
-    click.echo(render_plan(plan(jobs, parse_model_options(models), fleet, store), fleet))
+    rows = plan(jobs, parse_model_options(models), fleet, store)
+    click.echo(render_plan(rows, fleet))
+    for warning in context_warnings(mf, rows):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @cli.command("retry")
@@ -337,6 +343,7 @@ for _command in REPORT_COMMANDS:  # report, compare, campaigns, import
     cli.add_command(_command)
 cli.add_command(fleet_group)
 cli.add_command(local_group)
+cli.add_command(dlq_group)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from orchestrator.report.compare import (
     regressions,
 )
 from orchestrator.report.importers.llama_bench import import_llama_bench
+from orchestrator.report.matching import split_pairs
 from orchestrator.report.metrics import METRICS
 from orchestrator.report.pivot import AXES, METRIC
 from orchestrator.store import Store
@@ -45,19 +46,26 @@ def _axes(value: str | None) -> tuple[str, ...] | None:
     return tuple(a.strip() for a in value.split(",") if a.strip()) if value else None
 
 
-def _baseline(value: str | None) -> tuple[str, str] | None:
-    if not value:
-        return None
-    axis, sep, wanted = value.partition("=")
-    if not sep or not axis or not wanted:
-        raise ReportError(f"--baseline {value!r}: expected AXIS=VALUE, e.g. host=laptop-80w")
-    return axis.strip(), wanted.strip()
+def _baseline(value: str | None) -> tuple[tuple[str, str], ...]:
+    """`host=laptop` or, naming one column fully, `host=laptop,vram_split=512M`."""
+    pairs = []
+    for part in split_pairs(value) if value else []:
+        axis, sep, wanted = part.partition("=")
+        if not sep or not axis.strip() or not wanted.strip():
+            raise ReportError(
+                f"--baseline {value!r}: expected AXIS=VALUE[,AXIS=VALUE...], e.g. "
+                "host=laptop-80w or host=laptop-80w,vram_split=512M"
+            )
+        pairs.append((axis.strip(), wanted.strip()))
+    return tuple(pairs)
 
 
 def _options(
     rows: str | None, columns: str | None, metrics: str | None, baseline: str | None = None
 ) -> PivotOptions:
-    return PivotOptions(_axes(rows), _axes(columns), _axes(metrics), _baseline(baseline))
+    pairs = _baseline(baseline)
+    first = pairs[0] if pairs else None
+    return PivotOptions(_axes(rows), _axes(columns), _axes(metrics), first, pairs[1:])
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -92,7 +100,11 @@ def _layout_options(command: _F) -> _F:
 @click.command("report")
 @click.argument("campaign")
 @_layout_options
-@click.option("--baseline", help="AXIS=VALUE the other cells are compared with (host=laptop).")
+@click.option(
+    "--baseline",
+    help="AXIS=VALUE the other cells are compared with (host=laptop); where it matches several "
+    "columns, name one fully: host=laptop,vram_split=512M.",
+)
 @click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
 @click.pass_context
 def report_cmd(
@@ -120,7 +132,18 @@ def report_cmd(
 @click.command("compare")
 @click.argument("a")
 @click.argument("b")
-@click.option("--campaign", help="Compare A and B (AXIS=VALUE, e.g. backend=vulkan) within it.")
+@click.option(
+    "--campaign",
+    help="Compare A and B (AXIS=VALUE[,AXIS=VALUE...], e.g. backend=vulkan) within it.",
+)
+@click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    metavar="AXIS",
+    help="Match A's and B's jobs across AXIS (repeatable), e.g. --ignore vram_split for two "
+    "boxes each in its own carve-out; refused where it would pool two jobs of one side.",
+)
 @_layout_options
 @click.option(
     "--fail-on-regression",
@@ -136,6 +159,7 @@ def compare_cmd(
     a: str,
     b: str,
     campaign: str | None,
+    ignore: tuple[str, ...],
     rows: str | None,
     columns: str | None,
     metrics: str | None,
@@ -143,15 +167,16 @@ def compare_cmd(
     out: Path | None,
     fail_pct: float | None,
 ) -> None:
-    """B against A: two campaigns, or two values of one axis with --campaign."""
+    """B against A: two campaigns, or two values of some axes with --campaign, matched on
+    every other axis but those named with --ignore."""
     if columns:
         raise ReportError("orch compare puts A and B in the columns: use --rows, not --columns")
     store = _store(ctx)
     options = _options(rows, None, metrics)
     if campaign:
-        pivot = compare_within(store, campaign, a, b, options)
+        pivot = compare_within(store, campaign, a, b, options, ignore)
     else:
-        pivot = compare_campaigns(store, a, b, options)
+        pivot = compare_campaigns(store, a, b, options, ignore)
     _emit(render(pivot, fmt), out)
     if fail_pct is not None:
         found = regressions(pivot, fail_pct)

@@ -9,13 +9,12 @@ matrix again queues cancelled jobs anew.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY
 from jobs.result import Status
 from jobs.spec import JobSpec
-from orchestrator.broker import Publisher, connect, job_id_of, waiting_job_ids
+from orchestrator.broker import Publisher, connect, queued_jobs, waiting_job_ids
 from orchestrator.store import Store
 
 
@@ -61,10 +60,9 @@ def cancel(campaign: str, broker_url: str, store: Store) -> Cancelled:
                if not row.settled}  # fmt: skip
     removed: list[str] = []
     for queue in sorted(set(pending.values())):
-        for raw in client.lrange(queue, 0, -1):
-            job_id = job_id_of(json.loads(raw))
-            if job_id in pending and client.lrem(queue, 1, raw):
-                removed.append(job_id)
+        for raw, job in queued_jobs(client, queue):
+            if job.job_id in pending and client.lrem(queue, 1, raw):
+                removed.append(job.job_id)
     store.mark_cancelled(removed)
     running = len((set(pending) - set(removed)) & waiting_job_ids(client))
     return Cancelled(len(removed), running)

@@ -8,34 +8,43 @@ Example::
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.matrix import HOST_SETTING_KEYS, HostConfiguration, Matrix, Selector
-from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, JobSpec
+from jobs.matrix import HOST_SETTING_KEYS, HostConfiguration, Matrix
+from jobs.spec import JobSpec
 from orchestrator.errors import MatrixError
+from orchestrator.matrixexpand import Problem, expand, row_problems, rows
 from orchestrator.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
 
 Path_ = KeyPath
+
+# Axes whose values are names defined elsewhere in the file: axis -> the mapping defining them.
+_NAMED_AXES = {"configuration": "configurations", "workload": "workloads"}
 
 
 def read_matrix_text(path: Path) -> str:
     return read_text(path, MatrixError)
 
 
-def load_matrix(path: Path, text: str) -> tuple[Matrix, dict[Path_, int]]:
-    """Parse and validate `text` (read from `path`); return it and a key path -> line map."""
+def load_matrix(path: Path, text: str) -> tuple[Matrix, dict[Path_, int], list[Problem]]:
+    """Parse and validate `text` (read from `path`): the matrix, a key path -> line map, and the
+    names it uses but does not define. A file that does not validate raises MatrixError with
+    every validation problem and every unknown name."""
     data, lines = parse_yaml(path, text, MatrixError)
     if not isinstance(data, dict):
         raise MatrixError([f"{path}:1: expected a mapping with campaign, hosts and matrix keys"])
+    # Checked on the raw data, so that a misspelt workload name is reported together with a
+    # context that does not validate, rather than after it is fixed.
+    unknown = _unknown_names(data)
     try:
-        return Matrix.model_validate(data), lines
+        return Matrix.model_validate(data), lines, unknown
     except ValidationError as exc:
-        raise MatrixError(describe(path, exc, lines)) from exc
+        invalid = describe(path, exc, lines) + _messages(path, lines, unknown)
+        raise MatrixError(sorted(invalid, key=_line_number)) from exc
 
 
 @dataclass(frozen=True)
@@ -69,61 +78,100 @@ class MatrixFile:
             candidates.append(("engine",))
         return self.where(candidates[0] if candidates else (axis,))
 
+    def where_workload(self, job: JobSpec, key: str) -> str:
+        """Where `job`'s workload sets `key`: under its name in `workloads`, or the single one."""
+        if job.workload_name is not None:
+            return self.where(("workloads", job.workload_name, key))
+        return self.where(("workload", key))
+
 
 def load_matrix_file(path: Path) -> MatrixFile:
     """Load, validate and expand a matrix file; every problem is reported at once."""
     text = read_matrix_text(path)
-    matrix, lines = load_matrix(path, text)
-    jobs = _checked_jobs(path, matrix, lines)
+    matrix, lines, unknown = load_matrix(path, text)
+    jobs = _checked_jobs(path, matrix, lines, unknown)
     return MatrixFile(path, text, matrix, lines, jobs)
 
 
-def _checked_jobs(path: Path, matrix: Matrix, lines: dict[Path_, int]) -> list[JobSpec]:
+def _checked_jobs(
+    path: Path, matrix: Matrix, lines: dict[Path_, int], unknown: list[Problem]
+) -> list[JobSpec]:
+    # Jobs are checked after exclusions (`exclude: [{workload: long, context: 4K}]` is how a
+    # file says that a long prompt does not fit its smallest context), alongside the rest.
+    expanded = rows(matrix)
     problems = (
-        _workload_problems(matrix) + _selector_problems(matrix) + _configuration_problems(matrix)
+        unknown
+        + _workload_problems(matrix)
+        + _selector_problems(matrix)
+        + _configuration_problems(matrix)
+        + row_problems(matrix, expanded)
     )
-    jobs = expand(matrix) if not problems else []
-    if not problems and not jobs:
+    if not problems and not expanded:
         problems.append((("exclude",), "the exclusions remove every job: nothing would run"))
     if problems:
-        raise MatrixError(
-            [f"{path}:{line_of(lines, p)}: {dotted(p)}: {msg}" for p, msg in problems]
-        )
-    return jobs
+        raise MatrixError(_messages(path, lines, problems))
+    return expand(matrix)
 
 
-def _workload_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
-    problems: list[tuple[Path_, str]] = []
-    engines = set(matrix.matrix.engine or [matrix.engine])
-    engines |= {e.engine for e in matrix.include if e.engine}
-    without_images = sorted(engines & {"llama-bench", "llama-server"})
-    if matrix.workload.image is not None and without_images:
-        problems.append(
-            (("workload", "image"), f"{', '.join(without_images)} cannot send an image: use "
-             "lmstudio, ollama or openai for vision models")
-        )  # fmt: skip
-    if matrix.workload.prompt_text is not None and "llama-bench" in engines:
-        problems.append(
-            (("workload", "prompt_text"), "llama-bench measures synthetic prompts only: "
-             "use prompt_tokens, or a server engine such as llama-server")
-        )  # fmt: skip
-    for i, context in enumerate(matrix.matrix.context):
-        problems += _context_problems(matrix, context, ("matrix", "context", i))
-    for i, entry in enumerate(matrix.include):
-        if entry.context is not None:
-            problems += _context_problems(matrix, entry.context, ("include", i, "context"))
+def _messages(path: Path, lines: dict[Path_, int], problems: list[Problem]) -> list[str]:
+    """`file:line: key: problem`, once each, in the order of the file's lines."""
+    numbered = sorted(((line_of(lines, p), p, msg) for p, msg in problems), key=lambda n: n[0])
+    return list(dict.fromkeys(f"{path}:{n}: {dotted(p)}: {msg}" for n, p, msg in numbered))
+
+
+def _line_number(message: str) -> int:
+    """The line of a `file:line: ...` message (the path may hold colons; the line is digits)."""
+    for part in reversed(message.split(": ", 1)[0].split(":")):
+        if part.isdigit():
+            return int(part)
+    return 0
+
+
+def _unknown_names(data: dict[Any, Any]) -> list[Problem]:
+    """Names of configurations and workloads the file uses but does not define. Works on the
+    raw data, skipping whatever is not shaped as expected (validation says what is wrong)."""
+    problems: list[Problem] = []
+    for axis, defining in _NAMED_AXES.items():
+        defined = data.get(defining) or {}
+        if not isinstance(defined, dict):
+            continue
+        known = ", ".join(sorted(str(n) for n in defined)) or f"none: add a `{defining}:` mapping"
+        used: list[tuple[Path_, object]] = []
+        axes = data.get("matrix")
+        listed = axes.get(axis) if isinstance(axes, dict) else None
+        if isinstance(listed, list):
+            used += [(("matrix", axis, i), name) for i, name in enumerate(listed)]
+        for section in ("include", "exclude"):
+            entries = data.get(section)
+            for i, entry in enumerate(entries if isinstance(entries, list) else []):
+                if isinstance(entry, dict) and axis in entry:
+                    used.append(((section, i, axis), entry[axis]))
+        problems += [
+            (where, f"unknown {axis} {name!r} (defined: {known})")
+            for where, name in used
+            if isinstance(name, str) and name not in defined
+        ]
     return problems
 
 
-def _selector_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
-    problems: list[tuple[Path_, str]] = []
+def _workload_problems(matrix: Matrix) -> list[Problem]:
+    if "workload" in matrix.model_fields_set and matrix.matrix.workload:
+        return [
+            (("workload",), "the matrix has a `workload` axis: name this workload under "
+             "`workloads:` and list it there, or drop the axis")
+        ]  # fmt: skip
+    return []
+
+
+def _selector_problems(matrix: Matrix) -> list[Problem]:
+    problems: list[Problem] = []
     for i, entry in enumerate(matrix.include):
         for key in ("host", "model", "context"):
             if getattr(entry, key) is None:
                 problems.append((("include", i), f"an include entry must name `{key}`"))
         config = matrix.configurations.get(entry.configuration or "")
         by_config = config.named() if config is not None else {}
-        for key in ("backend", *HOST_SETTING_KEYS, "configuration"):
+        for key in ("backend", *HOST_SETTING_KEYS, "configuration", "workload"):
             if key in by_config:
                 continue
             if getattr(entry, key) is None and len(getattr(matrix.matrix, key)) > 1:
@@ -134,26 +182,10 @@ def _selector_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
     return problems
 
 
-def _configuration_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
-    """Named configurations must exist, and not fight a matrix axis over the same setting."""
-    problems: list[tuple[Path_, str]] = []
-    known = ", ".join(sorted(matrix.configurations)) or "none: add a `configurations:` mapping"
-    named: list[tuple[Path_, str]] = [
-        (("matrix", "configuration", i), n) for i, n in enumerate(matrix.matrix.configuration)
-    ]
-    named += [
-        (("include", i, "configuration"), e.configuration)
-        for i, e in enumerate(matrix.include)
-        if e.configuration
-    ]
-    named += [
-        (("exclude", i, "configuration"), e.configuration)
-        for i, e in enumerate(matrix.exclude)
-        if e.configuration
-    ]
-    for where, name in named:
-        if name not in matrix.configurations:
-            problems.append((where, f"unknown configuration {name!r} (defined: {known})"))
+def _configuration_problems(matrix: Matrix) -> list[Problem]:
+    """Named configurations must not fight a matrix axis or an include over the same setting
+    (unknown names are `_unknown_names`')."""
+    problems: list[Problem] = []
     for i, entry in enumerate(matrix.include):
         config = matrix.configurations.get(entry.configuration or "")
         for key in config.named() if config is not None else {}:
@@ -170,84 +202,3 @@ def _configuration_problems(matrix: Matrix) -> list[tuple[Path_, str]]:
                      "keep it in one place")
                 )  # fmt: skip
     return problems
-
-
-_ROW_KEYS = ("host", "engine", "model", "backend", "context", *HOST_SETTING_KEYS, "configuration")
-
-
-def expand(matrix: Matrix) -> list[JobSpec]:
-    """hosts x axes - exclude + include, in a stable order, without duplicates.
-
-    A named configuration's settings are filled in before exclusions apply, so `exclude:
-    [{vram_split: 512M}]` also removes named configurations booted in 512M.
-    """
-    axes = matrix.matrix
-    combos = itertools.product(
-        matrix.hosts,
-        axes.engine or [matrix.engine],
-        axes.model,
-        axes.backend,
-        axes.context,
-        *([*getattr(axes, key)] or [None] for key in (*HOST_SETTING_KEYS, "configuration")),
-    )
-    rows = [_resolved(matrix, dict(zip(_ROW_KEYS, c, strict=True))) for c in combos]
-    rows = [row for row in rows if not any(_matches(row, sel) for sel in matrix.exclude)]
-    for entry in matrix.include:
-        # Unnamed axes default to the matrix's value when it has exactly one, except where the
-        # entry's named configuration sets them.
-        row: dict[str, Any] = {"engine": matrix.engine, "backend": axes.backend[0]}
-        named = entry.named()
-        if "configuration" not in named and len(axes.configuration) == 1:
-            named["configuration"] = axes.configuration[0]
-        config = matrix.configurations.get(str(named.get("configuration", "")))
-        set_by_config = config.named() if config is not None else {}
-        for key in HOST_SETTING_KEYS:
-            listed = getattr(axes, key)
-            if key not in set_by_config:
-                row[key] = listed[0] if len(listed) == 1 else None
-        row.update(named)
-        rows.append(_resolved(matrix, row))
-    jobs: dict[str, JobSpec] = {}
-    for row in rows:
-        spec = JobSpec(
-            campaign=matrix.campaign,
-            host=row["host"],
-            engine=row["engine"],
-            model=row["model"],
-            backend=row["backend"],
-            context=row["context"],
-            configuration={k: row[k] for k in CONFIGURATION_AXES if row.get(k) is not None},
-            settings={k: row[k] for k in RUNTIME_AXES if row.get(k) is not None},
-            config_name=row.get("configuration"),
-            workload=matrix.workload,
-            repetitions=matrix.repetitions,
-            timeout_s=matrix.timeout_s,
-        )
-        jobs.setdefault(spec.job_id, spec)
-    return list(jobs.values())
-
-
-def _resolved(matrix: Matrix, row: dict[str, Any]) -> dict[str, Any]:
-    """Fill in what the row's named configuration sets (an explicit value in the row wins)."""
-    config = matrix.configurations.get(row.get("configuration") or "")
-    if config is None:
-        return row
-    return {**row, **{k: v for k, v in config.named().items() if row.get(k) is None}}
-
-
-def _matches(row: dict[str, Any], selector: Selector) -> bool:
-    return all(row.get(key) == value for key, value in selector.named().items())
-
-
-def _context_problems(matrix: Matrix, context: int, where: Path_) -> list[tuple[Path_, str]]:
-    # A fixed prompt text's length in tokens is only known to the engine's tokenizer.
-    prompt = 0 if matrix.workload.prompt_text else matrix.workload.prompt_tokens
-    needed = prompt + matrix.workload.gen_tokens
-    if context < needed:
-        return [
-            (
-                where,
-                f"context {context} is smaller than prompt_tokens + gen_tokens = {needed}",
-            )
-        ]
-    return []

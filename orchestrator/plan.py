@@ -6,6 +6,8 @@ what the host's worker read from its own copy (its inventory). Host memory comes
 each worker detected, re-derived for a job's carve-out when the box runs in another one now.
 Durations come from earlier results of the same job shape on the same host. A job whose model or
 host facts are unknown gets an "unknown" verdict that says what is missing, never a guess.
+A context above the model's trained length (GGUF `<arch>.context_length`) is a warning: llama.cpp
+runs it, and warns of a "possible training context overflow" itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from jobs.modelshape import ModelShape, read_model_shape
 from jobs.spec import JobSpec
 from orchestrator.broker import Fleet
 from orchestrator.errors import OrchError
+from orchestrator.matrixfile import MatrixFile
 from orchestrator.planner import (
     MemoryEstimate,
     Verdict,
@@ -41,6 +44,7 @@ class PlanRow:
     shape_source: str | None = None  # "file PATH" or "reported by HOST"
     facts_note: str | None = None  # the facts were derived for another carve-out
     durations_s: tuple[float, ...] = ()  # earlier runs of the same job shape on this host
+    trained_context: int | None = None  # the model's n_ctx_train, when its GGUF says
 
     @property
     def duration_text(self) -> str:
@@ -114,21 +118,47 @@ def plan(
         facts, note = (None, None)
         if inv is not None and inv.facts is not None:
             facts, note = facts_in_configuration(inv.facts, job.configuration)
-        rows.append(PlanRow(job, est, verdict(est, facts), None, source, note, durations_s=earlier))
+        rows.append(
+            PlanRow(
+                job, est, verdict(est, facts), None, source, note, earlier, shape.context_length
+            )
+        )
     return rows
+
+
+def context_warnings(mf: MatrixFile, rows: list[PlanRow]) -> list[str]:
+    """Contexts above a job's model's trained context length, each at the file and line of the
+    context value: llama.cpp runs them (warning "n_ctx_seq > n_ctx_train -- possible training
+    context overflow"), and what they measure is past what the model was trained for."""
+    sources: dict[tuple[str, int, str, int], list[str]] = {}
+    for row in rows:
+        trained, job = row.trained_context, row.job
+        if trained is None or job.context <= trained:
+            continue
+        key = (mf.where_value("context", job.context), job.context, job.model, trained)
+        found = sources.setdefault(key, [])
+        if row.shape_source and row.shape_source not in found:
+            found.append(row.shape_source)
+    return [
+        f"{where}: context {context} is above {model}'s trained context length of {trained} "
+        f"tokens (GGUF <arch>.context_length, {', '.join(found)}): llama.cpp warns of a "
+        "possible training context overflow"
+        for (where, context, model, trained), found in sources.items()
+    ]
 
 
 def render_plan(rows: list[PlanRow], fleet: Fleet | None = None) -> str:
     table = []
     notes: dict[str, None] = {}
+    # Axes that tell jobs of one host, model and context apart, when the matrix has them.
+    extra = [a for a in ("workload", "gpu_layers") if any(a in r.job.axes() for r in rows)]
     for row in rows:
         job = row.job
         config = _config_label(job)
+        axes = job.axes()
+        where = [job.host, job.model, job.context, *(axes.get(a, "-") for a in extra), config]
         if row.estimate is None or row.verdict is None:
-            table.append(
-                [job.host, job.model, job.context, config, "-", "-", "-", row.missing,
-                 row.duration_text]
-            )  # fmt: skip
+            table.append([*where, "-", "-", "-", row.missing, row.duration_text])
             continue
         est = row.estimate
         verdict_text = row.verdict.text()
@@ -137,14 +167,14 @@ def render_plan(rows: list[PlanRow], fleet: Fleet | None = None) -> str:
             notes[f"{job.host} {config}: {row.facts_note}"] = None
         table.append(
             [
-                job.host, job.model, job.context, config,
+                *where,
                 size_text(est.weight_bytes), size_text(est.kv_bytes), size_text(est.total_bytes),
                 verdict_text, row.duration_text,
             ]
         )  # fmt: skip
     headers = [
-        "host", "model", "context", "configuration", "weights", "KV cache", "total", "verdict",
-        "estimated duration",
+        "host", "model", "context", *extra, "configuration", "weights", "KV cache", "total",
+        "verdict", "estimated duration",
     ]  # fmt: skip
     legend = [
         "Estimates from GGUF metadata (weights, KV cache at the context, compute buffer); host "

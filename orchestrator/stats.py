@@ -93,6 +93,9 @@ class CellStats:
     ci_low: float | None
     ci_high: float | None
     samples: tuple[float, ...] = ()
+    # Some samples come from runs the worker found disturbed (other processes used the box,
+    # jobs.result.Disturbance): `compare` draws no verdict from them.
+    disturbed: bool = False
 
     @property
     def unstable(self) -> bool:
@@ -103,7 +106,7 @@ class CellStats:
         )
 
 
-def describe(samples: list[float]) -> CellStats | None:
+def describe(samples: list[float], *, disturbed: bool = False) -> CellStats | None:
     """n, median, MAD, relative spread and bootstrap CI of the median; None for no samples."""
     base = summarize(samples)
     if base is None:
@@ -112,7 +115,7 @@ def describe(samples: list[float]) -> CellStats | None:
     low = high = None
     if base.n >= MIN_SAMPLES_FOR_CI:
         low, high = bootstrap_ci(samples)
-    return CellStats(base.n, base.median, base.mad, spread, low, high, tuple(samples))
+    return CellStats(base.n, base.median, base.mad, spread, low, high, tuple(samples), disturbed)
 
 
 def bootstrap_ci(
@@ -183,6 +186,7 @@ class Verdict(StrEnum):
     DOWN = "down"
     SAME = "not distinguishable"
     TOO_FEW = "too few samples"
+    DISTURBED = "disturbed"  # either side has samples from a disturbed run: no claim
 
 
 @dataclass(frozen=True)
@@ -200,8 +204,12 @@ def compare(cell: CellStats, baseline: CellStats) -> Comparison:
     medians; each side needs MIN_SAMPLES_FOR_VERDICT samples. Same-distribution pairs are then
     called different at most 5% of the time, at any n. With 3 samples a side the smallest
     possible p is 2/20 = 0.1, so 3 repetitions can never show a difference: use 5 or more.
+    Samples from a disturbed run (either side) give no verdict at all: another process may
+    have made the difference.
     """
     ratio = cell.median / baseline.median if baseline.median else None
+    if cell.disturbed or baseline.disturbed:
+        return Comparison(ratio, Verdict.DISTURBED)
     if cell.n < MIN_SAMPLES_FOR_VERDICT or baseline.n < MIN_SAMPLES_FOR_VERDICT:
         return Comparison(ratio, Verdict.TOO_FEW)
     p = mann_whitney_p(cell.samples, baseline.samples)

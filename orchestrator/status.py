@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from jobs.spec import configuration_label, host_of_queue
 from orchestrator.broker import Fleet, broker_time, queue_counts, read_fleet
+from orchestrator.dlq import dead_letter_count
 from orchestrator.store import Store
 from orchestrator.waiting import blocked_notes, visit_lines
 
@@ -19,7 +20,10 @@ def render_status(store: Store, client: Any | None, campaign: str | None) -> str
     out: list[str] = []
     fleet, now = (read_fleet(client), broker_time(client)) if client is not None else (None, 0.0)
     if client is not None and fleet is not None:
-        out += _hosts(client, fleet, now, store)
+        out += _hosts(client, fleet, now, store)  # reading the queues dead-letters junk
+        dead = dead_letter_count(client)
+        if dead:
+            out.append(f"dead letters: {dead} refused message(s) (see `orch dlq list`)")
         if not campaign:  # with one, the campaign's own notes follow below
             pending = [j for j in store.pending_jobs() if j.host in fleet.inventories]
             out += blocked_notes(pending, fleet.inventories, now)
@@ -108,9 +112,11 @@ def _campaign(store: Store, campaign: str, fleet: Fleet | None, now: float) -> l
     finished = sum(1 for r in jobs if r.result)
     loads = sum(1 for r in jobs if r.result is not None and r.result.load_time_s is not None)
     groups = len({r.spec.load_group() for r in jobs if r.result and r.result.requests})
+    disturbed = sum(1 for r in jobs if r.result is not None and r.result.disturbed)
     out = [
-        f"campaign {campaign}: {finished}/{len(jobs)} jobs finished; server model loads: "
-        f"{loads} for {groups} group(s) of jobs that can share one",
+        f"campaign {campaign}: {finished}/{len(jobs)} jobs finished"
+        + (f" ({disturbed} disturbed: no verdict drawn from them)" if disturbed else "")
+        + f"; server model loads: {loads} for {groups} group(s) of jobs that can share one",
         tabulate(rows, ["queue", *states], tablefmt="simple"),
     ]
     if fleet is not None:

@@ -31,7 +31,7 @@ from jobs.version import ORCH_VERSION, SCHEMA_VERSION
 from orchestrator.broker import Fleet, Publisher, broker_time, connect, read_fleet, waiting_job_ids
 from orchestrator.errors import SubmitError
 from orchestrator.matrixfile import MatrixFile, load_matrix_file
-from orchestrator.plan import PlanRow, plan
+from orchestrator.plan import PlanRow, context_warnings, plan
 from orchestrator.store import Prediction, Store
 from orchestrator.waiting import blocked_notes, blocked_on
 
@@ -46,6 +46,8 @@ class SubmitOutcome:
     waiting: list[JobSpec]  # already queued or running
     notes: list[str] = field(default_factory=list)  # what the user should know (not errors)
     skipped: list[JobSpec] = field(default_factory=list)  # predicted not to load, not queued
+    # Doubts about what the jobs will measure (file:line), e.g. a context past the trained one.
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class SubmitOutcome:
             "skipped": [j.job_id for j in self.skipped],
             "queues": sorted({j.queue for j in self.published}),
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
 
@@ -124,7 +127,7 @@ def check_against_fleet(mf: MatrixFile, jobs: list[JobSpec], fleet: Fleet) -> li
         if image is not None and image not in inv.images:
             have = ", ".join(inv.images) or "none"
             problems.append(
-                f"{mf.where(('workload', 'image'))}: host {job.host} has no image "
+                f"{mf.where_workload(job, 'image')}: host {job.host} has no image "
                 f"{image!r} (it has: {have}; add it under `images:` in its config)"
             )
         problems += _settings_problems(mf, job, inv)
@@ -193,7 +196,8 @@ def submit(
     problems = check_against_fleet(mf, jobs, fleet)
     if problems:
         raise SubmitError(problems)
-    predictions = {row.job.job_id: row for row in plan(jobs, model_files or {}, fleet)}
+    planned = plan(jobs, model_files or {}, fleet)
+    predictions = {row.job.job_id: row for row in planned}
     store.collect(client)  # results that finished since the last look
     ids = [j.job_id for j in jobs]
     finished = store.finished_job_ids(ids)
@@ -241,8 +245,9 @@ def submit(
     notes = blocked_notes(fresh + waiting, fleet.inventories, broker_time(client))
     requeued = [j for j in fresh if j.job_id in lost and j.job_id not in skipped_before]
     return SubmitOutcome(
-        mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes, skipped=skipped
-    )
+        mf.matrix.campaign, jobs, fresh, requeued, done, waiting, notes, skipped=skipped,
+        warnings=context_warnings(mf, planned),
+    )  # fmt: skip
 
 
 def _will_not_load(row: PlanRow) -> bool:

@@ -9,6 +9,11 @@ Start-up order matters:
 4. publish the inventory, then keep it and the lease fresh from a heartbeat thread;
 5. consume with the solo pool: one job at a time, in this process, on every platform.
 
+Every popped message is checked before kombu, Celery or the runner sees it (worker/transport.py);
+one that is not a job for this queue goes to the dead-letter list (jobs/deadletter.py) and the
+agent goes on. If Celery still stops on an error, the agent exits non-zero, so systemd
+(`Restart=on-failure`) or the one-box supervisor starts it again.
+
 If the lease is ever lost to another agent, this one stops consuming (warm shutdown).
 """
 
@@ -31,6 +36,7 @@ from kombu.entity import Exchange, Queue
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.deadletter import move_from_unacked, push_dead_letter
 from jobs.facts import HostFacts
 from jobs.inventory import SetterInfo, WorkerInventory
 from jobs.modelshape import ModelShape, read_model_shape
@@ -41,18 +47,21 @@ from jobs.protocol import (
     LEASE_KEY,
     LEASE_TTL_S,
     TASK_NAME,
+    InvalidMessage,
     celery_settings,
+    unacked_parts,
 )
 from jobs.spec import CONFIGURATION_AXES, configuration_of, host_of_queue
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.cooldown import CooldownGate
 from worker.engines import close_engines
-from worker.errors import ConfigError, QueueBusyError
+from worker.errors import ConfigError, ConsumerStoppedError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
 from worker.reconfigure import Reconfigurer
 from worker.runner import execute, flush_spool
 from worker.settings import build_setters, journal_in, recover_settings
+from worker.transport import use_checked_transport
 from worker.unattended import Unattended
 
 log = logging.getLogger("orch.worker")
@@ -196,6 +205,12 @@ class Agent:
                 loglevel="INFO",
             )
             worker.start()
+            if worker.exitcode:  # Celery logged why; it returns instead of exiting non-zero
+                raise ConsumerStoppedError(
+                    f"the Celery consumer stopped with exit code {worker.exitcode} (an "
+                    "unrecoverable error logged above, or an interrupt): exiting non-zero so "
+                    "that a supervisor starts the agent again"
+                )
         finally:
             self._stop.set()
             if self._heartbeat is not None:
@@ -260,11 +275,28 @@ class Agent:
             Queue(queue, Exchange(queue), routing_key=queue)(channel).declare()
             client = channel.client
             for tag, raw in client.hgetall(channel.unacked_key).items():
-                _message, _exchange, routing_key = json.loads(raw)
+                try:
+                    _message, routing_key = unacked_parts(raw)
+                except InvalidMessage as exc:  # kombu's own restore would choke on it
+                    move_from_unacked(client, tag, raw, str(exc), self._source)
+                    log.error("dead-lettered an unreadable unacked entry: %s", exc)
+                    continue
                 if host_of_queue(routing_key) == self.config.host:
                     channel.qos.restore_by_tag(tag, client=client, leftmost=False)
                     restored += 1
         return restored
+
+    @property
+    def _source(self) -> str:
+        return f"worker {self.config.host}"
+
+    def _dead_letter(self, raw: bytes, queue: str, reason: str) -> None:
+        """A popped message that is not a job for `queue`: keep it aside, never run it."""
+        log.error("dead-lettered a message from %s: %s", queue, reason)
+        try:
+            push_dead_letter(self.redis, raw, queue, reason, self._source)
+        except redis_lib.RedisError as exc:  # popped already: the log is all that is left
+            log.error("could not dead-letter it (%s); it started: %r", exc, raw[:300])
 
     def inventory(self) -> WorkerInventory:
         return WorkerInventory(
@@ -349,6 +381,7 @@ class Agent:
     def _make_app(self) -> Celery:
         app = Celery("orch-worker", broker=self.broker_url, set_as_current=False)
         app.conf.update(celery_settings())
+        use_checked_transport(app, self.broker_url, self._dead_letter)
         config, redis, spool, agent = self.config, self.redis, self.spool, self
 
         @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]

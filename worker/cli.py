@@ -16,7 +16,7 @@ import click
 import redis
 
 from jobs.protocol import redact_url
-from worker.errors import WorkerError
+from worker.errors import ConfigError, WorkerError
 
 
 def _fail(exc: Exception) -> None:
@@ -65,7 +65,10 @@ def worker_command(
             return
         if not broker:
             raise WorkerError("no broker: pass --broker redis://HOST:6379/0 or set ORCH_BROKER_URL")
-        Agent(config, broker).run(lease_wait_s=lease_wait)
+        try:
+            Agent(config, broker).run(lease_wait_s=lease_wait)
+        except ConfigError as exc:  # e.g. a declared fact the box contradicts: say which file
+            raise ConfigError(f"{config_path}: {exc}") from exc
     except WorkerError as exc:
         _fail(exc)
     except (redis.RedisError, ValueError) as exc:

@@ -15,6 +15,7 @@ them by name, it never supplies a path or a command line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from string import Formatter
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -57,6 +59,16 @@ class EngineConfig(BaseModel):
           url: http://127.0.0.1:11434
           backends: {rocm: null}
           models: {"glm-4.7-flash:q4_k_m": "glm-4.7-flash:q4_K_M"}
+
+    A server that wants an API token (LM Studio 0.4 with authentication on, a proxy in front of
+    Ollama or vLLM) gets it from an environment variable or a file, named here; the token itself
+    is never written in worker.yaml, and orch sends it as `Authorization: Bearer` only::
+
+        lmstudio:
+          url: http://127.0.0.1:1234
+          api_key_env: LM_API_TOKEN          # or api_key_file: ~/.config/orch/lmstudio.token
+          backends: {vulkan: ~/.lmstudio/bin/lms, rocm: ~/.lmstudio/bin/lms}
+          runtimes: {rocm: llama.cpp-linux-x86_64-amd-rocm-avx2@1.52.0}   # optional pins
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,6 +76,12 @@ class EngineConfig(BaseModel):
     backends: dict[Name, Path | None] = Field(min_length=1)
     url: str | None = Field(default=None, pattern=r"^https?://")
     models: dict[str, str] = Field(default_factory=dict)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_file: Path | None = None
+    # LM Studio: the runtime (`lms runtime ls`: `name` or `name@version`) a backend label runs
+    # on; without a pin the worker picks the installed runtime whose name carries the label.
+    runtimes: dict[Name, str] = Field(default_factory=dict)
+    _api_key: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _binaries_or_server(self) -> EngineConfig:
@@ -74,9 +92,44 @@ class EngineConfig(BaseModel):
                     "an engine without `url` runs binaries: give each backend a path and use "
                     "the top-level `models` (or set `url` for a server engine)"
                 )
+            if self.api_key_env or self.api_key_file or self.runtimes:
+                raise ValueError("api_key_env, api_key_file and runtimes belong to server engines")
         elif not self.models:
             raise ValueError("a server engine (with `url`) needs `models`: name -> served id")
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("give api_key_env or api_key_file, not both")
+        unknown = sorted(set(self.runtimes) - set(self.backends))
+        if unknown:
+            raise ValueError(f"runtimes: {unknown} are not among this engine's backends")
         return self
+
+    @property
+    def api_key(self) -> str | None:
+        """The bearer token (read once, kept out of dumps and reprs), or None when none is set.
+
+        Raises ConfigError naming the variable or file, never the token."""
+        if self._api_key is None and (self.api_key_env or self.api_key_file):
+            self._api_key = _read_api_key(self.api_key_env, self.api_key_file)
+        return self._api_key
+
+
+def _read_api_key(env: str | None, file: Path | None) -> str:
+    if env:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(f"api_key_env: {env} is not set (or is empty) for the worker")
+        return value
+    assert file is not None
+    try:
+        # A token is a line; a larger file is the wrong file (and is not read whole).
+        with file.open("rb") as handle:
+            raw = handle.read(4097)
+    except OSError as exc:
+        raise ConfigError(f"api_key_file: {file}: cannot read: {exc.strerror}") from exc
+    value = raw.decode("utf-8", errors="replace").strip()
+    if not value or len(raw) > 4096 or any(c.isspace() for c in value):
+        raise ConfigError(f"api_key_file: {file}: expected one token on one line")
+    return value
 
 
 _PLACEHOLDERS = {"w", "mw", "uw"}
@@ -143,6 +196,31 @@ class CooldownConfig(BaseModel):
         return self
 
 
+class DisturbanceConfig(BaseModel):
+    """When a measured run counts as disturbed by something else on the box (worker/disturbance.py
+    measures it around every run; reports flag such runs and draw no faster/slower verdict)::
+
+    disturbance: {max_other_cpu_fraction: 0.1, max_load_avg: 12, allow_throttling: false}
+    disturbance: {enabled: false}      # measure nothing (a box that is always shared)
+
+    A threshold set to null is not judged (the figure is still recorded).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # CPU time of processes other than the worker and its engine, as a share of all cores over
+    # the run: 0.1 is one core of ten busy with something else (pyperf's checks warn on less).
+    max_other_cpu_fraction: float | None = Field(default=0.1, ge=0, le=1)
+    # Off by default: the load average counts the engine's own threads, so a sensible limit
+    # depends on the box and the engine's thread count (e.g. cores + 2).
+    max_load_avg: float | None = Field(default=None, gt=0)
+    # A thermal throttle event (x86 thermal_throttle counters) during the run disturbs it.
+    allow_throttling: bool = False
+    # Another process on an NVIDIA GPU (NVML) during the run disturbs it.
+    allow_other_gpu_processes: bool = False
+
+
 class WorkerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -166,6 +244,8 @@ class WorkerConfig(BaseModel):
     # Runtime settings jobs may change on this box, and how (nothing else is ever changed).
     setters: dict[str, SetterConfig] = Field(default_factory=dict)
     cooldown: CooldownConfig | None = None
+    # What else may use the box during a run before it counts as disturbed (on by default).
+    disturbance: DisturbanceConfig = DisturbanceConfig()
     # Unattended reconfiguration (switch the BIOS carve-out or kernel limit and reboot): opt-in.
     reconfigure: ReconfigureConfig | None = None
     # Take the BIOS carve-out this box booted with as its configuration when `declared:` does
@@ -259,6 +339,11 @@ def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
     ]
     if missing:
         raise ConfigError("\n".join(missing))
+    for name, ec in config.engines.items():
+        try:
+            ec.api_key  # noqa: B018 - read now: a missing token stops the worker at start
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: engines.{name}.{exc}") from None
     return config
 
 
@@ -268,6 +353,8 @@ def _resolve_paths(config: WorkerConfig, base: Path) -> None:
         return p if p.is_absolute() else (base / p).resolve()
 
     for engine in config.engines.values():
+        if engine.api_key_file is not None:
+            engine.api_key_file = resolve(engine.api_key_file)
         engine.backends = {
             name: resolve(binary) if binary is not None else None
             for name, binary in engine.backends.items()

@@ -5,6 +5,7 @@
     ├── ProvisionError          building an engine or writing a model failed
     ├── SettingError            a job's runtime setting could not be applied (the job does not run)
     ├── QueueBusyError          another live worker already consumes this host/configuration queue
+    ├── ConsumerStoppedError    Celery's consumer stopped on an error: the agent exits non-zero
     └── ReconfigureError        an unattended switch of the box's configuration is not possible,
                                 failed before its reboot, or did not take
 
@@ -32,6 +33,10 @@ class SettingError(WorkerError):
 
 class QueueBusyError(WorkerError):
     """Another worker holds the lease on this queue: two benchmarks would overlap."""
+
+
+class ConsumerStoppedError(WorkerError):
+    """Celery's consumer gave up (it logs "Unrecoverable error"): the supervisor restarts us."""
 
 
 class ReconfigureError(WorkerError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,13 @@ from pydantic import ValidationError
 
 from jobs.facts import HostFacts
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
-from jobs.result import AppliedSetting, Cooldown, EngineInfo, RunResult, Status
+from jobs.result import AppliedSetting, Cooldown, Disturbance, EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import Telemetry
 from jobs.version import ORCH_VERSION
 from worker.config import WorkerConfig
 from worker.cooldown import CooldownGate
+from worker.disturbance import DisturbanceMonitor
 from worker.engines import EngineOutcome, RunTarget, get_engine, registered
 from worker.settings import RuntimeSettings, SettingError, build_setters, journal_in
 from worker.telemetry import Sampler
@@ -94,6 +96,7 @@ def execute(
             "telemetry": telemetry,
             "settings": wrapped.settings,
             "cooldown": wrapped.cooldown,
+            "disturbance": wrapped.disturbance,
         }
     )
     log.info("job %s finished: %s", job.job_id, result.status.value)
@@ -106,6 +109,7 @@ class _Wrapped:
     def __init__(self) -> None:
         self.settings: dict[str, AppliedSetting] = {}
         self.cooldown: Cooldown | None = None
+        self.disturbance: Disturbance | None = None
 
 
 def _facts_as_run(facts: HostFacts | None, settings: dict[str, AppliedSetting]) -> HostFacts | None:
@@ -143,6 +147,13 @@ def _measure(
         if config.cooldown is not None:
             gate = stack.enter_context(CooldownGate(config.cooldown, root=config.facts_root))
             wrapped.cooldown = gate.record
+        monitor = None
+        if config.disturbance.enabled:
+            # Inside the settings and the cool-down gate: their waits are not the run's.
+            watcher = monitor = DisturbanceMonitor(config.disturbance, root=config.facts_root)
+            # Registered first, so it runs after the monitor's exit has made the record.
+            stack.callback(lambda: setattr(wrapped, "disturbance", watcher.record))
+            stack.enter_context(monitor)
         sampler = None
         if config.telemetry_interval_s > 0:
             sampler = stack.enter_context(
@@ -154,10 +165,12 @@ def _measure(
             model_path=config.models.get(job.model) if ec.url is None else None,
             timeout_s=min(job.timeout_s, config.max_job_timeout_s),
             threads=config.threads,
-            on_process=sampler.watch if sampler is not None else (lambda _pid: None),
+            on_process=_watchers(sampler, monitor),
             url=ec.url,
             served_model=ec.models.get(job.model),
             image=config.images.get(job.workload.image) if job.workload.image else None,
+            api_key=ec.api_key,
+            runtime_pin=ec.runtimes.get(job.backend),
         )
         try:
             outcome = engine.run(job, target)
@@ -172,6 +185,17 @@ def _measure(
         return outcome, None
     outcome.phases = sampler.to_relative(outcome.phases)
     return outcome, sampler.summarize(outcome.phases)
+
+
+def _watchers(sampler: Sampler | None, monitor: DisturbanceMonitor | None) -> Callable[[int], None]:
+    """RunTarget.on_process: the engine's pid goes to the sampler and the disturbance monitor."""
+
+    def watch(pid: int) -> None:
+        for wrapper in (sampler, monitor):
+            if wrapper is not None:
+                wrapper.watch(pid)
+
+    return watch
 
 
 def _refuse_invalid(
@@ -234,14 +258,15 @@ def _error_result(
 def _result(
     job: JobSpec, config: WorkerConfig, attempt: int, started: datetime, outcome: EngineOutcome
 ) -> RunResult:
+    status, error = _backend_verdict(outcome)
     return RunResult(
         job_id=job.job_id,
         campaign=job.campaign,
         host=config.host,
         queue=config.queue,
         attempt=attempt,
-        status=outcome.status,
-        error=outcome.error,
+        status=status,
+        error=error,
         measurements=outcome.measurements,
         engine=outcome.engine,
         declared=config.declared_facts(),
@@ -249,11 +274,21 @@ def _result(
         phases=outcome.phases,
         requests=outcome.requests,
         load_time_s=outcome.load_time_s,
+        backend_check=outcome.backend_check,
         started_at=started,
         finished_at=datetime.now(UTC),
         worker_version=ORCH_VERSION,
         job=job,
     )
+
+
+def _backend_verdict(outcome: EngineOutcome) -> tuple[Status, str | None]:
+    """A run that went well on another backend than its label is mislabelled: its figures stay
+    in the result, but its status keeps every report from showing them under that label."""
+    check = outcome.backend_check
+    if outcome.status is not Status.OK or check is None or check.verdict != "mismatch":
+        return outcome.status, outcome.error
+    return Status.MISLABELLED, f"not run on backend {check.label}: {check.detail} ({check.source})"
 
 
 def _xadd(redis: Any, body: str | bytes) -> None:

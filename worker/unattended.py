@@ -25,12 +25,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from jobs.inventory import ReconfigureInfo
-from jobs.protocol import REBOOT_GRACE_S, job_of_message
+from jobs.protocol import REBOOT_GRACE_S, InvalidMessage, check_message, unacked_parts
 from jobs.spec import (
-    JobSpec,
     configuration_label,
     configuration_of_queue,
     host_of_queue,
@@ -207,10 +204,10 @@ class Unattended:
             return True
         for raw in self.redis.hvals("unacked"):
             try:
-                _message, _exchange, routing_key = json.loads(raw)
-            except (ValueError, TypeError):
+                _message, routing_key = unacked_parts(raw)
+            except InvalidMessage:
                 continue
-            if host_of_queue(str(routing_key)) == self.config.host:
+            if host_of_queue(routing_key) == self.config.host:
                 return True
         return False
 
@@ -259,8 +256,7 @@ class Unattended:
         left and pops on the right), when that message is a valid job for this queue."""
         raw = self.redis.lindex(queue, -1)
         try:
-            payload = job_of_message(json.loads(raw)) if raw else None
-            job = JobSpec.model_validate(payload) if payload is not None else None
-        except (ValueError, ValidationError):
+            job = check_message(raw, queue) if raw else None
+        except InvalidMessage:  # the agent dead-letters it when it gets there
             return None
-        return job.campaign if job is not None and job.queue == queue else None
+        return job.campaign if job is not None else None

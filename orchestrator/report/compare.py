@@ -1,15 +1,19 @@
-"""`orch compare A B`: two campaigns, or two values of one axis within a campaign, side by side.
+"""`orch compare A B`: two campaigns, or two values of some axes within a campaign, side by side.
 
 Jobs are matched on everything that identifies them (host, engine, model, backend, context,
-carve-out, workload) except what is compared; B's cells carry their ratio to A's and a verdict.
-`regressions` lists the cells where B is worse than A by more than a threshold *and* the
-difference is real (an exact Mann-Whitney U test rejects at 5%), so `--fail-on-regression 5`
-can guard an upgrade of a driver or of llama.cpp without failing on noise.
+carve-out, workload...) except what is compared and what the user ignores (`--ignore
+vram_split`, for two boxes each in its own carve-out; see `orchestrator.report.matching`);
+B's cells carry their ratio to A's and a verdict, and a line under the title says what was
+matched and what the ignored axes held. `regressions` lists the cells where B is worse than A
+by more than a threshold *and* the difference is real (an exact Mann-Whitney U test rejects at
+5%), so `--fail-on-regression 5` can guard an upgrade of a driver or of llama.cpp without
+failing on noise.
 
 Example::
 
     pivot = compare_campaigns(store, "before-upgrade", "after-upgrade")
     compare_within(store, "halo", "backend=vulkan", "backend=rocm")
+    compare_within(store, "fleet", "host=laptop-80w", "host=minipc-120w", ignore=("vram_split",))
 """
 
 from __future__ import annotations
@@ -18,14 +22,13 @@ from dataclasses import dataclass
 
 from jobs.result import Status
 from orchestrator.errors import OrchError
+from orchestrator.report.matching import COMPARED, Side, known_axes, match, split_pairs
 from orchestrator.report.pivot import (
-    AXES,
     CANCELLED,
     WAITING,
     Cell,
     Pivot,
     PivotOptions,
-    Record,
     ReportError,
     build_pivot,
     job_axes,
@@ -33,7 +36,8 @@ from orchestrator.report.pivot import (
 from orchestrator.stats import Verdict
 from orchestrator.store import JobRow, Store
 
-COMPARED = "compared"
+__all__ = ["COMPARED", "Regression", "RegressionError", "compare_campaigns", "compare_within",
+           "regressions"]  # fmt: skip
 
 
 class RegressionError(OrchError):
@@ -53,56 +57,85 @@ class Regression:
 
 def _jobs(store: Store, campaign: str) -> list[JobRow]:
     store.require_campaign(campaign)
-    return store.campaign_jobs(campaign)
+    jobs = store.campaign_jobs(campaign)
+    if not jobs:
+        raise ReportError(f"campaign {campaign!r} has no jobs to compare")
+    return jobs
 
 
-def compare_campaigns(store: Store, a: str, b: str, options: PivotOptions | None = None) -> Pivot:
+def compare_campaigns(
+    store: Store,
+    a: str,
+    b: str,
+    options: PivotOptions | None = None,
+    ignore: tuple[str, ...] = (),
+) -> Pivot:
     """Campaign B against campaign A (the baseline), configuration by configuration."""
-    records = [
-        Record({**job_axes(j.spec), COMPARED: side}, j)
-        for side in (a, b)
-        for j in _jobs(store, side)
-    ]
-    return _pivot(f"{b} vs {a}", records, a, b, options)
+    sides = [Side(c, [(j, job_axes(j.spec)) for j in _jobs(store, c)]) for c in (a, b)]
+    return _pivot(f"{b} vs {a}", sides[0], sides[1], (), options, ignore)
 
 
 def compare_within(
-    store: Store, campaign: str, a: str, b: str, options: PivotOptions | None = None
+    store: Store,
+    campaign: str,
+    a: str,
+    b: str,
+    options: PivotOptions | None = None,
+    ignore: tuple[str, ...] = (),
 ) -> Pivot:
-    """Two values of one axis in one campaign, e.g. `host=laptop-80w` and `host=minipc-120w`."""
+    """Two values of some axes in one campaign: `host=laptop-80w` and `host=minipc-120w`, or
+    `host=laptop-80w,vram_split=512M` and `host=minipc-120w,vram_split=32G`."""
     jobs = [(job, job_axes(job.spec)) for job in _jobs(store, campaign)]
-    known = [*AXES, *sorted({k for _, axes in jobs for k in axes} - set(AXES))]
-    axis, value_a = _selector(a, known)
-    axis_b, value_b = _selector(b, known)
-    if axis_b != axis:
-        raise ReportError(f"compare one axis at a time: {a!r} and {b!r} name different axes")
-    records = []
-    for job, axes in jobs:
-        value = str(axes.get(axis))
-        if value in (value_a, value_b):
-            axes[axis] = "-"  # matched on everything else
-            records.append(Record({**axes, COMPARED: f"{axis}={value}"}, job))
-    for wanted in (value_a, value_b):
-        if not any(r.axes[COMPARED] == f"{axis}={wanted}" for r in records):
-            raise ReportError(f"campaign {campaign!r} has no job with {axis}={wanted}")
-    return _pivot(f"{campaign}: {b} vs {a}", records, f"{axis}={value_a}", b, options)
-
-
-def _selector(text: str, known: list[str]) -> tuple[str, str]:
-    """AXIS=VALUE, AXIS any axis the campaign's jobs have (configuration, power_limit_w...)."""
-    axis, sep, value = text.partition("=")
-    if not sep or axis not in known:
+    known = known_axes(axes for _, axes in jobs)
+    want_a, want_b = _selector(a, known), _selector(b, known)
+    if set(want_a) != set(want_b):
         raise ReportError(
-            f"{text!r}: expected AXIS=VALUE with AXIS one of {', '.join(known)} "
-            "(e.g. host=laptop-80w)"
+            f"compare the same axes on both sides: {a!r} names {', '.join(want_a)}, "
+            f"{b!r} names {', '.join(want_b)}"
         )
-    return axis, value
+    if want_a == want_b:
+        raise ReportError(f"A and B are the same ({a!r}): nothing to compare")
+    sides = []
+    for wanted in (want_a, want_b):
+        label = ",".join(f"{axis}={value}" for axis, value in wanted.items())
+        picked = [(j, x) for j, x in jobs if all(str(x.get(k)) == v for k, v in wanted.items())]
+        if not picked:
+            raise ReportError(f"campaign {campaign!r} has no job with {label}")
+        sides.append(Side(label, picked))
+    title = f"{campaign}: {sides[1].label} vs {sides[0].label}"
+    return _pivot(title, sides[0], sides[1], tuple(want_a), options, ignore)
+
+
+def _selector(text: str, known: list[str]) -> dict[str, str]:
+    """AXIS=VALUE[,AXIS=VALUE...], AXIS any axis the campaign's jobs have (configuration,
+    power_limit_w...)."""
+    wanted: dict[str, str] = {}
+    for part in split_pairs(text):
+        axis, sep, value = part.strip().partition("=")
+        if not sep or axis not in known or axis in wanted:
+            raise ReportError(
+                f"{text!r}: expected AXIS=VALUE[,AXIS=VALUE...] with AXIS one of "
+                f"{', '.join(known)}, each once (e.g. host=laptop-80w or "
+                "host=laptop-80w,vram_split=512M)"
+            )
+        wanted[axis] = value
+    return wanted
 
 
 def _pivot(
-    title: str, records: list[Record], a: str, b: str, options: PivotOptions | None
+    title: str,
+    a: Side,
+    b: Side,
+    compared: tuple[str, ...],
+    options: PivotOptions | None,
+    ignore: tuple[str, ...],
 ) -> Pivot:
     options = options or PivotOptions()
+    matched = match(a, b, compared, ignore)
+    hidden = [x for x in (options.rows or ()) if x in (*compared, *ignore)]
+    if hidden:
+        why = "compared" if hidden[0] in compared else "ignored"
+        raise ReportError(f"--rows {hidden[0]}: {hidden[0]} is {why}, so no row has a value of it")
     pivot = build_pivot(
         title,
         [],
@@ -110,17 +143,12 @@ def _pivot(
             rows=options.rows,
             columns=(COMPARED,),
             metrics=options.metrics,
-            baseline=(COMPARED, a),
+            baseline=(COMPARED, a.label),
         ),
-        records=records,
+        records=matched.records,
     )
-    pivot.columns.sort(key=lambda column: column != (a,))  # A, the baseline, on the left
-    sides = {row: {column for r, column in pivot.cells if r == row} for row in pivot.rows}
-    if not any(len(columns) == 2 for columns in sides.values()):
-        raise ReportError(
-            f"{b} and {a} have no configuration in common to compare "
-            "(same host, engine, model, backend, context, carve-out and workload)"
-        )
+    pivot.columns.sort(key=lambda column: column != (a.label,))  # A, the baseline, on the left
+    pivot.subtitle[:0] = matched.summary
     return pivot
 
 

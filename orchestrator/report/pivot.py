@@ -26,7 +26,7 @@ from jobs.result import Status
 from jobs.spec import JobSpec
 from orchestrator.errors import OrchError
 from orchestrator.report.metrics import METRIC_LIST, METRICS, Metric, source_note
-from orchestrator.stats import CellStats, Comparison, compare, describe
+from orchestrator.stats import CellStats, Comparison, describe
 from orchestrator.store import JobRow
 
 # Axes in the order a reader scans them.
@@ -39,6 +39,7 @@ COLUMN_AXES = (
 AXIS_TITLES = {
     "vram_split": "dedicated VRAM", "workload": "workload (pp+tg)",
     "power_limit_w": "power limit (W)", "ttm_pages_limit": "TTM pages limit",
+    "gpu_layers": "GPU layers (-ngl)",
 }  # fmt: skip
 WAITING = "waiting"
 CANCELLED = "cancelled"
@@ -57,6 +58,9 @@ class PivotOptions:
     columns: tuple[str, ...] | None = None
     metrics: tuple[str, ...] | None = None
     baseline: tuple[str, str] | None = None  # (axis, value)
+    # More AXIS=VALUE naming one column fully, when `baseline` alone matches several columns
+    # (`--baseline host=laptop,vram_split=512M`): see orchestrator.report.baseline.
+    baseline_column: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -82,10 +86,11 @@ class Cell:
     skipped_reasons: list[str] = field(default_factory=list)
     notes: set[str] = field(default_factory=set)  # e.g. what the power figure measured
     comparison: Comparison | None = None
+    disturbed_jobs: int = 0  # jobs with figures here that the worker found disturbed
 
     @cached_property
     def stats(self) -> CellStats | None:
-        return describe(self.values)
+        return describe(self.values, disturbed=self.disturbed_jobs > 0)
 
     @property
     def failures(self) -> list[str]:
@@ -110,23 +115,22 @@ def _status_words(status: str) -> str:
 
 
 def job_axes(spec: JobSpec) -> dict[str, Any]:
-    axes: dict[str, Any] = {
-        "host": spec.host,
-        "engine": spec.engine,
-        "model": spec.model,
-        "backend": spec.backend,
-        "context": spec.context,
-        "vram_split": "-",
-        "workload": workload_label(spec),
-    }
+    """`JobSpec.axes()` (what identifies a job is the contract's rule), laid out for a report:
+    vram_split always ("-" when unset), the workload by its size (and name), in reading order
+    (tidy exports keep it as their column order)."""
+    identity = spec.axes()
+    axes: dict[str, Any] = {k: identity.pop(k) for k in ("host", "engine", "model", "backend")}
+    axes["context"] = identity.pop("context")
+    axes["vram_split"] = "-"
+    identity.pop("workload", None)
+    axes["workload"] = workload_label(spec)
     # A named configuration stands for its parts (the matrix says what it holds); without a
     # name, each reboot-bound part (vram_split, ttm_pages_limit...) and each runtime setting is
     # its own axis, so two configurations are never pooled into one cell.
     if spec.config_name:
-        axes["configuration"] = spec.config_name
-    else:
-        axes.update(spec.configuration)
-        axes.update(spec.settings)
+        for part in (*spec.configuration, *spec.settings):
+            identity.pop(part, None)
+    axes.update(identity)  # configuration parts or name, settings, gpu_layers
     return axes
 
 
@@ -137,7 +141,8 @@ def workload_label(spec: JobSpec) -> str:
         prompt = f'"{text}"'
     else:
         prompt = str(work.prompt_tokens)
-    return f"{prompt}+{work.gen_tokens}" + (f" +image {work.image}" if work.image else "")
+    label = f"{prompt}+{work.gen_tokens}" + (f" +image {work.image}" if work.image else "")
+    return f"{spec.workload_name} ({label})" if spec.workload_name else label
 
 
 _SIZE = re.compile(r"^(\d+)([MG])$")
@@ -165,6 +170,8 @@ class Pivot:
     cells: dict[tuple[tuple[Any, ...], tuple[Any, ...]], Cell]
     records: list[Record]
     baseline: tuple[str, str] | None = None
+    # Lines said under the title: what `orch compare` matched on, which baseline column.
+    subtitle: list[str] = field(default_factory=list)
 
     @property
     def jobs(self) -> list[JobRow]:
@@ -216,7 +223,10 @@ def build_pivot(
     columns = sorted({c for _, c in cells}, key=lambda c: key(c, column_axes))
     pivot = Pivot(campaign, row_axes, column_axes, constant, metrics, rows, columns, cells, records)
     if options.baseline:
-        _apply_baseline(pivot, options.baseline, values)
+        # Imported here: the baseline rules build on Pivot, defined above.
+        from orchestrator.report.baseline import apply_baseline
+
+        apply_baseline(pivot, options, values)
     return pivot
 
 
@@ -280,30 +290,7 @@ def _add(cell: Cell, record: Record) -> None:
         return
     values = cell.metric.values(result)
     cell.values.extend(values)
+    if values and result.disturbed:
+        cell.disturbed_jobs += 1
     if values and (note := source_note(cell.metric.key, result)):
         cell.notes.add(note)
-
-
-def _apply_baseline(pivot: Pivot, baseline: tuple[str, str], values: dict[str, list[Any]]) -> None:
-    axis, wanted = baseline
-    in_rows = axis in pivot.row_axes
-    if axis == METRIC or not (in_rows or axis in pivot.column_axes):
-        raise ReportError(
-            f"--baseline {axis}={wanted}: {axis!r} is not a row or column axis of this report "
-            f"(rows: {', '.join(pivot.row_axes)}; columns: {', '.join(pivot.column_axes)})"
-        )
-    match = [v for v in values.get(axis, []) if str(v) == wanted]
-    if not match:
-        choices = ", ".join(str(v) for v in values.get(axis, []))
-        raise ReportError(f"--baseline {axis}={wanted}: no such {axis} (have: {choices})")
-    pivot.baseline = (axis, wanted)
-    names = pivot.row_axes if in_rows else pivot.column_axes
-    at = names.index(axis)
-    for (row, column), cell in pivot.cells.items():
-        labels = row if in_rows else column
-        if labels[at] == match[0] or cell.stats is None:
-            continue
-        moved = labels[:at] + (match[0],) + labels[at + 1 :]
-        base = pivot.cells.get((moved, column) if in_rows else (row, moved))
-        if base is not None and base.stats is not None:
-            cell.comparison = compare(cell.stats, base.stats)

@@ -19,6 +19,7 @@ from orchestrator.report.charts import (
 from orchestrator.report.pivot import Pivot
 from orchestrator.report.render_text import (
     axis_title,
+    finished_summary,
     legend,
     note_marks,
     sections,
@@ -40,7 +41,6 @@ p.legend { font-size: 0.85em; color: #555; max-width: 60em; }
 def render_html(pivot: Pivot) -> str:
     headers, body = table(pivot, note_marks(pivot))
     labels = len(headers) - len(pivot.columns)
-    done = sum(1 for r in pivot.records if r.job.result is not None)
     constants = ", ".join(f"{axis_title(k)} {v}" for k, v in pivot.constant_axes.items())
     out = [
         "<!DOCTYPE html>",
@@ -48,8 +48,8 @@ def render_html(pivot: Pivot) -> str:
         f"<title>orch report: {escape(pivot.campaign)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>{escape(pivot.campaign)}</h1>",
-        f"<p>{escape(constants + '; ' if constants else '')}"
-        f"{done}/{len(pivot.records)} jobs finished</p>",
+        f"<p>{escape(constants + '; ' if constants else '')}{escape(finished_summary(pivot))}</p>",
+        *(f"<p>{escape(line)}</p>" for line in pivot.subtitle),
         '<table class="report"><thead><tr>',
         *(f"<th>{escape(h)}</th>" for h in headers),
         "</tr></thead><tbody>",

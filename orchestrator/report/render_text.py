@@ -36,6 +36,7 @@ from orchestrator.stats import (
 
 UNSTABLE_MARK = "⚠"
 NOT_DISTINGUISHABLE_MARK = "≈"
+DISTURBED_MARK = "↯"
 MISSING = "-"
 
 
@@ -50,6 +51,7 @@ def verdict_text(cell: Cell) -> str:
         Verdict.DOWN: cell.metric.down_word,
         Verdict.SAME: NOT_DISTINGUISHABLE_MARK,
         Verdict.TOO_FEW: f"n<{MIN_SAMPLES_FOR_VERDICT}",
+        Verdict.DISTURBED: f"{NOT_DISTINGUISHABLE_MARK} disturbed",
     }
     return f"{ratio} {words[comparison.verdict]}"
 
@@ -68,6 +70,8 @@ def cell_text(cell: Cell | None, note_marks: dict[str, str] | None = None) -> st
     text += f" n={stats.n}"
     if stats.unstable:
         text += f" {UNSTABLE_MARK}"
+    if cell.disturbed_jobs:
+        text += f" {DISTURBED_MARK}"
     for note in sorted(cell.notes):
         text += (note_marks or {}).get(note, "")
     if verdict := verdict_text(cell):
@@ -176,29 +180,45 @@ def legend(pivot: Pivot) -> list[str]:
         )
     lines.append(
         "llama-bench: the KV cache is pre-filled to context - prompt - gen tokens. Server "
-        "engines: TTFT measured by the client, pp from the server's own timing, tg from the "
-        "server's own timing for llama-server and LM Studio and by the client for Ollama "
-        "and OpenAI-compatible servers."
+        "engines: TTFT as the client sees it (LM Studio: its own), pp and tg from the "
+        "engine's own timing (llama-server, LM Studio, Ollama; an OpenAI-compatible server "
+        "only when it adds llama-server's timings, else tg by the client)."
     )
     lines += [f"{mark} {note}" for note, mark in note_marks(pivot).items()]
+    if any(cell.disturbed_jobs for cell in pivot.cells.values()):
+        lines.append(
+            f"{DISTURBED_MARK} = disturbed: some of the cell's samples come from runs during "
+            "which other processes used the box beyond its worker's thresholds (`disturbance:` "
+            f"in worker.yaml; see Disturbed runs below); no faster or slower is drawn from them "
+            f"({NOT_DISTINGUISHABLE_MARK} disturbed)."
+        )
     return lines
+
+
+def finished_summary(pivot: Pivot) -> str:
+    """`8/8 jobs finished`, and how many of those the worker found disturbed."""
+    results = [r.job.result for r in pivot.records if r.job.result is not None]
+    text = f"{len(results)}/{len(pivot.records)} jobs finished"
+    disturbed = sum(1 for result in results if result.disturbed)
+    return text + (f", {disturbed} disturbed" if disturbed else "")
 
 
 def render_text(pivot: Pivot, *, md: bool) -> str:
     headers, body = table(pivot, note_marks(pivot))
-    done = sum(1 for r in pivot.records if r.job.result is not None)
     constants = ", ".join(f"{axis_title(k)} {v}" for k, v in pivot.constant_axes.items())
     if md:
         out = [f"### {pivot.campaign}", ""]
-        summary = f"{done}/{len(pivot.records)} jobs finished"
+        summary = finished_summary(pivot)
         out += [f"*{constants}; {summary}*" if constants else f"*{summary}*", ""]
+        out += [f"*{line}*  " for line in pivot.subtitle] + ([""] if pivot.subtitle else [])
         out += [tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
         out += [line + "  " if i < len(legend(pivot)) - 1 else line
                 for i, line in enumerate(legend(pivot))]  # fmt: skip
     else:
-        out = [f"campaign {pivot.campaign}: {done}/{len(pivot.records)} jobs finished"]
+        out = [f"campaign {pivot.campaign}: {finished_summary(pivot)}"]
         if constants:
             out.append(constants)
+        out += pivot.subtitle
         out += ["", tabulate(body, headers, tablefmt="simple", disable_numparse=True), ""]
         out += legend(pivot)
     for title, items in sections(pivot):
@@ -210,7 +230,26 @@ def render_text(pivot: Pivot, *, md: bool) -> str:
 def sections(pivot: Pivot) -> list[tuple[str, list[str]]]:
     """What follows the table in every format: failures, then the planner's predictions."""
     checks = check_items(check_predictions([r.job for r in pivot.records]))
-    return [("Failures", failure_items(pivot)), (CHECKS_TITLE, checks)]
+    return [
+        ("Failures", failure_items(pivot)),
+        ("Disturbed runs", disturbed_items(pivot)),
+        (CHECKS_TITLE, checks),
+    ]
+
+
+def disturbed_items(pivot: Pivot) -> list[str]:
+    """One line per disturbed run: where, and why (the worker's reasons name the culprits)."""
+    notes = []
+    for record in pivot.records:
+        result = record.job.result
+        if result is None or result.disturbance is None or not result.disturbed:
+            continue
+        spec = record.job.spec
+        notes.append(
+            f"{spec.host} {spec.engine} {spec.model} ctx {spec.context} (job {result.job_id}): "
+            + "; ".join(result.disturbance.reasons)
+        )
+    return notes
 
 
 def failure_items(pivot: Pivot) -> list[str]:

@@ -58,8 +58,19 @@ def orch(*args: str, env: dict[str, str] | None = None, timeout: float = 300) ->
 
 
 def write_worker_config(
-    path: Path, host: str, llama_bin: Path, models: dict[str, Path], **declared: Any
+    path: Path,
+    host: str,
+    llama_bin: Path,
+    models: dict[str, Path],
+    disturbance: dict[str, Any] | None = None,
+    **declared: Any,
 ) -> Path:
+    """A worker.yaml for the real llama.cpp build and the tiny models.
+
+    Disturbance detection is off unless `disturbance` is given: the CI box is shared, and a
+    test that asserts report cells or verdicts from real runs must not depend on what other
+    processes happened to do (tests/integration/test_disturbance.py loads the box on purpose).
+    """
     path.write_text(
         yaml.safe_dump(
             {
@@ -71,6 +82,11 @@ def write_worker_config(
                 },
                 "models": {name: str(p) for name, p in models.items()},
                 "threads": 1,
+                "disturbance": disturbance if disturbance is not None else {"enabled": False},
+                # This VM has no APU, so a declared carve-out contradicts its facts: the tests
+                # that declare one stand in for a carve-out box (a test that points facts_root
+                # at a fixture box turns the check back on).
+                **({"check_declared": False} if "vram_split" in declared else {}),
             }
         )
     )

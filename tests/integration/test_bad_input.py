@@ -28,7 +28,10 @@ CASES = {
     ),
     "negative-context": (
         GOOD.replace("[128, 256]", "[128, -256]"),
-        ["matrix.yaml:8: matrix.context[1]: expected a positive integer (got -256)"],
+        [
+            "matrix.yaml:8: matrix.context[1]: a context must be a positive number of tokens "
+            "(got -256)"
+        ],
     ),
     "unknown-host": (
         GOOD.replace("[laptop-80w]", "[laptop-80w, minipc-120w]"),

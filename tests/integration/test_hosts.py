@@ -20,6 +20,7 @@ def _config(tmp_path: Path, llama_bin: Path, models: dict[str, Path], vram: str)
     )
     data = yaml.safe_load(path.read_text())
     data["facts_root"] = str(STRIX_HALO)  # the box's /sys and /proc, as a Strix Halo shows them
+    data["check_declared"] = True
     path.write_text(yaml.safe_dump(data))
     return path
 

@@ -15,6 +15,7 @@ from jobs.spec import (
     configuration_of,
     host_of_queue,
     normalize_vram_split,
+    parse_context,
     queue_name,
 )
 from jobs.version import SCHEMA_VERSION
@@ -87,6 +88,9 @@ def test_campaign_is_part_of_the_id() -> None:
         {"settings": {"platform_profile": "low-power"}},
         {"settings": {"power_limit_w": 45}},
         {"config_name": "quiet"},
+        {"workload_name": "short"},
+        {"gpu_layers": 20},
+        {"gpu_layers": 0},
     ],
     ids=lambda change: next(iter(change)) + "=" + str(next(iter(change.values()))),
 )
@@ -98,17 +102,21 @@ def test_every_identifying_field_is_covered_by_the_id_test() -> None:
     # A field added to JobSpec later must be added to the parametrised test above too.
     covered = {
         "host", "engine", "model", "backend", "context", "configuration", "workload",
-        "repetitions", "timeout_s", "campaign", "settings", "config_name",
+        "repetitions", "timeout_s", "campaign", "settings", "config_name", "workload_name",
+        "gpu_layers",
     }  # fmt: skip
     assert set(JobSpec.model_fields) - {"job_id", "schema_version"} == covered
 
 
 def test_fields_added_later_keep_earlier_ids_when_unset() -> None:
-    # Id of this spec before settings/config_name existed (schema 1): resume must still match.
-    body = _spec().model_dump(mode="json", exclude={"job_id", "schema_version", "settings",
-                                                    "config_name"})  # fmt: skip
+    # The id of this spec before settings/config_name (schema 1) and workload_name/gpu_layers
+    # (schema 4) existed: the body without them. Resume must still match.
+    later = {"settings", "config_name", "workload_name", "gpu_layers"}
+    body = _spec().model_dump(mode="json", exclude={"job_id", "schema_version", *later})
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     assert _spec().job_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    # ...and what orch at commit d78a096 (schema 3, before this contract) computed for it.
+    assert _spec().job_id == "7a20670851073f22"
 
 
 def test_settings_are_normalized_so_equal_settings_share_an_id() -> None:
@@ -281,3 +289,21 @@ def test_ttm_pages_limit_is_a_reboot_axis_with_its_own_queue() -> None:
     assert host_of_queue(job.queue) == "laptop-80w"
     with pytest.raises(ValidationError, match="not a number of 4 KiB pages"):
         _spec(configuration={"ttm_pages_limit": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("16K", 16384), ("16k", 16384), ("198K", 202752), ("1M", 1048576), ("1m", 1048576),
+     ("64 K", 65536), ("4096", 4096), (4096, 4096), (4096.0, 4096)],
+)  # fmt: skip
+def test_context_sizes_count_k_as_1024_tokens(text: object, tokens: int) -> None:
+    assert parse_context(text) == tokens
+
+
+@pytest.mark.parametrize(
+    "junk", ["16KB", "16KiB", "1.5K", "16k tokens", "", "K", "-5", -5, 0, "0M", True, None, 1.5,
+             float("inf"), "9" * 400, 2**32, "4194304K"],
+)  # fmt: skip
+def test_junk_is_not_a_context_size(junk: object) -> None:
+    with pytest.raises(ValueError, match="context"):
+        parse_context(junk)

@@ -246,13 +246,18 @@ def test_where_value_for_an_include_only_host(tmp_path: Path) -> None:
 def test_negative_context_names_file_line_key_and_value(tmp_path: Path) -> None:
     path = _write(tmp_path, _edit("context: [512, 2048]", "context: [512, -5]"))
 
-    assert _problems(path) == [f"{path}:9: matrix.context[1]: expected a positive integer (got -5)"]
+    assert _problems(path) == [
+        f"{path}:9: matrix.context[1]: a context must be a positive number of tokens (got -5)"
+    ]
 
 
 def test_context_that_is_not_a_number(tmp_path: Path) -> None:
     path = _write(tmp_path, _edit("context: [512, 2048]", "context: [512, big]"))
 
-    assert _problems(path) == [f"{path}:9: matrix.context[1]: expected an integer (got 'big')"]
+    assert _problems(path) == [
+        f"{path}:9: matrix.context[1]: not a context size: expected a whole number of tokens such "
+        "as 4096, 16K or 1M (K = 1024 tokens; no 'KB', no decimals) (got 'big')"
+    ]
 
 
 def test_invalid_vram_split_in_the_matrix(tmp_path: Path) -> None:
@@ -390,7 +395,7 @@ def test_several_validation_problems_are_all_reported(tmp_path: Path) -> None:
         [
             f"{path}:2: repetitions: expected a positive integer (got 0)",
             f"{path}:1: hosts: required key is missing",
-            f"{path}:9: matrix.context[0]: expected a positive integer (got -5)",
+            f"{path}:9: matrix.context[0]: a context must be a positive number of tokens (got -5)",
             f"{path}:4: colour: unknown key (got 'red')",
         ]
     )
@@ -473,11 +478,11 @@ def test_unknown_configuration_and_a_setting_given_twice(tmp_path: Path) -> None
         "  context: [512]\n", "  context: [512]\n  platform_profile: [balanced]\n"
     )
     path = _write(tmp_path, text)
-    assert _problems(path) == [
-        f"{path}:11: matrix.configuration[1]: unknown configuration 'turbo' (defined: fast-32g, "
-        "quiet-512m)",
+    assert _problems(path) == [  # in the order of the file's lines
         f"{path}:10: matrix.platform_profile: platform_profile is set both here and by "
         "configuration 'quiet-512m': keep it in one place",
+        f"{path}:11: matrix.configuration[1]: unknown configuration 'turbo' (defined: fast-32g, "
+        "quiet-512m)",
     ]
 
 
@@ -525,4 +530,360 @@ def test_an_include_may_not_override_its_configuration(tmp_path: Path) -> None:
     assert _problems(path) == [
         f"{path}:14: include[0].vram_split: vram_split is set both here and by configuration "
         "'quiet-512m': keep it in one place"
+    ]
+
+
+# -- context sizes with K/M suffixes -----------------------------------------------------------
+
+
+def test_contexts_with_k_and_m_suffixes_count_1024(tmp_path: Path) -> None:
+    text = _edit("context: [512, 2048]", "context: [16K, 64k, 198K, 1M]").replace(
+        "context: 4096", "context: 4K"
+    )
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    assert sorted({j.context for j in jobs}) == [4096, 16384, 65536, 202752, 1048576]
+
+
+def test_a_suffixed_context_is_the_same_job_as_the_number(tmp_path: Path) -> None:
+    numbers = load_matrix_file(_write(tmp_path, EXAMPLE, "a.yaml")).jobs
+    text = _edit("context: [512, 2048]", "context: [512, 2K]").replace(
+        "context: 4096", "context: 4k"
+    )
+    suffixed = load_matrix_file(_write(tmp_path, text, "b.yaml")).jobs
+    assert [j.job_id for j in suffixed] == [j.job_id for j in numbers]
+
+
+def test_an_exclusion_may_name_a_suffixed_context(tmp_path: Path) -> None:
+    text = _edit("context: [512, 2048]", "context: [512, 2K]").replace(
+        "{host: minipc-120w, context: 512}", "{host: minipc-120w, context: 2K}"
+    )
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    assert {j.context for j in jobs if j.host == "minipc-120w"} == {512}
+
+
+NOT_A_SIZE = (
+    "not a context size: expected a whole number of tokens such as 4096, 16K or 1M "
+    "(K = 1024 tokens; no 'KB', no decimals)"
+)
+NOT_POSITIVE = "a context must be a positive number of tokens"
+
+
+@pytest.mark.parametrize(
+    ("junk", "expected"),
+    [
+        ("16KB", f"{NOT_A_SIZE} (got '16KB')"),  # tokens, not bytes
+        ("1.5K", f"{NOT_A_SIZE} (got '1.5K')"),
+        ("16k tokens", f"{NOT_A_SIZE} (got '16k tokens')"),
+        ("K", f"{NOT_A_SIZE} (got 'K')"),
+        ("-2K", f"{NOT_A_SIZE} (got '-2K')"),
+        ("yes", f"{NOT_A_SIZE} (got True)"),  # YAML's boolean
+        ("0K", f"{NOT_POSITIVE} (got '0K')"),
+        ("0", f"{NOT_POSITIVE} (got 0)"),
+    ],
+)
+def test_a_context_that_is_not_a_size_names_file_line_and_value(
+    tmp_path: Path, junk: str, expected: str
+) -> None:
+    path = _write(tmp_path, _edit("context: [512, 2048]", f"context: [512, {junk}]"))
+    assert _problems(path) == [f"{path}:9: matrix.context[1]: {expected}"]
+
+
+def test_a_context_beyond_llama_cpp_s_32_bit_n_ctx_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, _edit("context: 4096", "context: 4194304K"))
+    [problem] = _problems(path)
+    assert problem.startswith(f"{path}:14: include[0].context: a context is at most 4294967295")
+
+
+# -- job ids stay what they were ------------------------------------------------------------
+
+# Ids of EXAMPLE's and CONFIGURED's jobs computed by orch at commit d78a096, before JobSpec had
+# workload_name and gpu_layers: campaigns submitted then must resume with the same ids.
+EXAMPLE_IDS = [
+    "728f3045395f0303", "02cdc5d760b9df67", "b8a0aafa1a380bc1", "89b864bd551d0fff",
+    "e92fd71b35548f1d", "d46fc336b793e309", "ad793e68cbda82d5",
+]  # fmt: skip
+CONFIGURED_IDS = ["4f4b972e4a9078f9", "026a7a4de7af9dcf", "ae69229cad8d2125"]
+
+
+def test_matrices_without_the_new_axes_keep_their_job_ids(tmp_path: Path) -> None:
+    assert [j.job_id for j in load_matrix_file(_write(tmp_path, EXAMPLE, "a.yaml")).jobs] == (
+        EXAMPLE_IDS
+    )
+    assert [j.job_id for j in load_matrix_file(_write(tmp_path, CONFIGURED, "b.yaml")).jobs] == (
+        CONFIGURED_IDS
+    )
+
+
+def test_the_shipped_matrix_example_keeps_its_job_ids() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "matrix.yaml"
+    assert [j.job_id for j in load_matrix_file(path).jobs] == EXAMPLE_IDS
+
+
+# -- named workloads ------------------------------------------------------------------------
+
+WORKLOADS = """\
+campaign: wl
+hosts: [halo]
+workloads:
+  short: {prompt_tokens: 512, gen_tokens: 128}
+  long-prompt: {prompt_tokens: 8192, gen_tokens: 128}
+  vision: {prompt_text: "What is in this picture?", image: cat, gen_tokens: 64}
+matrix:
+  model: [qwen3-8b, qwen3-vl-32b]
+  context: [16K]
+  workload: [short, long-prompt]
+include:
+  - {host: halo, model: qwen3-vl-32b, context: 16K, engine: lmstudio, workload: vision}
+"""
+
+
+def test_a_workload_axis_crosses_named_workloads(tmp_path: Path) -> None:
+    jobs = load_matrix_file(_write(tmp_path, WORKLOADS)).jobs
+    got = [(j.engine, j.model, j.workload_name, j.workload.prompt_tokens) for j in jobs]
+    assert got == [
+        ("llama-bench", "qwen3-8b", "short", 512),
+        ("llama-bench", "qwen3-8b", "long-prompt", 8192),
+        ("llama-bench", "qwen3-vl-32b", "short", 512),
+        ("llama-bench", "qwen3-vl-32b", "long-prompt", 8192),
+        ("lmstudio", "qwen3-vl-32b", "vision", 512),
+    ]
+    assert jobs[-1].workload.image == "cat"
+    assert jobs[-1].axes()["workload"] == "vision"
+
+
+def test_named_workloads_have_ids_of_their_own(tmp_path: Path) -> None:
+    # Same sizes, one named: the name is part of the id (it is a report axis).
+    text = "campaign: wl\nhosts: [halo]\nworkload: {prompt_tokens: 512, gen_tokens: 128}\n"
+    plain = load_matrix_file(
+        _write(tmp_path, text + "matrix: {model: [m], context: [16K]}\n", "a.yaml")
+    ).jobs
+    named = load_matrix_file(_write(tmp_path, WORKLOADS, "b.yaml")).jobs
+    [short] = [j for j in named if j.model == "qwen3-8b" and j.workload_name == "short"]
+    assert short.workload == plain[0].workload
+    assert plain[0].workload_name is None and short.job_id != plain[0].job_id
+
+
+def test_an_exclusion_may_name_a_workload(tmp_path: Path) -> None:
+    text = WORKLOADS + "exclude:\n  - {model: qwen3-vl-32b, workload: long-prompt}\n"
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    assert {(j.model, j.workload_name) for j in jobs} == {
+        ("qwen3-8b", "short"), ("qwen3-8b", "long-prompt"),
+        ("qwen3-vl-32b", "short"), ("qwen3-vl-32b", "vision"),
+    }  # fmt: skip
+
+
+def test_an_include_takes_the_single_workload_of_the_axis(tmp_path: Path) -> None:
+    text = WORKLOADS.replace("workload: [short, long-prompt]", "workload: [short]").replace(
+        ", engine: lmstudio, workload: vision}", "}"
+    )
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    assert {j.workload_name for j in jobs} == {"short"}
+
+
+def test_an_include_names_one_of_several_workloads(tmp_path: Path) -> None:
+    path = _write(tmp_path, WORKLOADS.replace(", engine: lmstudio, workload: vision}", "}"))
+    assert _problems(path) == [f"{path}:12: include[0]: an include entry must name `workload`"]
+
+
+def test_without_a_workload_axis_includes_may_still_name_one(tmp_path: Path) -> None:
+    text = WORKLOADS.replace("  workload: [short, long-prompt]\n", "")
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    # the matrix runs the default single workload; the include its named one
+    assert [(j.workload_name, j.workload.prompt_tokens) for j in jobs] == [
+        (None, 512), (None, 512), ("vision", 512),
+    ]  # fmt: skip
+
+
+def test_unknown_workload_names_are_refused_where_they_are_used(tmp_path: Path) -> None:
+    text = (
+        WORKLOADS.replace("[short, long-prompt]", "[short, long]").replace(
+            "workload: vision}", "workload: visoin}"
+        )
+        + "exclude:\n  - {workload: shrot}\n"
+    )
+    path = _write(tmp_path, text)
+    known = "(defined: long-prompt, short, vision)"
+    assert _problems(path) == [
+        f"{path}:10: matrix.workload[1]: unknown workload 'long' {known}",
+        f"{path}:12: include[0].workload: unknown workload 'visoin' {known}",
+        f"{path}:14: exclude[0].workload: unknown workload 'shrot' {known}",
+    ]
+
+
+def test_a_workload_axis_without_workloads_says_so(tmp_path: Path) -> None:
+    text = EXAMPLE.replace("  backend: [cpu]\n", "  backend: [cpu]\n  workload: [short]\n")
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:4: workload: the matrix has a `workload` axis: name this workload under "
+        "`workloads:` and list it there, or drop the axis",
+        f"{path}:9: matrix.workload[0]: unknown workload 'short' (defined: none: add a "
+        "`workloads:` mapping)",
+    ]
+
+
+def test_one_workload_and_a_workload_axis_are_refused_together(tmp_path: Path) -> None:
+    path = _write(tmp_path, "workload: {prompt_tokens: 64, gen_tokens: 32}\n" + WORKLOADS)
+    [problem] = _problems(path)
+    assert problem.startswith(f"{path}:1: workload: the matrix has a `workload` axis")
+
+
+def test_a_context_too_small_for_a_named_workload(tmp_path: Path) -> None:
+    text = WORKLOADS.replace("context: [16K]", "context: [4K, 16K]")
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:9: matrix.context[0]: context 4096 is smaller than prompt_tokens + gen_tokens "
+        "= 8320 (workload 'long-prompt')"
+    ]
+    # An exclusion is how the file says that the long prompt skips the small context.
+    fixed = _write(
+        tmp_path, text + "exclude:\n  - {workload: long-prompt, context: 4K}\n", "b.yaml"
+    )
+    jobs = load_matrix_file(fixed).jobs
+    assert (4096, "long-prompt") not in {(j.context, j.workload_name) for j in jobs}
+    assert (4096, "short") in {(j.context, j.workload_name) for j in jobs}
+
+
+def test_engine_checks_follow_each_job_s_workload(tmp_path: Path) -> None:
+    # vision goes to lmstudio only: fine. Sent to llama-server too, its image is refused where
+    # the workload sets it; a prompt_text workload on llama-bench likewise.
+    text = WORKLOADS + (
+        "  - {host: halo, model: qwen3-vl-32b, context: 16K, engine: llama-server, "
+        "workload: vision}\n"
+        "  - {host: halo, model: qwen3-8b, context: 16K, engine: llama-bench, workload: vision}\n"
+    )
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:6: workloads.vision.prompt_text: llama-bench measures synthetic prompts only: "
+        "use prompt_tokens, or a server engine such as llama-server",
+        f"{path}:6: workloads.vision.image: llama-bench, llama-server cannot send an image: use "
+        "lmstudio, ollama or openai for vision models",
+    ]
+
+
+# -- gpu_layers ------------------------------------------------------------------------------
+
+LAYERS = """\
+campaign: ngl
+hosts: [halo]
+workload: {prompt_tokens: 64, gen_tokens: 32}
+matrix:
+  model: [m]
+  context: [512]
+  backend: [cpu, vulkan]
+  gpu_layers: [0, 20, 999]
+"""
+
+
+def test_a_gpu_layers_axis_sweeps_gpu_backends_and_leaves_cpu_alone(tmp_path: Path) -> None:
+    jobs = load_matrix_file(_write(tmp_path, LAYERS)).jobs
+    assert [(j.backend, j.gpu_layers) for j in jobs] == [
+        ("cpu", None), ("vulkan", 0), ("vulkan", 20), ("vulkan", 999),
+    ]  # fmt: skip
+    assert jobs[2].axes()["gpu_layers"] == 20 and "gpu_layers" not in jobs[0].axes()
+
+
+def test_gpu_layers_in_include_and_exclude(tmp_path: Path) -> None:
+    text = LAYERS + (
+        "exclude:\n  - {gpu_layers: 999}\n"
+        "include:\n  - {host: halo, model: big, context: 512, backend: vulkan, gpu_layers: 40}\n"
+    )
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    assert [(j.model, j.backend, j.gpu_layers) for j in jobs] == [
+        ("m", "cpu", None), ("m", "vulkan", 0), ("m", "vulkan", 20), ("big", "vulkan", 40),
+    ]  # fmt: skip
+
+
+def test_gpu_layers_for_an_engine_without_the_knob_is_refused(tmp_path: Path) -> None:
+    text = LAYERS.replace("  backend: [cpu, vulkan]\n", "  backend: [vulkan]\n  engine: [ollama]\n")
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:9: matrix.gpu_layers[{i}]: ollama takes no gpu_layers (only llama-bench and "
+        f"llama-server pass llama.cpp's -ngl): exclude {{engine: ollama, gpu_layers: {n}}}, or "
+        "set gpu_layers in include entries"
+        for i, n in enumerate([0, 20, 999])
+    ]
+
+
+def test_an_include_asking_cpu_for_gpu_layers_is_refused(tmp_path: Path) -> None:
+    text = (
+        LAYERS + "include:\n  - {host: halo, model: m, context: 1K, backend: cpu, gpu_layers: 8}\n"
+    )
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:10: include[0].gpu_layers: backend cpu puts no layer on a GPU: leave gpu_layers "
+        "out of this entry"
+    ]
+
+
+def test_negative_gpu_layers(tmp_path: Path) -> None:
+    path = _write(tmp_path, LAYERS.replace("[0, 20, 999]", "[0, -1]"))
+    assert _problems(path) == [
+        f"{path}:8: matrix.gpu_layers[1]: Input should be greater than or equal to 0 (got -1)"
+    ]
+
+
+# -- every problem at once ------------------------------------------------------------------
+
+
+def test_a_bad_context_an_unknown_workload_and_a_bad_backend_in_one_error(tmp_path: Path) -> None:
+    text = (
+        WORKLOADS.replace("context: [16K]", "context: [16KB]")
+        .replace("[short, long-prompt]", "[short, long]")
+        .replace("  model: [", "  backend: [cpu, 'vulkan 2']\n  model: [")
+    )
+    path = _write(tmp_path, text)
+    assert _problems(path) == [
+        f"{path}:8: matrix.backend[1]: 'vulkan 2' is not a valid name: use letters, digits, '-', "
+        "'_' and '.', starting with a letter or digit (got 'vulkan 2')",
+        f"{path}:10: matrix.context[0]: not a context size: expected a whole number of tokens "
+        "such as 4096, 16K or 1M (K = 1024 tokens; no 'KB', no decimals) (got '16KB')",
+        f"{path}:11: matrix.workload[1]: unknown workload 'long' (defined: long-prompt, short, "
+        "vision)",
+    ]
+
+
+def test_where_value_for_the_new_axes(tmp_path: Path) -> None:
+    mf = load_matrix_file(_write(tmp_path, WORKLOADS))
+    assert mf.where_value("workload", "long-prompt") == f"{mf.path}:10: matrix.workload[1]"
+    assert mf.where_value("workload", "vision") == f"{mf.path}:12: include[0].workload"
+    assert mf.where_value("context", 16384) == f"{mf.path}:9: matrix.context[0]"
+    [vision] = [j for j in mf.jobs if j.workload_name == "vision"]
+    assert mf.where_workload(vision, "image") == f"{mf.path}:6: workloads.vision.image"
+
+
+def test_the_shipped_workloads_example_expands() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "workloads.yaml"
+    jobs = load_matrix_file(path).jobs
+    cpu = [j for j in jobs if j.backend == "cpu"]
+    vulkan = [j for j in jobs if j.engine == "llama-bench" and j.backend == "vulkan"]
+    assert {j.context for j in jobs} == {16384, 65536, 202752}
+    assert len(cpu) == 3 * 2 and {j.gpu_layers for j in cpu} == {None}  # contexts x workloads
+    assert len(vulkan) == 3 * 2 * 3 and {j.gpu_layers for j in vulkan} == {0, 20, 999}
+    [vision] = [j for j in jobs if j.engine == "lmstudio"]
+    assert (vision.model, vision.workload_name, vision.gpu_layers) == (
+        "qwen3-vl-32b",
+        "vision",
+        None,
+    )
+    assert len(jobs) == len(cpu) + len(vulkan) + 1
+
+
+def test_an_include_for_an_engine_without_the_knob_takes_no_gpu_layers(tmp_path: Path) -> None:
+    text = LAYERS.replace("[0, 20, 999]", "[20]") + (
+        "include:\n"
+        "  - {host: halo, model: v, context: 1K, backend: vulkan, engine: lmstudio}\n"
+        "  - {host: halo, model: v, context: 1K, backend: vulkan, engine: llama-server}\n"
+    )
+    jobs = load_matrix_file(_write(tmp_path, text)).jobs
+    # the single gpu_layers value reaches the llama.cpp engines only
+    assert [(j.engine, j.model, j.backend, j.gpu_layers) for j in jobs] == [
+        ("llama-bench", "m", "cpu", None), ("llama-bench", "m", "vulkan", 20),
+        ("lmstudio", "v", "vulkan", None), ("llama-server", "v", "vulkan", 20),
+    ]  # fmt: skip
+    explicit = _write(
+        tmp_path, text.replace("engine: lmstudio}", "engine: lmstudio, gpu_layers: 8}")
+    )
+    assert _problems(explicit) == [
+        f"{explicit}:10: include[0].gpu_layers: lmstudio takes no gpu_layers (only llama-bench and "
+        "llama-server pass llama.cpp's -ngl): leave it out of this entry"
     ]

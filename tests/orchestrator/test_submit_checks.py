@@ -53,3 +53,22 @@ def test_settings_outside_what_each_host_allows_are_refused(tmp_path: Path) -> N
         f"{path}:10: matrix.power_limit_w[0]: host minipc-120w does not allow setting "
         "power_limit_w (add it under `setters:` in its worker config)",
     ]
+
+
+def test_a_missing_image_points_at_the_named_workload_that_sends_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "campaign: vision\nhosts: [laptop-80w]\nworkloads:\n"
+        "  short: {prompt_tokens: 16, gen_tokens: 8}\n"
+        "  look: {prompt_text: 'What is this?', image: cat, gen_tokens: 8}\n"
+        "matrix: {model: [m], context: [1K], engine: [lmstudio], backend: [vulkan],\n"
+        "         workload: [short, look]}\n"
+    )
+    mf = load_matrix_file(path)
+    inventory = _inventory("laptop-80w", {}).model_copy(
+        update={"engines": {"lmstudio": ["vulkan"]}, "images": ["dog"]}
+    )
+    assert check_against_fleet(mf, mf.jobs, Fleet(inventories={"laptop-80w": inventory})) == [
+        f"{path}:5: workloads.look.image: host laptop-80w has no image 'cat' (it has: dog; add "
+        "it under `images:` in its config)"
+    ]

@@ -7,6 +7,7 @@ own figures from that pace.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -102,45 +103,215 @@ def replay_ollama(size_vram: int = 5137025024) -> Iterator[tuple[str, dict[str, 
 
 
 def _lmstudio_handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
+    """LM Studio 0.4 (or 0.3: no /api/v1) from the documented shapes (tests/fixtures/lmstudio),
+    plus the `/standin/*` routes the stand-in `lms` uses where the real CLI speaks websocket."""
+
     class Handler(_JsonHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        def _authorized(self) -> bool:
+            if not self.path.startswith("/api/") or state["token"] is None:
+                return True
+            if self.headers.get("Authorization") == f"Bearer {state['token']}":
+                return True
+            self._json({"error": {"message": "Invalid or missing API token"}}, 401)
+            return False
+
+        def _route(self, request: dict[str, Any] | None) -> None:
             state["calls"].append((self.path, request))
-            if self.path == "/api/v1/models/load":
-                if request["model"] not in state["models"]:
-                    self._json({"error": {"message": f"model {request['model']} not found"}}, 404)
-                    return
-                answer = json.loads((LMSTUDIO / "load.json").read_text())
-                answer["config"]["context_length"] = request["config"]["context_length"]
-                answer["model_instance_id"] = request["model"]
-                state["context"] = request["config"]["context_length"]
-                self._json(answer)
-            elif self.path == "/api/v1/models/unload":
-                self._json({"instance_id": request["instance_id"]})
-            elif self.path == "/api/v0/chat/completions":
-                n = int(request["max_tokens"])
-                time.sleep(PREFILL_S + n * TOKEN_INTERVAL_S)
-                answer = json.loads((LMSTUDIO / "chat_completion.json").read_text())
-                answer["usage"]["completion_tokens"] = n
-                answer["stats"].update(
-                    time_to_first_token=PREFILL_S,
-                    generation_time=n * TOKEN_INTERVAL_S,
-                    tokens_per_second=1 / TOKEN_INTERVAL_S,
-                )
-                answer["runtime"]["name"] = state["runtime"]
-                answer["model_info"]["context_length"] = state.get("context", 4096)
-                self._json(answer)
+            state["auth"].append(self.headers.get("Authorization"))
+            if self.path.startswith("/api/v1/") and state["api"] == "0.3":
+                self.send_error(404)
+            elif not self._authorized():
+                pass
+            elif self.path in _LMSTUDIO_ROUTES:
+                body, status = _LMSTUDIO_ROUTES[self.path](state, request or {})
+                self._json(body, status)
             else:
                 self.send_error(404)
 
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._route(None)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._route(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
     return Handler
+
+
+_Answer = tuple[Any, int]
+
+
+def _load(state: dict[str, Any], model: str, identifier: str, context: int, **extra: Any) -> str:
+    instance_id, n = identifier, 1
+    while instance_id in state["instances"]:  # LM Studio numbers a second instance `key:2`
+        n += 1
+        instance_id = f"{identifier}:{n}"
+    applied = min(context, state["max_context"])  # what a model with a shorter training does
+    config = {"context_length": applied, "eval_batch_size": 512, "flash_attention": True,
+              "offload_kv_cache_to_gpu": extra.get("kv", True)}  # fmt: skip
+    state["instances"][instance_id] = {"model": model, "config": config,
+                                       "runtime": state["selected"], **extra}  # fmt: skip
+    return instance_id
+
+
+def _models(state: dict[str, Any], _request: dict[str, Any]) -> _Answer:
+    template = json.loads((LMSTUDIO / "models.json").read_text())["models"][0]
+    listed = []
+    for key in state["models"]:
+        entry = {**template, "key": key, "display_name": key, "publisher": "orch"}
+        entry["loaded_instances"] = [
+            {"id": iid, "config": inst["config"]}
+            for iid, inst in state["instances"].items()
+            if inst["model"] == key
+        ]
+        listed.append(entry)
+    return {"models": listed}, 200
+
+
+def _rest_load(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    if request["model"] not in state["models"]:
+        return {"error": {"message": f"model {request['model']} not found"}}, 404
+    kv = bool(request.get("offload_kv_cache_to_gpu", True))
+    iid = _load(state, request["model"], request["model"], int(request.get("context_length", 4096)),
+                kv=kv)  # fmt: skip
+    answer = json.loads((LMSTUDIO / "load.json").read_text())
+    answer.update(instance_id=iid)
+    answer["load_config"] = dict(state["instances"][iid]["config"])
+    if not request.get("echo_load_config") or not state["echo"]:
+        del answer["load_config"]
+    return answer, 200
+
+
+def _rest_unload(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    iid = request["instance_id"]
+    if state["instances"].pop(iid, None) is None:
+        return {"error": {"message": f"no instance {iid}"}}, 404
+    state["unloaded"].append(iid)
+    return {"instance_id": iid}, 200
+
+
+def _chat(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    instance = state["instances"].get(request["model"])
+    if instance is None:  # LM Studio loads a model on first use (JIT), with its defaults
+        if request["model"] not in state["models"]:
+            return {"error": {"message": f"model {request['model']} not found"}}, 404
+        instance = state["instances"][_load(state, request["model"], request["model"], 4096)]
+    n = int(request["max_tokens"])
+    time.sleep(PREFILL_S + n * TOKEN_INTERVAL_S)
+    answer = json.loads((LMSTUDIO / "chat_completion.json").read_text())
+    answer["usage"]["completion_tokens"] = n
+    answer["stats"].update(time_to_first_token=PREFILL_S, generation_time=n * TOKEN_INTERVAL_S,
+                           tokens_per_second=1 / TOKEN_INTERVAL_S)  # fmt: skip
+    name, _, version = instance["runtime"].rpartition("@")
+    answer["runtime"].update(name=name, version=version)
+    answer["model_info"]["context_length"] = instance["config"]["context_length"]
+    return answer, 200
+
+
+# -- the stand-in lms's side (what the real CLI does through the SDK) ------------------------
+
+
+def _standin_argv(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    state["lms_argv"].append(request["argv"])
+    return {}, 200
+
+
+def _standin_load(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    identifier = request.get("identifier") or request["model"]
+    if identifier in state["instances"]:
+        return {"error": f"an instance with identifier {identifier} is already loaded"}, 409
+    gpu = request.get("gpu")
+    _load(state, request["model"], identifier, int(request.get("context_length") or 4096),
+          gpu=gpu, kv=gpu != 0)  # fmt: skip
+    return {"identifier": identifier}, 200
+
+
+def _standin_unload(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    return _rest_unload(state, {"instance_id": request["identifier"]})
+
+
+def _standin_loaded(state: dict[str, Any], _request: dict[str, Any]) -> _Answer:
+    return [
+        {
+            "identifier": iid,
+            "modelKey": inst["model"],
+            "path": f"orch/{inst['model']}.gguf",
+            "sizeBytes": 1_000_000,
+            "deviceIdentifier": None,
+            "status": "idle",
+            "queued": 0,
+            "parallel": 4,
+        }  # fmt: skip
+        for iid, inst in state["instances"].items()
+    ], 200
+
+
+def _standin_runtimes(state: dict[str, Any], _request: dict[str, Any]) -> _Answer:
+    return {"engines": state["runtimes"], "selected": {"gguf": state["selected"]}}, 200
+
+
+def _standin_select(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    state["selected"] = request["spec"]
+    state["selections"].append(request["spec"])
+    return {}, 200
+
+
+_LMSTUDIO_ROUTES: dict[str, Any] = {
+    "/lmstudio-greeting": lambda _state, _request: ({"lmstudio": True}, 200),
+    "/api/v1/models": _models,
+    "/api/v1/models/load": _rest_load,
+    "/api/v1/models/unload": _rest_unload,
+    "/api/v0/chat/completions": _chat,
+    "/standin/argv": _standin_argv,
+    "/standin/load": _standin_load,
+    "/standin/unload": _standin_unload,
+    "/standin/loaded": _standin_loaded,
+    "/standin/models": lambda state, _request: (state["models"], 200),
+    "/standin/runtimes": _standin_runtimes,
+    "/standin/select": _standin_select,
+}
+LINUX_RUNTIMES = ("llama.cpp-linux-x86_64-vulkan-avx2@1.52.0",
+                  "llama.cpp-linux-x86_64-amd-rocm-avx2@1.52.0",
+                  "llama.cpp-linux-x86_64-avx2@1.52.0")  # fmt: skip
 
 
 @contextmanager
 def replay_lmstudio(
     runtime: str = "llama.cpp-linux-x86_64-vulkan-avx2",
+    *,
+    token: str | None = None,
+    api: str = "0.4",
+    runtimes: tuple[str, ...] = LINUX_RUNTIMES,
+    models: tuple[str, ...] = ("tiny-q8_0",),
+    echo: bool = True,
+    max_context: int = 1 << 20,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(base URL, state) of a replaying LM Studio serving the model key `tiny-q8_0`."""
-    state: dict[str, Any] = {"calls": [], "runtime": runtime, "models": {"tiny-q8_0"}}
+    """(base URL, state) of a replaying LM Studio serving `models`, running `runtime` (selected,
+    the latest installed version), which wants `token` when one is given."""
+    installed = [
+        {
+            "name": spec.rpartition("@")[0],
+            "version": spec.rpartition("@")[2],
+            "spec": spec,
+            "supportedModelFormatNames": ["gguf"],
+        }  # fmt: skip
+        for spec in runtimes
+    ]
+    selected = next(r["spec"] for r in installed if r["name"] == runtime)
+    state: dict[str, Any] = {
+        "calls": [], "auth": [], "token": token, "api": api, "runtimes": installed,
+        "selected": selected, "selections": [], "models": list(models), "instances": {},
+        "unloaded": [], "echo": echo, "max_context": max_context, "lms_argv": [],
+    }  # fmt: skip
     with _serving(_lmstudio_handler(state)) as url:
         yield url, state
+
+
+def lms_standin(folder: Path) -> Path:
+    """An executable `lms` in `folder` that runs tests/fixtures/lmstudio/lms_standin.py."""
+    lms = folder / "lms"
+    lms.write_text(
+        f"#!{sys.executable}\nimport runpy\n"
+        f"runpy.run_path({str(LMSTUDIO / 'lms_standin.py')!r}, run_name='__main__')\n"
+    )
+    lms.chmod(0o755)
+    return lms

@@ -84,6 +84,10 @@ def test_engine_measures_the_tiny_model(
     assert outcome.status is Status.OK, outcome.error
     tg = next(m for m in outcome.measurements if m.test == "tg")
     assert len(tg.samples_ts) == 2 and all(ts > 0 for ts in tg.samples_ts)
+    if engine in ("llama-server", "openai"):
+        # llama-server's own decode rate (also behind /v1): a starved client cannot lose it
+        server = [r.server_timings["predicted_per_second"] for r in outcome.requests]
+        assert tg.samples_ts == pytest.approx(server)
     assert tg.n_gen == 16
     pp = [m for m in outcome.measurements if m.test == "pp"]
     assert [len(m.samples_ts) for m in pp] == [2]  # every engine here reports its prefill
@@ -113,7 +117,7 @@ def test_llama_bench_argv_fills_the_context_and_is_a_list() -> None:
     argv = LlamaBench.argv(_job(context=4096, repetitions=5), target)
     assert argv == [
         "/opt/llama-bench", "-m", "/m/x.gguf", "-p", "32", "-n", "16", "-d", "4048",
-        "-r", "5", "-o", "json", "-t", "4",
+        "-r", "5", "-o", "json", "-ngl", "0", "-t", "4",  # cpu: -ngl 0, always explicit
     ]  # fmt: skip
 
 

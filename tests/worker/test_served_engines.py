@@ -43,6 +43,12 @@ def test_ollama_request_options_timings_and_offload() -> None:
     pp = next(m for m in outcome.measurements if m.test == "pp")
     for rate, sample in zip(pp.samples_ts, outcome.requests, strict=True):
         assert rate == pytest.approx(sample.prompt_tokens / PREFILL_S)
+    # tg is Ollama's own eval rate (eval_count over eval_duration), not the client's timing,
+    # so a client starved on a busy box cannot lose or distort it
+    tg = next(m for m in outcome.measurements if m.test == "tg")
+    for rate, sample in zip(tg.samples_ts, outcome.requests, strict=True):
+        timings = sample.server_timings
+        assert rate == pytest.approx(timings["eval_count"] / (timings["eval_duration"] / 1e9))
     for r in outcome.requests:
         assert r.gen_tokens == 20
         assert r.ttft_s >= PREFILL_S  # the client cannot see a token before the server sends it
@@ -67,8 +73,11 @@ def test_ollama_partial_and_cpu_only_offload_are_recorded() -> None:
         cpu_only = get_engine("ollama").run(
             _job("ollama"), RunTarget(None, None, 60, url=url, served_model="tiny:q8_0")
         )
-    assert cpu_only.status is Status.ERROR
-    assert cpu_only.error and "entirely on the CPU" in cpu_only.error
+    # Measured, but not on a GPU: the runner files it as mislabelled (test_backend_check.py)
+    assert cpu_only.status is Status.OK
+    check = cpu_only.backend_check
+    assert check is not None and check.verdict == "mismatch" and check.vram_bytes == 0
+    assert "size_vram 0 of size 5137025024" in check.source
 
     with replay_ollama(size_vram=0) as (url, state):
         asked_cpu = get_engine("ollama").run(
@@ -77,6 +86,13 @@ def test_ollama_partial_and_cpu_only_offload_are_recorded() -> None:
         )
     assert asked_cpu.status is Status.OK
     assert state["requests"][0]["options"]["num_gpu"] == 0
+    assert asked_cpu.backend_check is not None
+    assert asked_cpu.backend_check.verdict == "match"
+    assert asked_cpu.backend_check.gpu_layers_requested == 0
+    # On a GPU (size_vram > 0), Ollama still names no GPU library: kept, unverified.
+    assert partial.backend_check is not None
+    assert partial.backend_check.verdict == "unverified"
+    assert "does not say which backend" in partial.backend_check.detail
 
 
 def test_a_server_that_is_not_there_is_an_error_result() -> None:
@@ -112,54 +128,6 @@ def test_openai_route_of_a_real_llama_server_reports_usage_and_timings(
         assert r.server_timings["predicted_n"] == 20  # llama-server's own timings kept
         assert r.server_timings["prompt_ms"] / 1000 <= r.ttft_s
     assert outcome.engine.details["served_models"]
-
-
-def test_lmstudio_loads_with_the_context_reuses_and_reloads() -> None:
-    from tests.worker.replay_servers import replay_lmstudio
-
-    engine = get_engine("lmstudio")
-    with replay_lmstudio() as (url, state):
-        target = RunTarget(None, None, 60, url=url, served_model="tiny-q8_0")
-        first = engine.run(_job("lmstudio", backend="vulkan"), target)
-        again = engine.run(_job("lmstudio", backend="vulkan"), target)
-        bigger = engine.run(
-            _job("lmstudio", backend="vulkan").model_copy(update={"context": 8192}), target
-        )
-        engine.close()
-    assert first.status is Status.OK, first.error
-    assert first.load_time_s == pytest.approx(9.099) and again.load_time_s is None
-    paths = [path for path, _ in state["calls"]]
-    assert paths.count("/api/v1/models/load") == 2  # reused once, reloaded for the new context
-    assert paths.count("/api/v1/models/unload") == 2  # before the reload, and at close
-    loads = [body for path, body in state["calls"] if path == "/api/v1/models/load"]
-    assert [b["config"]["context_length"] for b in loads] == [4096, 8192]
-    assert bigger.status is Status.OK
-    for r in first.requests:
-        assert r.ttft_source == "server" and r.ttft_s == pytest.approx(PREFILL_S)
-        assert r.gen_tokens == 20
-        assert r.decode_tokens_per_s == pytest.approx(1 / TOKEN_INTERVAL_S)
-        assert r.e2e_s >= PREFILL_S + 20 * TOKEN_INTERVAL_S
-    assert first.engine.details["runtime"]["name"] == "llama.cpp-linux-x86_64-vulkan-avx2"
-
-
-def test_lmstudio_on_another_runtime_or_a_missing_model_fails_clearly() -> None:
-    from tests.worker.replay_servers import replay_lmstudio
-
-    engine = get_engine("lmstudio")
-    with replay_lmstudio() as (url, _state):
-        wrong = engine.run(
-            _job("lmstudio", backend="rocm"),
-            RunTarget(None, None, 60, url=url, served_model="tiny-q8_0"),
-        )
-        missing = engine.run(
-            _job("lmstudio", backend="vulkan"),
-            RunTarget(None, None, 60, url=url, served_model="glm-4.7-flash"),
-        )
-        engine.close()
-    assert wrong.status is Status.ERROR
-    assert wrong.error and "not a rocm one" in wrong.error and "lms runtime select" in wrong.error
-    assert missing.status is Status.LOAD_FAILED
-    assert missing.error and "cannot load glm-4.7-flash" in missing.error
 
 
 PNG_1PX = bytes.fromhex(
@@ -202,48 +170,3 @@ def test_a_vision_workload_sends_the_image_to_each_engine_that_takes_one(tmp_pat
             "image_url": {"url": f"data:image/png;base64,{b64}"},
         }
     assert json.dumps(chats[0]).count(b64) == 1
-
-
-def test_lmstudio_with_the_lms_cli_sets_gpu_offload(tmp_path: Path) -> None:
-    """With `lms` named as the backend's binary, loading goes through `lms load ... --gpu`
-    (flags as lmstudio.ai/docs/cli/load documents them). The stand-in CLI records its argv and
-    registers the instance with the LM Studio stand-in, as the real app would."""
-    import json
-    import sys
-
-    from tests.worker.replay_servers import replay_lmstudio
-
-    log = tmp_path / "lms.argv"
-    lms = tmp_path / "lms"
-    lms.write_text(
-        f"#!{sys.executable}\n"
-        "import json, os, sys, urllib.request\n"
-        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-        "if sys.argv[1] == 'load':\n"
-        "    ctx = int(sys.argv[sys.argv.index('--context-length') + 1])\n"
-        "    body = json.dumps({'model': sys.argv[2], 'config': {'context_length': ctx}})\n"
-        "    req = urllib.request.Request(os.environ['FAKE_LMSTUDIO'] + '/api/v1/models/load',\n"
-        "        body.encode(), {'Content-Type': 'application/json'})\n"
-        "    urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req).read()\n"
-    )
-    lms.chmod(0o755)
-    engine = get_engine("lmstudio")
-    with replay_lmstudio() as (url, _state):
-        import os
-
-        os.environ["FAKE_LMSTUDIO"] = url
-        try:
-            out = engine.run(
-                _job("lmstudio", backend="vulkan"),
-                RunTarget(lms, None, 60, url=url, served_model="tiny-q8_0"),
-            )
-            engine.close()
-        finally:
-            del os.environ["FAKE_LMSTUDIO"]
-    assert out.status is Status.OK, out.error
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert calls[0] == ["load", "tiny-q8_0", "--context-length", "4096", "--gpu", "max",
-                        "--identifier", "orch-tiny-q8_0-4096"]  # fmt: skip
-    assert calls[1] == ["unload", "orch-tiny-q8_0-4096"]
-    assert out.engine.details["gpu_offload"] == "max (lms load --gpu max)"
-    assert out.load_time_s is not None and out.load_time_s > 0

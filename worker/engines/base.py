@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from jobs.result import EngineInfo, Measurement, RequestSample, Status
+from jobs.result import BackendCheck, EngineInfo, Measurement, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.process import ignore_pid
@@ -40,6 +40,11 @@ class RunTarget:
     url: str | None = None  # server engines: the running server
     served_model: str | None = None  # server engines: the model's id on that server
     image: Path | None = None  # vision workloads: the image file the job names
+    # server engines: the bearer token from worker.yaml's api_key_env/api_key_file; kept out of
+    # repr so that no log line or error that prints a target shows it
+    api_key: str | None = field(default=None, repr=False)
+    # LM Studio: the owner's runtime pin for the job's backend (`name` or `name@version`)
+    runtime_pin: str | None = None
 
 
 @dataclass
@@ -52,6 +57,9 @@ class EngineOutcome:
     phases: list[PhaseWindow] = field(default_factory=list)
     requests: list[RequestSample] = field(default_factory=list)
     load_time_s: float | None = None
+    # What the engine said it ran on, checked against the job's backend (jobs.backends); the
+    # runner turns a mismatch into Status.MISLABELLED.
+    backend_check: BackendCheck | None = None
 
 
 def local_files(target: RunTarget) -> tuple[Path, Path]:

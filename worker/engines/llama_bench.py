@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from jobs.backends import check_llama_bench_row, gpu_layers_for
 from jobs.result import (
     LLAMA_BENCH_DETAIL_FIELDS,
     EngineInfo,
@@ -71,7 +72,10 @@ class LlamaBench(Engine):
                 Status.ERROR, info, error="llama-bench printed no tests", argv=argv
             )
         info = _engine_info(info, rows[0])
-        return EngineOutcome(Status.OK, info, measurements=measurements, argv=argv)
+        check = check_llama_bench_row(job.backend, rows[0], gpu_layers_asked=job.gpu_layers)
+        return EngineOutcome(
+            Status.OK, info, measurements=measurements, argv=argv, backend_check=check
+        )
 
     @staticmethod
     def argv(job: JobSpec, target: RunTarget) -> list[str]:
@@ -82,6 +86,9 @@ class LlamaBench(Engine):
             str(binary), "-m", str(model),
             "-p", str(work.prompt_tokens), "-n", str(work.gen_tokens), "-d", str(depth),
             "-r", str(job.repetitions), "-o", "json",
+            # Always explicit: llama-bench's default (-1) offloads every layer to any GPU the
+            # build finds, so a `cpu` job on a GPU build would not run on the CPU.
+            "-ngl", str(gpu_layers_for(job.backend, job.gpu_layers)),
         ]  # fmt: skip
         if target.threads:
             argv += ["-t", str(target.threads)]

@@ -16,7 +16,8 @@ import re
 import time
 from typing import Any
 
-from jobs.result import EngineInfo, RequestSample, Status
+from jobs.backends import LOG_HEAD_CHARS, check_llama_log, gpu_layers_for
+from jobs.result import BackendCheck, EngineInfo, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import Engine, EngineOutcome, RunTarget, local_files, register
@@ -48,18 +49,20 @@ class LlamaServer(Engine):
         self._server: ServerProcess | None = None
         self._group: tuple[Any, ...] | None = None
         self._load_time_s: float | None = None
+        self._check: BackendCheck | None = None  # from the load log of the running server
 
     def close(self) -> None:
         if self._server is not None:
             self._server.stop()
         self._server, self._group, self._load_time_s = None, None, None
+        self._check = None
 
     def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
         # One deadline for everything the job does: load, tokenizing, warm-up, repetitions.
         deadline = time.monotonic() + target.timeout_s
         info = EngineInfo(name=self.name, backend=job.backend, binary=str(target.binary))
         group = (str(target.binary), str(target.model_path), job.context, target.threads,
-                 job.backend)  # fmt: skip
+                 job.backend, job.gpu_layers)  # fmt: skip
         fresh_load = group != self._group or self._server is None or not self._server.alive()
         if fresh_load:
             failure = self._start(job, target, group, info)
@@ -85,8 +88,12 @@ class LlamaServer(Engine):
             "--host", "127.0.0.1", "--port", str(port),
             "-c", str(job.context), "-np", "1", "--no-webui",
         ]  # fmt: skip
-        if job.backend != "cpu":
-            argv += ["-ngl", "999"]
+        # Always explicit: llama-server's default (`auto`) fits as many layers as it likes on
+        # any GPU the build finds, a `cpu` job included.
+        argv += ["-ngl", str(gpu_layers_for(job.backend, job.gpu_layers))]
+        # llama.cpp's own load messages (devices, "offloaded N/M layers") are the evidence of
+        # what ran where, and llama-server logs them only from verbosity 4 (trace) up.
+        argv += ["-lv", "4"]
         if target.threads:
             argv += ["-t", str(target.threads)]
         return argv
@@ -116,6 +123,13 @@ class LlamaServer(Engine):
             tail = "\n".join(log.strip().splitlines()[-40:])
             return EngineOutcome(status, info, error=f"llama-server {why}\n{tail}", argv=argv)
         self._server, self._group, self._load_time_s = server, group, server.load_time_s
+        self._check = check_llama_log(
+            job.backend,
+            server.log_head(LOG_HEAD_CHARS),
+            gpu_layers_requested=gpu_layers_for(job.backend, job.gpu_layers),
+            gpu_layers_asked=job.gpu_layers,
+            source="llama-server load log",
+        )
         return None
 
     def _measure(
@@ -156,6 +170,7 @@ class LlamaServer(Engine):
             phases=phases,
             requests=samples,
             load_time_s=self._load_time_s if fresh_load else None,
+            backend_check=self._check,
         )
 
 

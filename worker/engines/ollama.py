@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from jobs.result import RequestSample
+from jobs.backends import check_backend
+from jobs.result import BackendCheck, RequestSample
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import RunTarget, register
@@ -45,8 +46,9 @@ class Ollama(ServedEngine):
             "temperature": 0,
             "seed": 42,
         }
-        if job.backend == "cpu":
-            options["num_gpu"] = 0  # layers on the GPU: none
+        num_gpu = _num_gpu(job)
+        if num_gpu is not None:
+            options["num_gpu"] = num_gpu  # layers on the GPU
         body: dict[str, Any] = {
             "model": target.served_model,
             "prompt": prompt,
@@ -80,6 +82,12 @@ class Ollama(ServedEngine):
         duration = sample.server_timings.get("prompt_eval_duration", 0.0)
         return sample.prompt_tokens / (duration / _NS) if duration > 0 else None
 
+    def decode_rate(self, sample: RequestSample) -> float | None:
+        # Ollama's own "eval rate": eval_count tokens over eval_duration ns of generation.
+        count = sample.server_timings.get("eval_count", 0.0)
+        duration = sample.server_timings.get("eval_duration", 0.0)
+        return count / (duration / _NS) if duration > 0 and count > 0 else None
+
     def load_time_s(self, first_payload: dict[str, Any]) -> float | None:
         ns = first_payload.get("load_duration")
         return float(ns) / _NS if ns else None
@@ -102,9 +110,33 @@ class Ollama(ServedEngine):
             partial_offload=0 < size_vram < size,
             model_details=entry.get("details", {}),
         )
-        if job.backend != "cpu" and size_vram == 0:
-            return details, (
-                f"ollama ran {target.served_model} entirely on the CPU (size_vram 0) but the job "
-                f"asks for backend {job.backend}"
-            )
         return details, None
+
+    def backend_check(self, job: JobSpec, details: dict[str, Any]) -> BackendCheck | None:
+        """From `/api/ps`: `size_vram` (bytes of the model in GPU memory) is all Ollama says
+        (api/types.go, ProcessModelResponse): it names no GPU library, so a GPU label can be
+        caught running on the CPU but not told from another GPU backend."""
+        size_vram = details.get("size_vram_bytes")
+        size = details.get("size_bytes")
+        source = (
+            f"ollama /api/ps: size_vram {size_vram} of size {size} bytes"
+            if size_vram is not None
+            else "ollama /api/ps: the model was not listed"
+        )
+        return check_backend(
+            job.backend,
+            [],
+            None,
+            gpu_layers_requested=_num_gpu(job),
+            gpu_layers_asked=job.gpu_layers,
+            vram_bytes=size_vram,
+            source=source,
+        )
+
+
+def _num_gpu(job: JobSpec) -> int | None:
+    """Ollama's `num_gpu` (layers on the GPU): the matrix's gpu_layers, none for `cpu`, and
+    Ollama's own choice otherwise (it fits what its memory estimate allows)."""
+    if job.gpu_layers is not None:
+        return job.gpu_layers
+    return 0 if job.backend == "cpu" else None

@@ -13,7 +13,7 @@ from jobs.telemetry import PhaseWindow
 from worker.engines.base import RunTarget, register
 from worker.engines.http_stream import get_json, stream_sse
 from worker.engines.served import ServedEngine, chat_body
-from worker.engines.timing import StreamClock, server_prefill_rate
+from worker.engines.timing import StreamClock, server_decode_rate, server_prefill_rate
 
 
 @register("openai")
@@ -33,7 +33,13 @@ class OpenAICompatible(ServedEngine):
         clock = StreamClock.start(deadline)
         usage: dict[str, Any] = {}
         last: dict[str, Any] = {}
-        stream = stream_sse(target.url, "/chat/completions", body, timeout_s=clock.remaining_s())
+        stream = stream_sse(
+            target.url,
+            "/chat/completions",
+            body,
+            timeout_s=clock.remaining_s(),
+            token=target.api_key,
+        )
         for chunk in stream:
             for choice in chunk.get("choices") or []:
                 delta = choice.get("delta") or {}
@@ -65,7 +71,11 @@ class OpenAICompatible(ServedEngine):
         # Only a server that reports its own prefill timing (llama-server) separates it.
         return server_prefill_rate(sample)
 
+    def decode_rate(self, sample: RequestSample) -> float | None:
+        # llama-server behind /v1 adds its `timings` to the last chunk; other servers do not.
+        return server_decode_rate(sample)
+
     def details(self, job: JobSpec, target: RunTarget) -> tuple[dict[str, Any], str | None]:
         assert target.url is not None
-        listed = get_json(target.url, "/models", timeout_s=10).get("data", [])
+        listed = get_json(target.url, "/models", timeout_s=10, token=target.api_key).get("data", [])
         return {"served_models": [m.get("id") for m in listed]}, None

@@ -1,32 +1,52 @@
-"""Run an engine binary as a child that can never outlive the job.
+"""Run an engine binary as a child that can never outlive the job, nor hang or flood the agent.
 
-A benchmark left running after its worker died would overlap the next job on the same box and
-spoil both. So the child gets its own process group (killed whole on timeout) and, on Linux, a
-parent-death signal (killed when the worker is SIGKILLed).
+A benchmark left running after its job would overlap the next job on the same box and spoil
+both. So the child starts a session of its own (its own process group) and, on Linux, gets a
+parent-death signal (killed when the worker is SIGKILLed). Every descendant it starts is
+tracked while it runs (psutil) and killed when the job ends, whether it timed out or not:
+helpers that detach, or that keep the output pipes open after the engine exits, die too.
+
+Output is read by the agent without threads, with a deadline, and kept bounded: stdout up to
+STDOUT_CAP_BYTES (llama-bench's JSON is a few KB), stderr as its last STDERR_TAIL_BYTES. A
+process that escaped every kill and still holds a pipe stops being read after DRAIN_S.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
+
+import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are checked by tests
 
 _PR_SET_PDEATHSIG = 1
 TAIL_LINES = 40
+STDOUT_CAP_BYTES = 16 * 1024 * 1024
+STDERR_TAIL_BYTES = 256 * 1024
+DRAIN_S = 5.0  # reading goes on this long after the engine exited or was killed
+# How often the tree is walked while the engine runs: each walk reads /proc, which a benchmark
+# should not compete with, and a helper is caught at the end by its session anyway.
+TRACK_INTERVAL_S = 1.0
+_READ_CHUNK = 64 * 1024
+_POLL_S = 0.1  # how soon an exit is noticed while the engine writes nothing
 
 
 @dataclass(frozen=True)
 class ProcessOutcome:
     returncode: int | None  # None when killed for the timeout
     stdout: str
-    stderr: str
+    stderr: str  # the last STDERR_TAIL_BYTES at most
     timed_out: bool
     wall_s: float
+    stdout_truncated: bool = False  # stdout went past STDOUT_CAP_BYTES; the rest was dropped
 
     def stderr_tail(self, lines: int = TAIL_LINES) -> str:
         return "\n".join(self.stderr.strip().splitlines()[-lines:])
@@ -49,40 +69,167 @@ def ignore_pid(_pid: int) -> None:
     return None
 
 
+class ProcessTree:
+    """A child started with `start_new_session=True` and every descendant seen since.
+
+    `kill()` reaches the session (processes that changed their group but not their session),
+    the process group, and each descendant `track()` has seen (those that started a session of
+    their own); psutil's identity check (pid plus start time) keeps a reused pid safe.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._seen: dict[int, psutil.Process] = {}
+        self._tracked_at = float("-inf")
+        self.track()
+
+    def track(self, at_most_every_s: float = 0.0) -> None:
+        """Remember the tree's descendants now (a no-op if done less than the interval ago)."""
+        now = time.monotonic()
+        if now - self._tracked_at < at_most_every_s:
+            return
+        self._tracked_at = now
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.pid)
+            self._seen.setdefault(root.pid, root)
+            for child in root.children(recursive=True):
+                self._seen.setdefault(child.pid, child)
+
+    def members(self) -> list[psutil.Process]:
+        """Every live process of the tree: tracked, or still in the child's session."""
+        self.track()
+        found = {p.pid: p for p in self._seen.values() if _running(p)}
+        for proc in psutil.process_iter():
+            if proc.pid not in found and _session_of(proc.pid) == self.pid:
+                found[proc.pid] = proc
+        return list(found.values())
+
+    def signal_all(self, sig: int) -> None:
+        members = self.members()  # first: once a parent dies, its children are not its any more
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        for proc in members:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole tree and reap what can be reaped; survivors are what is left."""
+        self.signal_all(signal.SIGKILL)
+        psutil.wait_procs([p for p in self._seen.values() if _running(p)], timeout=2)
+
+    def survivors(self) -> list[int]:
+        """Pids of the tree still running (zombies waiting to be reaped are not)."""
+        return sorted(p.pid for p in self.members() if _running(p))
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+class _Capture:
+    """Bytes read from one pipe: the first `head` bytes, or the last `tail` bytes."""
+
+    def __init__(self, head: int | None = None, tail: int | None = None) -> None:
+        self.head, self.tail = head, tail
+        self.data = bytearray()
+        self.truncated = False
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if self.head is not None and len(self.data) > self.head:
+            del self.data[self.head :]
+            self.truncated = True
+        if self.tail is not None and len(self.data) > self.tail:
+            del self.data[: len(self.data) - self.tail]
+            self.truncated = True
+
+    def text(self) -> str:
+        return bytes(self.data).decode(errors="replace")
+
+
 def run_bounded(
     argv: list[str], timeout_s: float, on_start: Callable[[int], None] = ignore_pid
 ) -> ProcessOutcome:
-    """Run `argv` (never a shell string) for at most `timeout_s` seconds."""
+    """Run `argv` (never a shell string) for at most `timeout_s` seconds; its whole process
+    tree is killed when it returns, and the output it keeps is bounded."""
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
         start_new_session=True,
         preexec_fn=die_with_parent(),  # noqa: PLW1509 - needed for the parent-death signal
     )
     started = time.monotonic()
-    on_start(proc.pid)
+    tree = ProcessTree(proc.pid)
+    stdout, stderr = _Capture(head=STDOUT_CAP_BYTES), _Capture(tail=STDERR_TAIL_BYTES)
+    assert proc.stdout is not None and proc.stderr is not None
+    pipes: dict[IO[bytes], _Capture] = {proc.stdout: stdout, proc.stderr: stderr}
     try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        stdout, stderr = proc.communicate()
-        timed_out = True
+        on_start(proc.pid)
+        timed_out = _read_until_exit(proc, tree, pipes, started + timeout_s)
+    finally:
+        tree.kill()  # at the end of every run, not only on timeout
+        proc.wait()
+        _drain(pipes, time.monotonic() + DRAIN_S)
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
     return ProcessOutcome(
         returncode=None if timed_out else proc.returncode,
-        stdout=stdout,
-        stderr=stderr,
+        stdout=stdout.text(),
+        stderr=stderr.text(),
         timed_out=timed_out,
         wall_s=time.monotonic() - started,
+        stdout_truncated=stdout.truncated,
     )
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, AttributeError):
-        proc.kill()
+def _read_until_exit(
+    proc: subprocess.Popen[bytes],
+    tree: ProcessTree,
+    pipes: dict[IO[bytes], _Capture],
+    deadline: float,
+) -> bool:
+    """Read both pipes until the engine exits (False) or the deadline passes (True)."""
+    with selectors.DefaultSelector() as selector:
+        for pipe in pipes:
+            selector.register(pipe, selectors.EVENT_READ)
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now >= deadline:
+                return True
+            tree.track(TRACK_INTERVAL_S)
+            _read_ready(selector, pipes, min(deadline - now, _POLL_S))
+    return False
+
+
+def _drain(pipes: dict[IO[bytes], _Capture], deadline: float) -> None:
+    """Read what is left until every pipe is at end of file, or until `deadline`."""
+    with selectors.DefaultSelector() as selector:
+        for pipe in pipes:
+            selector.register(pipe, selectors.EVENT_READ)
+        while selector.get_map() and time.monotonic() < deadline:
+            _read_ready(selector, pipes, deadline - time.monotonic())
+
+
+def _read_ready(
+    selector: selectors.BaseSelector, pipes: dict[IO[bytes], _Capture], wait_s: float
+) -> None:
+    for key, _events in selector.select(timeout=max(wait_s, 0.0)):
+        pipe = key.fileobj
+        assert not isinstance(pipe, int)
+        chunk = os.read(pipe.fileno(), _READ_CHUNK)
+        if chunk:
+            pipes[pipe].add(chunk)  # type: ignore[index]
+        else:
+            selector.unregister(pipe)

@@ -16,7 +16,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from jobs.result import EngineInfo, RequestSample, Status
+from jobs.result import BackendCheck, EngineInfo, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import Engine, EngineOutcome, RunTarget
@@ -83,6 +83,11 @@ class ServedEngine(Engine):
         """What the server reports (model, runtime, memory); and a problem that fails the job."""
         return {}, None
 
+    def backend_check(self, job: JobSpec, details: dict[str, Any]) -> BackendCheck | None:
+        """What the server says the model ran on, checked against the job's backend (None: it
+        says nothing that can be checked)."""
+        return None
+
     def failed(
         self, job: JobSpec, target: RunTarget, error: str, *, load_failed: bool = False
     ) -> EngineOutcome:
@@ -124,14 +129,20 @@ class ServedEngine(Engine):
         return EngineOutcome(
             Status.OK,
             info,
-            measurements=measurements(samples, self.prefill_rate),
+            measurements=measurements(samples, self.prefill_rate, self.decode_rate),
             phases=phases,
             requests=samples,
             load_time_s=self.load_time_s(first_payload),
+            backend_check=self.backend_check(job, details),
         )
 
     def prefill_rate(self, sample: RequestSample) -> float | None:
         """Prompt tokens/s as the server measured it, or None (the client cannot separate it)."""
+        return None
+
+    def decode_rate(self, sample: RequestSample) -> float | None:
+        """Generation tokens/s as the server measured it, or None: tg then comes from the
+        client's decode timing, which a client starved on a busy box can lose (a burst)."""
         return None
 
     def load_time_s(self, first_payload: dict[str, Any]) -> float | None:

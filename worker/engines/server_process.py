@@ -1,7 +1,8 @@
 """A local inference server run as a child: started, health-checked, logged, stopped.
 
-Like `process.run_bounded`, the child gets its own process group and (on Linux) dies with the
-worker, so a crashed agent never leaves a server holding the GPU.
+Like `process.run_bounded`, the child gets a session of its own and (on Linux) dies with the
+worker, so a crashed agent never leaves a server holding the GPU; `stop` ends every process
+the server started too (tracked with psutil), and its log is read back as a bounded tail.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import tempfile
 import time
 
 from worker.engines.http_stream import get_status
-from worker.engines.process import die_with_parent
+from worker.engines.process import TRACK_INTERVAL_S, ProcessTree, die_with_parent
+
+LOG_TAIL_BYTES = 1024 * 1024  # what is read back of the server's log (it may run for hours)
 
 
 def free_port() -> int:
@@ -34,6 +37,7 @@ class ServerProcess:
         self.load_time_s: float | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="orch-server-", suffix=".log", delete=False)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._tree: ProcessTree | None = None
         self._started = 0.0
 
     @property
@@ -53,8 +57,11 @@ class ServerProcess:
             start_new_session=True,
             preexec_fn=die_with_parent(),  # noqa: PLW1509
         )
+        self._tree = ProcessTree(self._proc.pid)
 
     def alive(self) -> bool:
+        if self._tree is not None:
+            self._tree.track(TRACK_INTERVAL_S)  # helpers it started die with it in `stop`
         return self._proc is not None and self._proc.poll() is None
 
     def wait_ready(self, timeout_s: float) -> bool:
@@ -71,23 +78,31 @@ class ServerProcess:
         return False
 
     def log_text(self) -> str:
+        """The log's last LOG_TAIL_BYTES."""
+        with open(self._log.name, "rb") as log:
+            size = log.seek(0, 2)
+            log.seek(max(size - LOG_TAIL_BYTES, 0))
+            return log.read().decode(errors="replace")
+
+    def log_head(self, chars: int) -> str:
+        """The first `chars` characters of the log (the load messages), read bounded."""
         with open(self._log.name, errors="replace") as log:
-            return log.read()
+            return log.read(chars)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().strip().splitlines()[-lines:])
 
     def stop(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+        proc, tree = self._proc, self._tree
+        if proc is not None and tree is not None:
+            if proc.poll() is None:
+                tree.signal_all(signal.SIGTERM)  # a clean exit frees GPU memory sooner
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            tree.kill()  # whatever is left of it, helpers included
+            proc.wait()
         self._log.close()
         try:
             os.unlink(self._log.name)

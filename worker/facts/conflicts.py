@@ -38,17 +38,35 @@ def power_tolerance_w(declared_w: float) -> float:
 
 
 def _vram_split(value: object, facts: HostFacts) -> list[str]:
-    if value is None or facts.vram_split is None:
+    if value is None:
         return []
     try:
         declared = normalize_vram_split(value)
     except ValueError:
         return [f"declared vram_split {value!r} is not a VRAM size such as 512M or 32G"]
+    if facts.vram_split is None:
+        return _no_carve_out(declared, facts)
     if vram_split_bytes(declared) == vram_split_bytes(facts.vram_split):
         return []
     where = facts.sources.get("vram_split", "detected")
     return [
         f"declared vram_split {declared} but this box has a {facts.vram_split} carve-out ({where})"
+    ]
+
+
+def _no_carve_out(declared: str, facts: HostFacts) -> list[str]:
+    """A carve-out is the BIOS's share of RAM for an integrated AMD GPU (worker/facts/detect.py
+    reads it from that card's mem_info_vram_total); a box whose GPUs were all detected and none
+    can have one makes the declared size a label for nothing. An APU whose carve-out could not
+    be read is not a conflict (facts.notes says why)."""
+    could = [g for g in facts.gpus if g.driver == "amdgpu" and g.is_apu is not False]
+    if could:
+        return []
+    gpus = ", ".join(f"{g.name} ({g.driver or 'no driver'}, discrete)" if g.is_apu is False
+                     else f"{g.name} ({g.driver or 'no driver'})" for g in facts.gpus)  # fmt: skip
+    return [
+        f"declared vram_split {declared} but this box has no integrated AMD GPU (APU) that "
+        f"could have a BIOS carve-out (GPUs detected: {gpus or 'none'}; /sys/class/drm)"
     ]
 
 

@@ -118,3 +118,43 @@ class Nvml(Source):
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def gpu_processes() -> list[tuple[int, int | None]] | None:
+    """(pid, GPU memory bytes or None) of every process on an NVIDIA GPU (compute and
+    graphics), as NVML lists them; None where NVML cannot be read (no package, no driver).
+
+    For the disturbance check (worker/disturbance.py): one NVML start per call, so it is read
+    once per job, after the run.
+    """
+    try:
+        nv = importlib.import_module("pynvml")
+        nv.nvmlInit()
+    except Exception:  # ImportError, NVMLError: no NVIDIA GPU here
+        return None
+    found: dict[int, int | None] = {}
+    try:
+        for index in range(nv.nvmlDeviceGetCount()):
+            handle = nv.nvmlDeviceGetHandleByIndex(index)
+            for call in (
+                nv.nvmlDeviceGetComputeRunningProcesses,
+                nv.nvmlDeviceGetGraphicsRunningProcesses,
+            ):
+                try:
+                    processes = call(handle)
+                except nv.NVMLError:
+                    continue
+                for p in processes:
+                    used = getattr(p, "usedGpuMemory", None)
+                    # NVML reports "not available" (a container, WDDM) as None or a huge value.
+                    used = used if isinstance(used, int) and 0 <= used < 2**50 else None
+                    pid, known = int(p.pid), found.get(int(p.pid))
+                    found[pid] = used if known is None else known + (used or 0)
+    except nv.NVMLError:
+        return None
+    finally:
+        try:
+            nv.nvmlShutdown()
+        except nv.NVMLError:
+            pass
+    return sorted(found.items())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from facts_fakes import FIXTURES, FakeTools, box_root
 
-from jobs.facts import HostFacts
+from jobs.facts import GpuFacts, HostFacts
 from jobs.spec import vram_split_bytes
 from worker.config import DeclaredFacts
 from worker.facts import conflicts, detect_host_facts
@@ -100,8 +100,9 @@ def test_platform_profile_mismatch(tmp_path: Path) -> None:
 
 def test_nothing_detected_is_no_conflict_but_a_note(tmp_path: Path) -> None:
     facts = facts_of("no-gpu", tmp_path)
+    # (a declared vram_split is refused here: this box has no APU to carve memory out for,
+    # see test_a_declared_carve_out_on_a_box_that_cannot_have_one_is_refused)
     declared = {
-        "vram_split": "32G",
         "power_limit_w": 80,
         "platform_profile": "performance",
         "form_factor": "laptop",  # never detected: never a conflict
@@ -129,3 +130,31 @@ def test_a_declared_ttm_pages_limit_the_kernel_did_not_boot_with_is_refused(
         "(/sys/module/ttm/parameters/pages_limit = 27648000)"
     ]
     assert conflicts({"ttm_pages_limit": 27648000}, facts) == []
+
+
+@pytest.mark.parametrize(
+    ("box", "gpus"),
+    [
+        ("no-gpu", "GPUs detected: none"),
+        ("nvidia", "(nvidia"),
+        ("radeon-dgpu", "(amdgpu, discrete)"),
+    ],
+)
+def test_a_declared_carve_out_on_a_box_that_cannot_have_one_is_refused(
+    box: str, gpus: str, tmp_path: Path
+) -> None:
+    facts = facts_of(box, tmp_path)
+    [problem] = conflicts({"vram_split": "32G"}, facts)
+    assert problem.startswith(
+        "declared vram_split 32G but this box has no integrated AMD GPU (APU) that could "
+        "have a BIOS carve-out"
+    )
+    assert gpus in problem
+
+
+def test_an_apu_whose_carve_out_cannot_be_read_is_not_a_conflict() -> None:
+    facts = HostFacts(
+        gpus=[GpuFacts(name="Radeon 8060S", driver="amdgpu", is_apu=None)],
+        detected_at=datetime.now(UTC),
+    )
+    assert conflicts({"vram_split": "32G"}, facts) == []

@@ -1,0 +1,190 @@
+"""Expand a validated matrix into jobs: hosts x axes, minus exclusions, plus inclusions; and
+the problems only a job shows (a context too small for its workload, an engine that cannot take
+its image or its gpu_layers), each pointing at the key that caused it.
+
+Example::
+
+    jobs = expand(matrix)                       # stable order, no duplicates
+    row_problems(matrix, rows(matrix))          # [(("matrix", "context", 0), "context 64 ...")]
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from jobs.matrix import CPU_BACKEND, GPU_LAYERS_ENGINES, HOST_SETTING_KEYS, Matrix, Selector
+from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, JobSpec, Workload
+from orchestrator.yamlfile import KeyPath
+
+# (where in the file, what is wrong there)
+Problem = tuple[KeyPath, str]
+
+# Axes after the first five that take one value each, or none when the matrix leaves them out.
+# Order matters: a matrix without workload or gpu_layers axes expands as it did before.
+_OPTIONAL_AXES = (*HOST_SETTING_KEYS, "configuration", "workload", "gpu_layers")
+_ROW_KEYS = ("host", "engine", "model", "backend", "context", *_OPTIONAL_AXES)
+# A row's origin: None for a combination of the matrix, i for the entry include[i].
+_ORIGIN = "_origin"
+_WITHOUT_IMAGES = ("llama-bench", "llama-server")
+
+
+def rows(matrix: Matrix) -> list[dict[str, Any]]:
+    """Every job of the matrix as axis -> value, before named workloads and the cpu rule apply.
+
+    A named configuration's settings are filled in before exclusions apply, so `exclude:
+    [{vram_split: 512M}]` also removes named configurations booted in 512M.
+    """
+    axes = matrix.matrix
+    combos = itertools.product(
+        matrix.hosts,
+        axes.engine or [matrix.engine],
+        axes.model,
+        axes.backend,
+        axes.context,
+        *([*getattr(axes, key)] or [None] for key in _OPTIONAL_AXES),
+    )
+    out = [_resolved(matrix, dict(zip(_ROW_KEYS, c, strict=True))) for c in combos]
+    out = [row for row in out if not any(_matches(row, sel) for sel in matrix.exclude)]
+    for i, entry in enumerate(matrix.include):
+        # Unnamed axes default to the matrix's value when it has exactly one, except where the
+        # entry's named configuration sets them. gpu_layers otherwise stays the engine's
+        # default, and so does it for an engine without the knob.
+        row: dict[str, Any] = {"engine": matrix.engine, "backend": axes.backend[0], _ORIGIN: i}
+        named = entry.named()
+        takes_layers = named.get("engine", matrix.engine) in GPU_LAYERS_ENGINES
+        for key in ("configuration", "workload", *(("gpu_layers",) if takes_layers else ())):
+            listed = getattr(axes, key)
+            if key not in named and len(listed) == 1:
+                named[key] = listed[0]
+        config = matrix.configurations.get(str(named.get("configuration", "")))
+        set_by_config = config.named() if config is not None else {}
+        for key in HOST_SETTING_KEYS:
+            listed = getattr(axes, key)
+            if key not in set_by_config:
+                row[key] = listed[0] if len(listed) == 1 else None
+        row.update(named)
+        out.append(_resolved(matrix, row))
+    return out
+
+
+def expand(matrix: Matrix) -> list[JobSpec]:
+    """hosts x axes - exclude + include, in a stable order, without duplicates."""
+    jobs: dict[str, JobSpec] = {}
+    for row in rows(matrix):
+        spec = _job(matrix, row)
+        jobs.setdefault(spec.job_id, spec)
+    return list(jobs.values())
+
+
+def _job(matrix: Matrix, row: dict[str, Any]) -> JobSpec:
+    name = row.get("workload")
+    return JobSpec(
+        campaign=matrix.campaign,
+        host=row["host"],
+        engine=row["engine"],
+        model=row["model"],
+        backend=row["backend"],
+        context=row["context"],
+        configuration={k: row[k] for k in CONFIGURATION_AXES if row.get(k) is not None},
+        settings={k: row[k] for k in RUNTIME_AXES if row.get(k) is not None},
+        config_name=row.get("configuration"),
+        workload=_workload(matrix, name),
+        workload_name=name,
+        # No GPU to offload to: the cpu jobs of a gpu_layers sweep are one job, not one each.
+        gpu_layers=None if row["backend"] == CPU_BACKEND else row.get("gpu_layers"),
+        repetitions=matrix.repetitions,
+        timeout_s=matrix.timeout_s,
+    )
+
+
+def _workload(matrix: Matrix, name: str | None) -> Workload:
+    return matrix.workloads[name] if name is not None else matrix.workload
+
+
+def row_problems(matrix: Matrix, expanded: list[dict[str, Any]]) -> list[Problem]:
+    """What is wrong with the jobs themselves, once per place in the file, in file order of
+    first appearance."""
+    problems: list[Problem] = []
+    no_images: dict[KeyPath, list[str]] = {}
+    for row in expanded:
+        name = row.get("workload")
+        if row.get("context") is None or (name is not None and name not in matrix.workloads):
+            continue  # an include entry without a context, an unknown name: reported already
+        work = _workload(matrix, name)
+        at: KeyPath = ("workloads", name) if name is not None else ("workload",)
+        engine = row["engine"]
+        if work.image is not None and engine in _WITHOUT_IMAGES:
+            no_images.setdefault((*at, "image"), [])
+            if engine not in no_images[(*at, "image")]:
+                no_images[(*at, "image")].append(engine)
+        if work.prompt_text is not None and engine == "llama-bench":
+            problems.append(
+                ((*at, "prompt_text"), "llama-bench measures synthetic prompts only: "
+                 "use prompt_tokens, or a server engine such as llama-server")
+            )  # fmt: skip
+        problems += _context_problems(matrix, row, work)
+        problems += _gpu_layers_problems(matrix, row)
+    problems += [
+        (at, f"{', '.join(sorted(engines))} cannot send an image: use lmstudio, ollama or "
+         "openai for vision models")
+        for at, engines in no_images.items()
+    ]  # fmt: skip
+    return list(dict.fromkeys(problems))
+
+
+def _context_problems(matrix: Matrix, row: dict[str, Any], work: Workload) -> list[Problem]:
+    # A fixed prompt text's length in tokens is only known to the engine's tokenizer.
+    prompt = 0 if work.prompt_text else work.prompt_tokens
+    needed = prompt + work.gen_tokens
+    context = row["context"]
+    if context >= needed:
+        return []
+    name = row.get("workload")
+    of = f" (workload {name!r})" if name is not None else ""
+    where = _where(matrix, row, "context")
+    return [(where, f"context {context} is smaller than prompt_tokens + gen_tokens = {needed}{of}")]
+
+
+def _gpu_layers_problems(matrix: Matrix, row: dict[str, Any]) -> list[Problem]:
+    layers = row.get("gpu_layers")
+    if layers is None:
+        return []
+    origin = row.get(_ORIGIN)
+    explicit = origin is not None and matrix.include[origin].gpu_layers is not None
+    if row["backend"] == CPU_BACKEND:
+        if explicit:
+            return [(_where(matrix, row, "gpu_layers"), "backend cpu puts no layer on a GPU: "
+                     "leave gpu_layers out of this entry")]  # fmt: skip
+        return []
+    if row["engine"] not in GPU_LAYERS_ENGINES:
+        what = f"{row['engine']} takes no gpu_layers (only {' and '.join(GPU_LAYERS_ENGINES)} "
+        what += "pass llama.cpp's -ngl)"
+        if explicit:
+            return [(_where(matrix, row, "gpu_layers"), f"{what}: leave it out of this entry")]
+        return [
+            (_where(matrix, row, "gpu_layers"), f"{what}: exclude {{engine: {row['engine']}, "
+             f"gpu_layers: {layers}}}, or set gpu_layers in include entries")
+        ]  # fmt: skip
+    return []
+
+
+def _where(matrix: Matrix, row: dict[str, Any], axis: str) -> KeyPath:
+    """Where the file gave `row` its value for `axis`: its include entry, or the matrix axis."""
+    origin = row.get(_ORIGIN)
+    if origin is not None and getattr(matrix.include[origin], axis) is not None:
+        return ("include", origin, axis)
+    listed = getattr(matrix.matrix, axis)
+    return ("matrix", axis, listed.index(row[axis])) if row[axis] in listed else ("matrix", axis)
+
+
+def _resolved(matrix: Matrix, row: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what the row's named configuration sets (an explicit value in the row wins)."""
+    config = matrix.configurations.get(row.get("configuration") or "")
+    if config is None:
+        return row
+    return {**row, **{k: v for k, v in config.named().items() if row.get(k) is None}}
+
+
+def _matches(row: dict[str, Any], selector: Selector) -> bool:
+    return all(row.get(key) == value for key, value in selector.named().items())
