@@ -303,3 +303,12 @@ def _int_or_none(value: object) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+def mislabelled_error(check: BackendCheck) -> str | None:
+    """The error of a run that went well on another backend than its label, or None when the
+    check does not say so: the worker (after a run) and `orch import` (on a file) both file such
+    a run as Status.MISLABELLED with this text."""
+    if check.verdict != "mismatch":
+        return None
+    return f"not run on backend {check.label}: {check.detail} ({check.source})"

@@ -26,6 +26,7 @@ from typing import Any
 import redis as redis_lib
 from pydantic import ValidationError
 
+from jobs.backends import mislabelled_error
 from jobs.facts import HostFacts
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
 from jobs.result import AppliedSetting, Cooldown, Disturbance, EngineInfo, RunResult, Status
@@ -286,9 +287,10 @@ def _backend_verdict(outcome: EngineOutcome) -> tuple[Status, str | None]:
     """A run that went well on another backend than its label is mislabelled: its figures stay
     in the result, but its status keeps every report from showing them under that label."""
     check = outcome.backend_check
-    if outcome.status is not Status.OK or check is None or check.verdict != "mismatch":
+    error = mislabelled_error(check) if check is not None else None
+    if outcome.status is not Status.OK or error is None:
         return outcome.status, outcome.error
-    return Status.MISLABELLED, f"not run on backend {check.label}: {check.detail} ({check.source})"
+    return Status.MISLABELLED, error
 
 
 def _xadd(redis: Any, body: str | bytes) -> None:

@@ -108,7 +108,6 @@ def _bench_object(
         "build_number": engine.build_number if engine else None,
     }
     obj.update({k: details[k] for k in LLAMA_BENCH_DETAIL_FIELDS if k in details})
-    obj.setdefault("backends", record.job.spec.backend)
     obj.update(
         {
             "n_prompt": m.n_prompt,

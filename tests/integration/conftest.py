@@ -69,7 +69,7 @@ def write_worker_config(
 
     Disturbance detection is off unless `disturbance` is given: the CI box is shared, and a
     test that asserts report cells or verdicts from real runs must not depend on what other
-    processes happened to do (tests/integration/test_disturbance.py loads the box on purpose).
+    processes happened to do (tests/integration/test_disturbed_runs.py loads the box on purpose).
     """
     path.write_text(
         yaml.safe_dump(

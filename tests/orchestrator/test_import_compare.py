@@ -248,3 +248,26 @@ def test_server_campaign_round_trips_its_axes_and_figures_not_estimates(tmp_path
         )
 
     assert figures("again") == figures(CAMPAIGN)
+
+
+def test_an_import_labelled_vulkan_whose_rows_ran_on_the_cpu_is_mislabelled(
+    tmp_path: Path,
+) -> None:
+    # The worker's rule (jobs/backends.py) applies to imported files too: llama-bench's own
+    # `backends`/`gpu_info` fields say CPU, so `--backend vulkan` cannot make it a Vulkan figure.
+    store = Store.open(tmp_path / "orch.db")
+    bench = _bench_file(tmp_path / "bench.json", BEFORE)
+    import_llama_bench(store, bench, "laptop", campaign="as-vulkan", backend="vulkan")
+    [job] = store.campaign_jobs("as-vulkan")
+    assert job.result is not None and job.result.status.value == "mislabelled"
+    check = job.result.backend_check
+    assert check is not None and check.verdict == "mismatch" and check.devices == ["CPU"]
+    assert job.result.error is not None and "not run on backend vulkan" in job.result.error
+    report = _orch(tmp_path / "orch.db", "report", "as-vulkan", "--metrics", "tg")
+    assert "mislabelled" in report.output and "43.1" not in report.output
+
+    import_llama_bench(store, bench, "laptop", campaign="as-cpu", backend="cpu")
+    [job] = store.campaign_jobs("as-cpu")
+    assert job.result is not None and job.result.status.value == "ok"
+    assert job.result.backend_check is not None
+    assert job.result.backend_check.verdict == "match"

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from jobs.backends import check_llama_bench_row, mislabelled_error
 from jobs.result import (
     LLAMA_BENCH_DETAIL_FIELDS,
     EngineInfo,
@@ -217,13 +218,24 @@ def _result(
         raise ReportError(f"cannot name the imported run: {exc.errors()[0]['msg']}") from exc
     when = _time(first.get("test_time"))
     details = {k: first[k] for k in LLAMA_BENCH_DETAIL_FIELDS if k in first}
+    # The same rule the worker applies after a run: a file whose rows say they ran on the CPU
+    # is never filed under `vulkan`, whoever named it so. Only llama-bench's own rows carry
+    # that evidence (an export of a server engine's job has no `backends` field).
+    check = (
+        check_llama_bench_row(job.backend, first)
+        if job.engine == "llama-bench" and "backends" in first
+        else None
+    )
+    mislabelled = mislabelled_error(check) if check is not None else None
     return RunResult(
         job_id=job.job_id,
         campaign=campaign,
         host=job.host,
         queue=job.queue,
         attempt=1,
-        status=Status.OK,
+        status=Status.MISLABELLED if mislabelled else Status.OK,
+        error=mislabelled,
+        backend_check=check,
         measurements=[measurement_from_llama_bench(t) for t in (pp, tg) if t],
         engine=EngineInfo(
             name=job.engine,
