@@ -64,6 +64,14 @@ def gpu_layers_for(label: str, gpu_layers: int | None) -> int:
     return 0 if label == CPU else ALL_GPU_LAYERS
 
 
+def llama_cpp_offload_args(label: str, gpu_layers: int | None) -> list[str]:
+    """The offload flags llama-bench and llama-server both get: `-ngl` always, and on `cpu`
+    also `-dev none`: with -ngl 0 alone llama.cpp still sends large prompt batches to a GPU it
+    sees (op offload), so a `cpu` pp would be a GPU figure (both tools take `-dev none`)."""
+    argv = ["-ngl", str(gpu_layers_for(label, gpu_layers))]
+    return argv + (["-dev", "none"] if label == CPU else [])
+
+
 def family(device: str) -> str:
     """The backend registry name in a device as llama.cpp names it: "Vulkan0 (Radeon)" ->
     "Vulkan", "ROCm1" -> "ROCm", "CPU" -> "CPU" (the text itself when it has no such name)."""
@@ -151,9 +159,13 @@ def _check_cpu(
     if offloaded is None:
         return "unverified", f"the engine did not say whether it offloaded: it reported {said}"
     if gpus:
-        # -ngl 0 keeps the weights and KV cache on the CPU; llama.cpp may still send large
-        # prompt batches to a GPU it sees (op offload), so say which GPU was in reach.
-        return "match", f"no layer on a GPU ({said}); GPU in reach: {', '.join(gpus)}"
+        # -ngl 0 keeps the weights and KV cache on the CPU, but llama.cpp still sends large
+        # prompt batches to a GPU it sees (op offload): orch passes `-dev none` on cpu, so a GPU
+        # in use means that did not hold.
+        return "mismatch", (
+            f"a cpu job had a GPU in use ({said}): llama.cpp offloads large prompt batches to "
+            "any GPU it may use, so its pp would be a GPU figure"
+        )
     return "match", f"no GPU device: the engine reported {said}"
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from jobs.brokerurl import CONNECT_TIMEOUT_S
+from jobs.brokerurl import redact_url as redact_url  # where callers have always found it
 from jobs.spec import JobSpec
 from jobs.version import SCHEMA_VERSION
 
@@ -28,7 +30,18 @@ BROKER_ID_KEY = "orch:broker-id"  # random id of this broker's data, keys the st
 INVENTORY_KEY = "orch:inventory:{host}"  # string: WorkerInventory JSON, refreshed by heartbeat
 INVENTORY_PATTERN = "orch:inventory:*"
 LEASE_KEY = "orch:lease:{host}"  # string: the one agent running benchmarks on a box right now
+# Fencing (worker/lease.py): every acquisition of a box's lease takes the next generation from
+# this counter, and every job start and result carries it.
+LEASE_GENERATION_KEY = "orch:lease-generation:{host}"
+# Hash: generation -> lease value (pid, process token) of each agent that took the lease and has
+# not been seen to end, so a successor waits until they are known dead.
+LEASE_HOLDERS_KEY = "orch:lease-holders:{host}"
 ATTEMPTS_KEY = "orch:attempts:{job_id}"  # counter: deliveries of a job that started running
+# Attempts a retry counts on from (jobs/finality.py reset_for_retry): MAX_DELIVERIES applies to
+# the deliveries since.
+ATTEMPTS_BASE_KEY = "orch:attempts-base:{job_id}"
+# Attempt counters outlive the job by this long (they only guard against redelivery loops).
+ATTEMPTS_TTL_S = 7 * 24 * 3600
 FINAL_KEY = "orch:final:{job_id}"  # string: the final RunResult JSON, once pushed
 
 # Longest a single job may run (the worker enforces it per engine run). Kombu's Redis transport
@@ -46,13 +59,6 @@ ONLINE_WITHIN_S = 3 * HEARTBEAT_INTERVAL_S
 # A box that announced an unattended reboot is expected back within this (firmware updates,
 # memory training after a carve-out change and a slow disk can take minutes).
 REBOOT_GRACE_S = 20 * 60
-
-
-def redact_url(url: str) -> str:
-    """`redis://:secret@host` -> `redis://:***@host`: URLs are printed, passwords never."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, hostpart = rest.rpartition("@")
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{hostpart}" if at else url
 
 
 # Poison-proof consumption: both sides check every queued message with `check_message` before
@@ -101,7 +107,9 @@ def check_message(raw: bytes | str, queue: str) -> JobSpec:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"oversized: {len(raw)} bytes (limit {MAX_MESSAGE_BYTES})")
     try:
-        envelope = json.loads(raw)
+        # Decoded as kombu decodes it (UTF-8): json.loads(bytes) would also accept UTF-16/32,
+        # which kombu then fails on, after the message was popped.
+        envelope = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidMessage(f"not JSON: {_short(exc)}") from None
     return check_envelope(envelope, queue)
@@ -204,6 +212,11 @@ def celery_settings() -> dict[str, Any]:
         # Hour-long jobs leave the connection idle; dead sockets must be noticed.
         "health_check_interval": 30,
         "socket_keepalive": True,
+        # TLS to a plain port, or a dead host, fails in seconds instead of hanging; kombu's
+        # default read timeout is none at all, so a publish on a dead connection (or a TLS
+        # handshake a plain port never answers) would wait forever. BRPOP polls for 1 s.
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": 30,
     }
     return {
         "task_serializer": "json",
@@ -222,4 +235,9 @@ def celery_settings() -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "task_default_queue": "orch.unrouted",
         "task_create_missing_queues": True,
+        # orch never uses Celery's remote control (broadcast commands over pub/sub): left on,
+        # anyone who can publish to the broker could stop every agent with one `shutdown`
+        # (exit 0, which Restart=on-failure does not restart), and a junk broadcast crashes
+        # kombu before any message check can run.
+        "worker_enable_remote_control": False,
     }

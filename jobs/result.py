@@ -185,6 +185,9 @@ class RunResult(BaseModel):
     host: str
     queue: str
     attempt: int
+    # The lease generation (fencing token, worker/lease.py) of the agent that ran the job; None
+    # for results no agent made (skipped, imported) and for those of older workers.
+    lease_generation: int | None = None
     status: Status
     error: str | None = None
     measurements: list[Measurement] = Field(default_factory=list)

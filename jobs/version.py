@@ -17,7 +17,8 @@ from importlib import metadata
 #       switch, reboots and blocks per campaign, a reboot under way, why it is stalled).
 #   4 - truth of labels: Status.MISLABELLED and RunResult.backend_check (what the engine ran
 #       on), RunResult.disturbance (what else used the box); JobSpec.gpu_layers and
-#       workload_name (hashed only when set, so earlier ids stand).
+#       workload_name (hashed only when set, so earlier ids stand); RunResult.lease_generation
+#       (the fencing token of the agent that ran it: jobs/finality.py orders results by it).
 SCHEMA_VERSION = 4
 
 try:

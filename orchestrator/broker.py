@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 from pydantic import ValidationError
 
+from jobs.brokerurl import CONNECT_TIMEOUT_S, canonical_url, connection_problem, remember_secrets
 from jobs.deadletter import UNACKED_KEY, move_from_list, move_from_unacked
 from jobs.inventory import WorkerInventory
 from jobs.protocol import (
@@ -30,15 +32,33 @@ from jobs.protocol import (
 )
 from jobs.spec import JobSpec
 from orchestrator.errors import BrokerError
+from orchestrator.outage import PUBLISH_RETRY_STEP_S, OutageRetry, outage_limit_s
 
 
-def connect(url: str) -> Any:
-    """A redis client for `url`, checked with PING; BrokerError with the redacted URL if not."""
+def connect(url: str, *, outage_s: float | None = None) -> Any:
+    """A redis client for `url`, checked with PING; BrokerError with the redacted URL if not.
+
+    Every command of the client (this PING included) rides out a broker that stops answering
+    for up to `outage_s` (default `outage_limit_s()`: a restart), saying so on stderr; a URL
+    that will never work (wrong password, TLS to a plain port) fails at once."""
+    url = canonical_url(url)
+    remember_secrets(url)
+    limit = outage_limit_s() if outage_s is None else outage_s
     try:
-        client = redis_lib.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True)
+        client = redis_lib.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            # Also bounds the TLS handshake (redis-py sets it before the handshake): a reply
+            # that does not come from a dead connection, or a plain port, is a reconnect.
+            socket_timeout=2 * CONNECT_TIMEOUT_S,
+            socket_keepalive=True,
+            retry=OutageRetry(url, limit),
+            retry_on_error=[redis_lib.ConnectionError, redis_lib.TimeoutError],
+        )
         client.ping()
     except (redis_lib.RedisError, ValueError) as exc:
-        raise BrokerError(f"cannot reach the broker at {redact_url(url)}: {exc}") from exc
+        why = connection_problem(url, exc) or str(exc)
+        raise BrokerError(f"cannot reach the broker at {redact_url(url)}: {why}") from exc
     return client
 
 
@@ -139,9 +159,19 @@ def queue_counts(client: Any) -> tuple[Counter[str], Counter[str]]:
 class Publisher:
     """Publishes JobSpecs to their (host, configuration) queue through Celery."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, outage_s: float | None = None) -> None:
+        url = canonical_url(url)
+        remember_secrets(url)
         self.app = Celery("orch-coordinator", broker=url, set_as_current=False)
         self.app.conf.update(celery_settings())
+        # Kombu retries a publish on its own; let it ride out the same outage as `connect`.
+        limit = outage_limit_s() if outage_s is None else outage_s
+        self.app.conf.task_publish_retry_policy = {
+            "max_retries": max(1, math.ceil(limit / PUBLISH_RETRY_STEP_S)),
+            "interval_start": 0.2,
+            "interval_step": 1.0,
+            "interval_max": PUBLISH_RETRY_STEP_S,
+        }
         self._declared: set[str] = set()
 
     def publish(self, job: JobSpec) -> None:

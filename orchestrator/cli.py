@@ -17,8 +17,8 @@ import click
 import kombu.exceptions
 import redis
 
+from jobs.brokerurl import redact_text, redact_url
 from jobs.paths import orch_home
-from jobs.protocol import redact_url
 from orchestrator import status as status_mod
 from orchestrator.broker import connect, read_fleet
 from orchestrator.cli_common import BROKER_HELP, optional_broker, require_broker
@@ -33,6 +33,7 @@ from orchestrator.local import local_fleet, prepare_demo
 from orchestrator.localservice import LocalService
 from orchestrator.localservice import start as start_local_service
 from orchestrator.matrixfile import load_matrix_file
+from orchestrator.outage import DEFAULT_OUTAGE_S, OUTAGE_ENV, set_outage_limit
 from orchestrator.plan import context_warnings, parse_model_options, plan, render_plan
 from orchestrator.report import build_pivot, render
 from orchestrator.store import Store, default_store_path
@@ -74,10 +75,20 @@ def _store(ctx: click.Context) -> Store:
     default=None,
     help="Result store (SQLite). Default $ORCH_STORE or ~/.local/share/orch/orch.db.",
 )
+@click.option(
+    "--broker-outage",
+    "broker_outage_s",
+    type=click.FloatRange(min=0),
+    envvar=OUTAGE_ENV,
+    default=None,
+    help="Seconds a command waits for a broker that stopped answering (a restart) before it "
+    f"gives up. Default ${OUTAGE_ENV} or {DEFAULT_OUTAGE_S:g}.",
+)
 @click.pass_context
-def cli(ctx: click.Context, store_path: Path | None) -> None:
+def cli(ctx: click.Context, store_path: Path | None, broker_outage_s: float | None) -> None:
     """orch: benchmark local LLM inference across your boxes."""
     ctx.ensure_object(dict)
+    set_outage_limit(broker_outage_s)
     path = store_path or default_store_path()
     ctx.obj["store_path"] = path
     if ctx.invoked_subcommand in ("submit", "status", "report", "demo", "retry", "cancel"):
@@ -258,7 +269,10 @@ def status_cmd(
         return
     found = optional_broker(broker)
     client = connect(found) if found else None
-    if client is not None:
+    if client is not None and store.read_only:
+        click.echo(f"{store.path} is read-only: showing what it holds, without new results",
+                   err=True)  # fmt: skip
+    elif client is not None:
         store.collect(client)
     click.echo(status_mod.render_status(store, client, campaign))
 
@@ -356,9 +370,9 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except OrchError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except (redis.RedisError, kombu.exceptions.KombuError, OSError) as exc:
-        # The broker went away in the middle of a command (connect() checks it at the start).
-        click.echo(f"error: broker or network failure: {exc}", err=True)
+        # The broker stayed away longer than --broker-outage in the middle of a command.
+        click.echo(f"error: broker or network failure: {redact_text(str(exc))}", err=True)
         sys.exit(3)

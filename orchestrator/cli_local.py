@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from jobs.process import pid_alive
 from jobs.protocol import redact_url
 from orchestrator import localinstall
 from orchestrator.errors import BrokerError, OrchError
-from orchestrator.localservice import LocalService, Supervisor, pid_alive, start, stop
+from orchestrator.localservice import LocalService, Supervisor, start, stop
 
 DIR_HELP = "The service's folder; default $ORCH_LOCAL_DIR or ~/.local/share/orch/local."
 NOT_RUNNING_EXIT = 1  # `orch local status` when the service is stopped
@@ -73,7 +74,7 @@ def status_cmd(directory: Path | None) -> None:
     click.echo(f"broker:    {redact_url(service.url()) if state.port else '-'}")
     if running:
         try:
-            client = connect(service.url())
+            client = connect(service.url(), outage_s=0)
             now = broker_time(client)
             for inv in read_inventories(client).values():
                 if inv.pid == state.agent_pid:

@@ -1,8 +1,10 @@
 """Campaign control: `orch retry CAMPAIGN --failed` and `orch cancel CAMPAIGN`.
 
-A retry forgets a failure everywhere it is kept (the store's result, the broker's final mark
-and delivery count) and publishes the same job again, so the new attempt is counted from 1 and
-recorded like a first run. A cancel takes the campaign's jobs out of their queues; a job already
+A retry forgets a failure in this store and the broker's final mark, and publishes the same job
+again. Its attempts count on from the highest attempt seen (jobs/finality.py reset_for_retry),
+so the new result supersedes the failure in every store that reads the broker, not only here.
+
+A cancel takes the campaign's jobs out of their queues; a job already
 running finishes (stopping a benchmark half-way would leave nothing worth keeping). Submitting the
 matrix again queues cancelled jobs anew.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY
+from jobs.finality import reset_for_retry
 from jobs.result import Status
 from jobs.spec import JobSpec
 from orchestrator.broker import Publisher, connect, queued_jobs, waiting_job_ids
@@ -23,22 +25,21 @@ def retry_failed(campaign: str, broker_url: str, store: Store) -> list[JobSpec]:
     client = connect(broker_url)
     store.collect(client)
     in_broker = waiting_job_ids(client)
+    last_attempt = {
+        row.spec.job_id: row.result.attempt
+        for row in store.campaign_jobs(campaign)
+        if row.result is not None
+        and row.result.status not in (Status.OK, Status.SKIPPED)  # skipped: user's choice
+        and row.spec.job_id not in in_broker
+    }
     failed = sorted(
-        (
-            row.spec
-            for row in store.campaign_jobs(campaign)
-            if row.result is not None
-            and row.result.status not in (Status.OK, Status.SKIPPED)  # skipped: user's choice
-            and row.spec.job_id not in in_broker
-        ),
+        (row.spec for row in store.campaign_jobs(campaign) if row.spec.job_id in last_attempt),
         key=JobSpec.load_group,
     )
     publisher = Publisher(broker_url)
     try:
         for job in failed:
-            client.delete(
-                FINAL_KEY.format(job_id=job.job_id), ATTEMPTS_KEY.format(job_id=job.job_id)
-            )
+            reset_for_retry(client, job.job_id, last_attempt[job.job_id])
             store.forget_result(job.job_id)
             publisher.publish(job)
     finally:

@@ -22,10 +22,23 @@ class OrchError(Exception):
     exit_code = 2
 
 
+# The most problems one error lists: a generated file can repeat a mistake hundreds of
+# thousands of times, and the first few say what to fix.
+MAX_PROBLEMS_SHOWN = 50
+
+
 class ProblemsError(OrchError):
-    """Every problem found at once; `problems` holds one line per problem."""
+    """Every problem found at once; `problems` holds one line per problem, the first
+    MAX_PROBLEMS_SHOWN of them and then a line counting the rest; `total` counts them all."""
 
     def __init__(self, problems: list[str]) -> None:
+        self.total = len(problems)
+        if self.total > MAX_PROBLEMS_SHOWN:
+            rest = self.total - MAX_PROBLEMS_SHOWN
+            problems = [
+                *problems[:MAX_PROBLEMS_SHOWN],
+                f"... and {rest:,} more problems ({self.total:,} in all): fix these and retry",
+            ]
         self.problems = problems
         super().__init__("\n".join(problems))
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.process import pid_alive, process_token, same_process
 from jobs.protocol import redact_url
 from orchestrator.errors import BrokerError, OrchError
 from orchestrator.local import orch_command
@@ -56,43 +57,6 @@ def local_dir() -> Path:
         return Path(os.environ["ORCH_LOCAL_DIR"]).expanduser()
     data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(data) / "orch" / "local"
-
-
-def process_token(pid: int) -> str:
-    """What tells this process apart from a later one that reuses its id: the boot it runs in
-    and its start time (`/proc/PID/stat` field 22); "" where there is no /proc (macOS)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
-    except (OSError, IndexError):
-        return ""
-
-
-def same_process(pid: int, token: str) -> bool:
-    """`pid` is alive and is the process that was recorded with `token` (not a reuse of its
-    id after a reboot or a crash): only such a process may be signalled."""
-    if not pid_alive(pid):
-        return False
-    now = process_token(pid)
-    return not token or not now or now == token
-
-
-def pid_alive(pid: int | None) -> bool:
-    """A live process (not a zombie) with this id."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie answers kill(0) but is gone for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all we know
 
 
 @dataclass
@@ -294,7 +258,7 @@ def _wait_until_ready(
         state = service.read_state()
         if state.agent_pid and state.port and state.supervisor_pid == proc.pid:
             try:
-                inventories = read_inventories(connect(service.url()))
+                inventories = read_inventories(connect(service.url(), outage_s=0))
             except BrokerError:
                 inventories = {}
             if any(inv.pid == state.agent_pid and not inv.stopped for inv in inventories.values()):

@@ -6,11 +6,16 @@ Example::
 
     jobs = expand(matrix)                       # stable order, no duplicates
     row_problems(matrix, rows(matrix))          # [(("matrix", "context", 0), "context 64 ...")]
+
+A matrix is counted before it is built (`too_many_jobs`): hosts x axes + includes, refused
+above `MAX_JOBS`, so a file that crosses into millions of jobs costs nothing to refuse.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from jobs.matrix import CPU_BACKEND, GPU_LAYERS_ENGINES, HOST_SETTING_KEYS, Matrix, Selector
@@ -27,6 +32,39 @@ _ROW_KEYS = ("host", "engine", "model", "backend", "context", *_OPTIONAL_AXES)
 # A row's origin: None for a combination of the matrix, i for the entry include[i].
 _ORIGIN = "_origin"
 _WITHOUT_IMAGES = ("llama-bench", "llama-server")
+# The most jobs one matrix file may expand to. Each job is a benchmark of seconds to minutes,
+# repeated: 100,000 is months of one box; and expanding costs ~2.5 kB and ~0.2 ms a job, so a
+# file at the limit still loads in well under a gigabyte.
+MAX_JOBS = 100_000
+
+
+def too_many_jobs(matrix: Matrix) -> Problem | None:
+    """The problem of a matrix that crosses into more than MAX_JOBS jobs, counted from the axis
+    lengths without building any: exclusions are not subtracted (they would have to be built
+    to be counted), so the count is an upper bound, and the message says so."""
+    axes = matrix.matrix
+    factors = [
+        ("hosts", len(matrix.hosts)),
+        ("engine", len(axes.engine) or 1),
+        ("model", len(axes.model)),
+        ("backend", len(axes.backend)),
+        ("context", len(axes.context)),
+        *((key, len(getattr(axes, key)) or 1) for key in _OPTIONAL_AXES),
+    ]
+    crossed = math.prod(n for _, n in factors)
+    total = crossed + len(matrix.include)
+    if total <= MAX_JOBS:
+        return None
+    shown = [f"{key} {n:,}" for key, n in factors if n > 1] or ["1"]
+    included = len(matrix.include)
+    of = " x ".join(shown)
+    of += f" + {included:,} include{'' if included == 1 else 's'}" if included else ""
+    before = " before exclusions" if matrix.exclude else ""
+    return (
+        ("matrix",),
+        f"expands to {total:,} jobs ({of}){before}, more than the {MAX_JOBS:,} one file may "
+        "ask for: split it into several files (one per host or per model, say) and submit each",
+    )
 
 
 def rows(matrix: Matrix) -> list[dict[str, Any]]:
@@ -44,8 +82,9 @@ def rows(matrix: Matrix) -> list[dict[str, Any]]:
         axes.context,
         *([*getattr(axes, key)] or [None] for key in _OPTIONAL_AXES),
     )
+    excluded = _Exclusions(matrix.exclude)
     out = [_resolved(matrix, dict(zip(_ROW_KEYS, c, strict=True))) for c in combos]
-    out = [row for row in out if not any(_matches(row, sel) for sel in matrix.exclude)]
+    out = [row for row in out if not excluded.matches(row)]
     for i, entry in enumerate(matrix.include):
         # Unnamed axes default to the matrix's value when it has exactly one, except where the
         # entry's named configuration sets them. gpu_layers otherwise stays the engine's
@@ -107,6 +146,7 @@ def row_problems(matrix: Matrix, expanded: list[dict[str, Any]]) -> list[Problem
     first appearance."""
     problems: list[Problem] = []
     no_images: dict[KeyPath, list[str]] = {}
+    places = _Places(matrix)
     for row in expanded:
         name = row.get("workload")
         if row.get("context") is None or (name is not None and name not in matrix.workloads):
@@ -123,8 +163,8 @@ def row_problems(matrix: Matrix, expanded: list[dict[str, Any]]) -> list[Problem
                 ((*at, "prompt_text"), "llama-bench measures synthetic prompts only: "
                  "use prompt_tokens, or a server engine such as llama-server")
             )  # fmt: skip
-        problems += _context_problems(matrix, row, work)
-        problems += _gpu_layers_problems(matrix, row)
+        problems += _context_problems(places, row, work)
+        problems += _gpu_layers_problems(matrix, places, row)
     problems += [
         (at, f"{', '.join(sorted(engines))} cannot send an image: use lmstudio, ollama or "
          "openai for vision models")
@@ -133,7 +173,7 @@ def row_problems(matrix: Matrix, expanded: list[dict[str, Any]]) -> list[Problem
     return list(dict.fromkeys(problems))
 
 
-def _context_problems(matrix: Matrix, row: dict[str, Any], work: Workload) -> list[Problem]:
+def _context_problems(places: _Places, row: dict[str, Any], work: Workload) -> list[Problem]:
     # A fixed prompt text's length in tokens is only known to the engine's tokenizer.
     prompt = 0 if work.prompt_text else work.prompt_tokens
     needed = prompt + work.gen_tokens
@@ -142,11 +182,11 @@ def _context_problems(matrix: Matrix, row: dict[str, Any], work: Workload) -> li
         return []
     name = row.get("workload")
     of = f" (workload {name!r})" if name is not None else ""
-    where = _where(matrix, row, "context")
+    where = places.where(row, "context")
     return [(where, f"context {context} is smaller than prompt_tokens + gen_tokens = {needed}{of}")]
 
 
-def _gpu_layers_problems(matrix: Matrix, row: dict[str, Any]) -> list[Problem]:
+def _gpu_layers_problems(matrix: Matrix, places: _Places, row: dict[str, Any]) -> list[Problem]:
     layers = row.get("gpu_layers")
     if layers is None:
         return []
@@ -154,28 +194,40 @@ def _gpu_layers_problems(matrix: Matrix, row: dict[str, Any]) -> list[Problem]:
     explicit = origin is not None and matrix.include[origin].gpu_layers is not None
     if row["backend"] == CPU_BACKEND:
         if explicit:
-            return [(_where(matrix, row, "gpu_layers"), "backend cpu puts no layer on a GPU: "
+            return [(places.where(row, "gpu_layers"), "backend cpu puts no layer on a GPU: "
                      "leave gpu_layers out of this entry")]  # fmt: skip
         return []
     if row["engine"] not in GPU_LAYERS_ENGINES:
         what = f"{row['engine']} takes no gpu_layers (only {' and '.join(GPU_LAYERS_ENGINES)} "
         what += "pass llama.cpp's -ngl)"
         if explicit:
-            return [(_where(matrix, row, "gpu_layers"), f"{what}: leave it out of this entry")]
+            return [(places.where(row, "gpu_layers"), f"{what}: leave it out of this entry")]
         return [
-            (_where(matrix, row, "gpu_layers"), f"{what}: exclude {{engine: {row['engine']}, "
+            (places.where(row, "gpu_layers"), f"{what}: exclude {{engine: {row['engine']}, "
              f"gpu_layers: {layers}}}, or set gpu_layers in include entries")
         ]  # fmt: skip
     return []
 
 
-def _where(matrix: Matrix, row: dict[str, Any], axis: str) -> KeyPath:
-    """Where the file gave `row` its value for `axis`: its include entry, or the matrix axis."""
-    origin = row.get(_ORIGIN)
-    if origin is not None and getattr(matrix.include[origin], axis) is not None:
-        return ("include", origin, axis)
-    listed = getattr(matrix.matrix, axis)
-    return ("matrix", axis, listed.index(row[axis])) if row[axis] in listed else ("matrix", axis)
+class _Places:
+    """Where the file gave a row its value for an axis: its include entry, or the first place
+    the matrix axis lists it (indexed once: a lookup per row would be quadratic)."""
+
+    def __init__(self, matrix: Matrix) -> None:
+        self._matrix = matrix
+        self._first: dict[str, dict[object, int]] = {}
+
+    def where(self, row: dict[str, Any], axis: str) -> KeyPath:
+        origin = row.get(_ORIGIN)
+        if origin is not None and getattr(self._matrix.include[origin], axis) is not None:
+            return ("include", origin, axis)
+        if axis not in self._first:
+            listed = getattr(self._matrix.matrix, axis)
+            self._first[axis] = {}
+            for i, value in enumerate(listed):
+                self._first[axis].setdefault(value, i)
+        first = self._first[axis].get(row[axis])
+        return ("matrix", axis) if first is None else ("matrix", axis, first)
 
 
 def _resolved(matrix: Matrix, row: dict[str, Any]) -> dict[str, Any]:
@@ -186,5 +238,19 @@ def _resolved(matrix: Matrix, row: dict[str, Any]) -> dict[str, Any]:
     return {**row, **{k: v for k, v in config.named().items() if row.get(k) is None}}
 
 
-def _matches(row: dict[str, Any], selector: Selector) -> bool:
-    return all(row.get(key) == value for key, value in selector.named().items())
+class _Exclusions:
+    """Exclude entries grouped by the keys they name, each group a set of value tuples: a row
+    is looked up once per group, not compared with every entry (rows x entries would be
+    quadratic in a generated file)."""
+
+    def __init__(self, selectors: Sequence[Selector]) -> None:
+        self._groups: dict[tuple[str, ...], set[tuple[object, ...]]] = {}
+        for selector in selectors:
+            named = selector.named()
+            keys = tuple(sorted(named))
+            self._groups.setdefault(keys, set()).add(tuple(named[k] for k in keys))
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        return any(
+            tuple(row.get(k) for k in keys) in values for keys, values in self._groups.items()
+        )

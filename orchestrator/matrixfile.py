@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,16 @@ from pydantic import ValidationError
 from jobs.matrix import HOST_SETTING_KEYS, HostConfiguration, Matrix
 from jobs.spec import JobSpec
 from orchestrator.errors import MatrixError
-from orchestrator.matrixexpand import Problem, expand, row_problems, rows
+from orchestrator.matrixexpand import Problem, expand, row_problems, rows, too_many_jobs
 from orchestrator.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
 
 Path_ = KeyPath
 
 # Axes whose values are names defined elsewhere in the file: axis -> the mapping defining them.
 _NAMED_AXES = {"configuration": "configurations", "workload": "workloads"}
+# How many defined names a message about an unknown one lists: every message carries the list,
+# so a long one would make the messages grow with the product of defined and unknown names.
+_NAMES_SHOWN = 20
 
 
 def read_matrix_text(path: Path) -> str:
@@ -63,20 +67,24 @@ class MatrixFile:
 
     def where_value(self, axis: str, value: object) -> str:
         """Where the matrix names `value` for `axis` (first place), for messages about it."""
-        candidates: list[Path_] = []
-        if axis == "host":
-            candidates += [("hosts", i) for i, v in enumerate(self.matrix.hosts) if v == value]
-        else:
-            listed = getattr(self.matrix.matrix, axis, [])
-            candidates += [("matrix", axis, i) for i, v in enumerate(listed) if v == value]
-        candidates += [
-            ("include", i, axis)
-            for i, sel in enumerate(self.matrix.include)
-            if getattr(sel, axis) == value
-        ]
-        if axis == "engine" and self.matrix.engine == value:
-            candidates.append(("engine",))
-        return self.where(candidates[0] if candidates else (axis,))
+        return self.where(self._first_places.get((axis, value), (axis,)))
+
+    @cached_property
+    def _first_places(self) -> dict[tuple[str, object], Path_]:
+        """(axis, value) -> the first place naming it: the host list or matrix axis, then the
+        include entries, then the top-level engine. Built once, because a check of every job
+        asks for it (a search per job would be quadratic in a long axis)."""
+        places: dict[tuple[str, object], Path_] = {}
+        for i, host in enumerate(self.matrix.hosts):
+            places.setdefault(("host", host), ("hosts", i))
+        for axis, listed in self.matrix.matrix:
+            for i, value in enumerate(listed):
+                places.setdefault((axis, value), ("matrix", axis, i))
+        for i, entry in enumerate(self.matrix.include):
+            for axis, value in entry.named().items():
+                places.setdefault((axis, value), ("include", i, axis))
+        places.setdefault(("engine", self.matrix.engine), ("engine",))
+        return places
 
     def where_workload(self, job: JobSpec, key: str) -> str:
         """Where `job`'s workload sets `key`: under its name in `workloads`, or the single one."""
@@ -98,14 +106,17 @@ def _checked_jobs(
 ) -> list[JobSpec]:
     # Jobs are checked after exclusions (`exclude: [{workload: long, context: 4K}]` is how a
     # file says that a long prompt does not fit its smallest context), alongside the rest.
-    expanded = rows(matrix)
     problems = (
         unknown
         + _workload_problems(matrix)
         + _selector_problems(matrix)
         + _configuration_problems(matrix)
-        + row_problems(matrix, expanded)
     )
+    too_many = too_many_jobs(matrix)  # counted before anything is built
+    if too_many is not None:
+        raise MatrixError(_messages(path, lines, [*problems, too_many]))
+    expanded = rows(matrix)
+    problems += row_problems(matrix, expanded)
     if not problems and not expanded:
         problems.append((("exclude",), "the exclusions remove every job: nothing would run"))
     if problems:
@@ -135,7 +146,10 @@ def _unknown_names(data: dict[Any, Any]) -> list[Problem]:
         defined = data.get(defining) or {}
         if not isinstance(defined, dict):
             continue
-        known = ", ".join(sorted(str(n) for n in defined)) or f"none: add a `{defining}:` mapping"
+        names = sorted(str(n) for n in defined)
+        known = ", ".join(names[:_NAMES_SHOWN]) or f"none: add a `{defining}:` mapping"
+        if len(names) > _NAMES_SHOWN:
+            known += f" and {len(names) - _NAMES_SHOWN:,} more"
         used: list[tuple[Path_, object]] = []
         axes = data.get("matrix")
         listed = axes.get(axis) if isinstance(axes, dict) else None

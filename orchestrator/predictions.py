@@ -66,7 +66,8 @@ def check_predictions(rows: list[JobRow]) -> list[PredictionCheck]:
 def _held(predicted: Prediction, status: Status) -> bool | None:
     if predicted.kind == "unknown" or status in (Status.SKIPPED, Status.ERROR, Status.TIMEOUT):
         return None  # nothing tested the prediction (an error or timeout is not about memory)
-    loaded = status is Status.OK
+    # A mislabelled run loaded and ran (on another backend than its label): it did load.
+    loaded = status in (Status.OK, Status.MISLABELLED)
     return loaded == (predicted.kind != "will not load")
 
 

@@ -2,8 +2,9 @@
 
 Workers append results to a Redis stream; each store reads it from its own cursor (kept here,
 per broker), so several coordinators can each keep a full copy and none takes results away
-from another. Results are upserted by job id, fenced by attempt, so a re-delivered job never
-counts twice.
+from another. Results are upserted by job id, each job keeping the one that is final by the
+order of jobs/finality.py, so a re-delivered job never counts twice and every store that reads
+the stream ends with the same final results.
 
 Example::
 
@@ -27,10 +28,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from jobs.finality import eligible, supersedes
 from jobs.protocol import BROKER_ID_KEY, RESULTS_KEY
 from jobs.result import RunResult
 from jobs.spec import JobSpec
 from orchestrator.errors import StoreError
+from orchestrator.storeerrors import connect_store, open_read_only
 
 # Version of the SQLite layout. History:
 #   1 - campaigns, jobs, results (RunResult JSON), rejected (unreadable stream entries) and
@@ -143,15 +146,25 @@ class CampaignOverview:
 
 
 class Store:
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, read_only: bool = False) -> None:
         self.conn = conn
         self.path = path
+        # A store on a read-only file or folder (a copy, a backup): readable, never written.
+        self.read_only = read_only
+        # The upsert asks jobs/finality.py, inside its one statement, which result is final.
+        conn.create_function("orch_supersedes", 2, _supersedes_json, deterministic=True)
 
     @classmethod
     def open(cls, path: Path) -> Store:
+        if path.is_file() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+            conn = open_read_only(path)
+            row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if row is not None and int(row[0]) > STORE_VERSION:
+                raise StoreError(f"{path} was written by a newer orch (store version {row[0]})")
+            return cls(conn, path, read_only=True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            conn = connect_store(path)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
@@ -165,6 +178,8 @@ class Store:
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE key = 'version'", (str(STORE_VERSION),)
                 )
+        except StoreError:
+            raise
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the result store {path}: {exc}") from exc
         return cls(conn, path)
@@ -178,7 +193,8 @@ class Store:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -239,12 +255,16 @@ class Store:
     # -- results -----------------------------------------------------------------------------
 
     def upsert_result(self, result: RunResult) -> bool:
-        """Insert or replace by job id; a later attempt wins, an equal or older one is ignored."""
+        """Keep `result` if it supersedes the job's stored one (jobs/finality.py: attempt, then
+        lease generation, then status), as every store reading the stream does, so they all
+        converge; a result made by the wrong box is never kept."""
+        if not eligible(result):
+            return False
         cur = self.conn.execute(
             "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
             "status=excluded.status, attempt=excluded.attempt, result=excluded.result, "
             "finished_at=excluded.finished_at, collected_at=excluded.collected_at "
-            "WHERE excluded.attempt > results.attempt",
+            "WHERE orch_supersedes(excluded.result, results.result)",
             (
                 result.job_id,
                 result.campaign,
@@ -259,7 +279,7 @@ class Store:
         return cur.rowcount > 0
 
     def forget_result(self, job_id: str) -> None:
-        """Drop a job's result (a retry will record a new one, attempts counted afresh)."""
+        """Drop a job's result (a retry will record a new one, with a higher attempt)."""
         self.conn.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
 
     def collect(self, redis: Any) -> int:
@@ -441,6 +461,15 @@ class Store:
             )
             for name, created, updated, last, hosts, total, finished, ok, skipped, cancelled in rows
         ]
+
+
+def _supersedes_json(new: str, old: str) -> bool:
+    """jobs.finality.supersedes on two stored results (an unreadable old one is replaced)."""
+    try:
+        previous: RunResult | None = RunResult.model_validate_json(old)
+    except ValidationError:
+        previous = None
+    return supersedes(RunResult.model_validate_json(new), previous)
 
 
 def _now() -> str:

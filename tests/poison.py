@@ -64,4 +64,6 @@ def poison_messages(good: bytes, misrouted: bytes) -> dict[str, tuple[bytes, str
         ),
         "misrouted": (misrouted, "was found in"),
         "huge": (json.dumps(huge).encode(), "oversized"),
+        # json.loads(bytes) reads UTF-16 too; kombu decodes UTF-8 and crashed on it
+        "utf-16": (good.decode("utf-8").encode("utf-16"), "not JSON"),
     }

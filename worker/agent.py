@@ -1,10 +1,13 @@
 """The agent on a test box: one Celery worker on this host's current configuration queue.
 
 Start-up order matters:
-1. take the box's lease, so two agents never benchmark on one box at once;
-2. give back messages a dead predecessor on this box had taken but not acknowledged, in any
-   of the box's configuration queues (Redis has no real acks: they would otherwise wait for
-   the visibility timeout, hours, before anyone ran them);
+1. take the box's lease, so two agents never benchmark on one box at once; each acquisition
+   is a new generation, the fencing token every job start and result carries (worker/lease.py
+   says what that guarantees, and its limit);
+2. wait until no earlier holder of the lease still lives on this box (a frozen or cut-off
+   agent whose lease expired may still be running a benchmark), then give back messages such a
+   dead predecessor had taken but not acknowledged, in any of the box's configuration queues
+   (Redis has no real acks: they would otherwise wait for the visibility timeout, hours);
 3. publish results spooled to disk while the broker was away;
 4. publish the inventory, then keep it and the lease fresh from a heartbeat thread;
 5. consume with the solo pool: one job at a time, in this process, on every platform.
@@ -14,7 +17,8 @@ one that is not a job for this queue goes to the dead-letter list (jobs/deadlett
 agent goes on. If Celery still stops on an error, the agent exits non-zero, so systemd
 (`Restart=on-failure`) or the one-box supervisor starts it again.
 
-If the lease is ever lost to another agent, this one stops consuming (warm shutdown).
+If the lease is ever lost to another agent, this one stops consuming (warm shutdown): the job
+under way cannot publish its result, and goes back to its queue for the new holder.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +45,7 @@ from jobs.inventory import SetterInfo, WorkerInventory
 from jobs.modelshape import ModelShape, read_model_shape
 from jobs.paths import orch_home
 from jobs.protocol import (
-    HEARTBEAT_INTERVAL_S,
     INVENTORY_KEY,
-    LEASE_KEY,
     LEASE_TTL_S,
     TASK_NAME,
     InvalidMessage,
@@ -58,6 +59,7 @@ from worker.cooldown import CooldownGate
 from worker.engines import close_engines
 from worker.errors import ConfigError, ConsumerStoppedError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
+from worker.lease import Holder, Lease, LeaseLost
 from worker.reconfigure import Reconfigurer
 from worker.runner import execute, flush_spool
 from worker.settings import build_setters, journal_in, recover_settings
@@ -66,11 +68,8 @@ from worker.unattended import Unattended
 
 log = logging.getLogger("orch.worker")
 
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"  # noqa: E501
-_RELEASE = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"  # noqa: E501
-)
 _SKEW_WARN_S = 30.0
+_PREDECESSOR_NOTE_S = 60.0  # how often a wait for a predecessor to exit is logged again
 
 
 class Agent:
@@ -91,11 +90,12 @@ class Agent:
         self.facts: HostFacts | None = None
         self.setters: dict[str, SetterInfo] = {}
         self.model_shapes: dict[str, ModelShape] = {}
-        self.instance_id = uuid.uuid4().hex
-        self._lease_value = ""  # set once the lease is ours
+        self.lease = Lease(config.host)
+        self.instance_id = self.lease.instance
         self.started_at = time.time()
         self.clock_skew_s: float | None = None
         self._stop = threading.Event()
+        self._lease_lost = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.unattended: Unattended | None = None
         self.busy = False  # a job runs now (the heartbeat never reconfigures under one)
@@ -182,6 +182,7 @@ class Agent:
         self.facts = self.detect()
         self.acquire_lease(lease_wait_s)
         try:
+            self.wait_for_predecessors()
             self.check_clock()
             restored = self.restore_orphans()
             if restored:
@@ -216,36 +217,52 @@ class Agent:
             if self._heartbeat is not None:
                 # A beat under way would publish the inventory again after the "stopped"
                 # one below, and the box would look online for another 15 s.
-                self._heartbeat.join(timeout=2 * HEARTBEAT_INTERVAL_S)
+                self._heartbeat.join(timeout=2 * self.lease.heartbeat_s)
             close_engines()
             self.release_lease()
             self._announce_stop()
 
     def acquire_lease(self, wait_s: float = 2.5 * LEASE_TTL_S) -> None:
         """Own this box; wait for a crashed predecessor's lease to lapse, refuse a live one."""
-        key = LEASE_KEY.format(host=self.config.host)
-        owner = json.dumps({"instance": self.instance_id, "pid": os.getpid()})
         deadline = time.monotonic() + wait_s
         announced = False
-        while not self.redis.set(key, owner, nx=True, ex=LEASE_TTL_S):
+        while (holder := self.lease.acquire(self.redis)) is not None:
             if time.monotonic() > deadline:
-                holder = self.redis.get(key)
                 raise QueueBusyError(
                     f"another live worker runs host {self.config.host} ({holder!r}); "
                     "benchmarks on one box must not overlap: stop it first"
                 )
             if not announced:
-                log.info("waiting for the lease on %s (a previous worker may have died)", key)
+                log.info("waiting for the lease on %s (a previous worker may have died)",
+                         self.lease.key)  # fmt: skip
                 announced = True
             time.sleep(1.0)
-        self._lease_value = owner
+
+    def wait_for_predecessors(self) -> None:
+        """Hold the lease, run nothing, until every earlier holder is gone from this box.
+
+        An agent frozen (SIGSTOP, swapped out) or cut off from the broker longer than the lease
+        lost it, but its process, and the benchmark it started, may still run: starting
+        another job, or re-queueing its job, would overlap two benchmarks on one box. When it
+        comes back it finds the lease taken, cannot publish, gives its job back and exits.
+        """
+        noted: float | None = None
+        while waiting := self.lease.live_predecessors(self.redis):
+            if noted is None or time.monotonic() - noted > _PREDECESSOR_NOTE_S:
+                log.warning("waiting for %s to exit before running anything: %s",
+                            _holders(waiting), "it lost the lease but still runs on this box "
+                            "(frozen, or cut off from the broker)")  # fmt: skip
+                noted = time.monotonic()
+            if not self.lease.keep(self.redis):
+                raise QueueBusyError(
+                    f"another worker took host {self.config.host} while this one waited for "
+                    f"{_holders(waiting)} to exit"
+                )
+            self._stop.wait(min(1.0, self.lease.heartbeat_s))
 
     def release_lease(self) -> None:
-        key = LEASE_KEY.format(host=self.config.host)
-        if not self._lease_value:
-            return
         try:
-            self.redis.eval(_RELEASE, 1, key, self._lease_value)
+            self.lease.release(self.redis)
         except redis_lib.RedisError:
             pass  # the lease expires by itself
 
@@ -349,14 +366,10 @@ class Agent:
         return float(seconds) + micros / 1e6
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+        while not self._stop.wait(self.lease.heartbeat_s):
             try:
-                if not self._keep_lease():
-                    log.error(
-                        "another agent took over host %s: stopping after the current job",
-                        self.config.host,
-                    )
-                    os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
+                if not self.lease.keep(self.redis):
+                    self._lost_lease()
                     return
                 flush_spool(self.redis, self.spool)
                 if self.unattended is not None:
@@ -366,15 +379,14 @@ class Agent:
             except redis_lib.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
-    def _keep_lease(self) -> bool:
-        """Renew the lease; if it lapsed (broker restart, long network cut), take it back."""
-        key = LEASE_KEY.format(host=self.config.host)
-        if self.redis.eval(_RENEW, 1, key, self._lease_value, LEASE_TTL_S):
-            return True
-        if self.redis.set(key, self._lease_value, nx=True, ex=LEASE_TTL_S):
-            log.warning("the lease on %s had lapsed; took it back", key)
-            return True
-        return False
+    def _lost_lease(self) -> None:
+        """Stop consuming (Celery's warm shutdown); the job under way cannot publish."""
+        if self._lease_lost.is_set():
+            return
+        self._lease_lost.set()
+        log.error("another agent took over host %s: stopping; the job under way (if any) "
+                  "goes back to its queue", self.config.host)  # fmt: skip
+        os.kill(os.getpid(), signal.SIGTERM)
 
     # -- celery ------------------------------------------------------------------------------
 
@@ -395,7 +407,13 @@ class Agent:
                 agent._stop.wait(30)
                 raise Reject("the box is rebooting", requeue=True)
             try:
-                result = execute(payload, config, redis, spool, agent.facts)
+                result = execute(payload, config, redis, spool, agent.facts, agent.lease)
+            except LeaseLost as exc:
+                # Not acknowledged: the message goes back to its queue, for the agent that
+                # holds the box now (it waits for this process to exit before it runs any).
+                log.error("%s", exc)
+                agent._lost_lease()
+                raise Reject(str(exc), requeue=True) from exc
             except redis_lib.RedisError as exc:
                 # Celery acknowledges a failed task; a broker hiccup must not drop the job.
                 log.error("broker error before the job ran, re-queueing it: %s", exc)
@@ -416,6 +434,10 @@ def _model_shapes(models: dict[str, Path]) -> dict[str, ModelShape]:
         except Exception as exc:  # any unreadable file: the agent still runs its other models
             log.warning("model %s (%s): no GGUF shape for the planner: %s", name, path, exc)
     return shapes
+
+
+def _holders(holders: list[Holder]) -> str:
+    return ", ".join(f"pid {h.pid} (lease generation {h.generation})" for h in holders)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

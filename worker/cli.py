@@ -11,17 +11,88 @@ import logging
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from jobs.protocol import redact_url
+from jobs.brokerurl import (
+    CONNECT_TIMEOUT_S,
+    canonical_url,
+    connection_problem,
+    has_password,
+    redact_text,
+    redact_url,
+    remember_secrets,
+)
 from worker.errors import ConfigError, WorkerError
 
 
 def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"error: {redact_text(str(exc))}", err=True)
     sys.exit(2)
+
+
+class _RedactingFilter(logging.Filter):
+    """Hides broker secrets in every log line (Celery and kombu print the URL, too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _broker_url(
+    ctx: click.Context, broker: str | None, password_file: Path | None, allow_argv: bool
+) -> str:
+    """The broker URL, from --broker or $ORCH_BROKER_URL, with the --broker-password-file
+    password; a password typed in --broker (where `ps` shows it) is refused unless allowed."""
+    if not broker:
+        raise WorkerError("no broker: pass --broker redis://HOST:6379/0 or set ORCH_BROKER_URL")
+    remember_secrets(broker)
+    source = ctx.get_parameter_source("broker")
+    if has_password(broker) and source == click.core.ParameterSource.COMMANDLINE and not allow_argv:
+        raise WorkerError(
+            f"--broker {redact_url(broker)} holds a password, which every user of this box can "
+            "read in `ps`: set ORCH_BROKER_URL in the environment instead (the fleet's "
+            "agent.env does), or give the URL without it and --broker-password-file FILE "
+            "(or pass --allow-password-in-argv)"
+        )
+    url = canonical_url(broker)
+    if password_file is not None:
+        try:
+            password = password_file.read_text().strip()
+        except OSError as exc:
+            raise WorkerError(f"--broker-password-file {password_file}: {exc.strerror}") from exc
+        if not password:
+            raise WorkerError(f"--broker-password-file {password_file} is empty")
+        scheme, _, rest = url.partition("://")
+        creds, _, where = rest.rpartition("@")
+        user = creds.partition(":")[0]  # the file's password replaces the URL's
+        url = f"{scheme}://{user}:{quote(password, safe='')}@{where}"
+    remember_secrets(url)
+    return url
+
+
+def _check_broker(url: str) -> None:
+    """Fail in seconds, with why, on a broker URL that can never work (a wrong password, TLS
+    to a plain port, a refused certificate); a broker that is down is the agent's to wait for."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=2 * CONNECT_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )  # fmt: skip
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        problem = connection_problem(url, exc)
+        if problem is not None:
+            raise WorkerError(f"cannot use the broker at {redact_url(url)}: {problem}") from exc
+    finally:
+        client.close()
 
 
 @click.command("worker")
@@ -34,7 +105,20 @@ def _fail(exc: Exception) -> None:
     help="worker.yaml: declared facts, engines, models.",
 )
 @click.option(
-    "--broker", envvar="ORCH_BROKER_URL", help="redis://... URL; default $ORCH_BROKER_URL."
+    "--broker",
+    envvar="ORCH_BROKER_URL",
+    help="redis://... URL; default $ORCH_BROKER_URL (put a password there, not here).",
+)
+@click.option(
+    "--broker-password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the broker's password (the URL then has none).",
+)
+@click.option(
+    "--allow-password-in-argv",
+    is_flag=True,
+    help="Accept a password in --broker although `ps` shows it to every user of this box.",
 )
 @click.option(
     "--lease-wait",
@@ -48,8 +132,16 @@ def _fail(exc: Exception) -> None:
     is_flag=True,
     help="Check the config (keys, binaries and model files exist) and exit; no broker needed.",
 )
+@click.pass_context
 def worker_command(
-    host: str | None, config_path: Path, broker: str | None, lease_wait: float, check_config: bool
+    ctx: click.Context,
+    host: str | None,
+    config_path: Path,
+    broker: str | None,
+    broker_password_file: Path | None,
+    allow_password_in_argv: bool,
+    lease_wait: float,
+    check_config: bool,
 ) -> None:
     """Run the agent: consume this host's queue, one job at a time."""
     from worker.agent import Agent
@@ -58,13 +150,15 @@ def worker_command(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactingFilter())
     try:
         config = load_worker_config(config_path, host)
         if check_config:
             click.echo(f"{config_path}: ok ({config.host}, queue {config.queue})")
             return
-        if not broker:
-            raise WorkerError("no broker: pass --broker redis://HOST:6379/0 or set ORCH_BROKER_URL")
+        broker = _broker_url(ctx, broker, broker_password_file, allow_password_in_argv)
+        _check_broker(broker)
         try:
             Agent(config, broker).run(lease_wait_s=lease_wait)
         except ConfigError as exc:  # e.g. a declared fact the box contradicts: say which file

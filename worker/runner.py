@@ -7,8 +7,13 @@ result is lost while no coordinator is running.
 Delivery is at-least-once (acks_late), so `execute` is written to be re-run safely:
 - a job whose final result was already pushed is not run again: its stored result is pushed
   once more (a store that missed it gets it; one that has it ignores the copy);
-- each start counts an attempt (`orch:attempts:<id>`); past MAX_DELIVERIES the job is recorded as
-  an error instead of being run again (a job that kills its worker would loop forever otherwise);
+- a job for another host or queue (a misrouted copy) is not run and gets no result: the copy in
+  its own queue decides its outcome;
+- each start counts an attempt (`orch:attempts:<id>`), only while the agent holds its box's
+  lease (worker/lease.py); past MAX_DELIVERIES the job is recorded as an error instead of being
+  run again (a job that kills its worker would loop forever otherwise);
+- a result is published, stamped with the lease generation, only while the lease is still held
+  and only if it supersedes the job's final result (jobs/finality.py): results only move forward;
 - a result that cannot reach the broker (it is down for minutes) is spooled to disk and pushed
   by the agent's heartbeat once the broker is back: a measured run is never thrown away.
 """
@@ -28,7 +33,8 @@ from pydantic import ValidationError
 
 from jobs.backends import mislabelled_error
 from jobs.facts import HostFacts
-from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
+from jobs.finality import supersedes
+from jobs.protocol import FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
 from jobs.result import AppliedSetting, Cooldown, Disturbance, EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import Telemetry
@@ -37,13 +43,12 @@ from worker.config import WorkerConfig
 from worker.cooldown import CooldownGate
 from worker.disturbance import DisturbanceMonitor
 from worker.engines import EngineOutcome, RunTarget, get_engine, registered
+from worker.lease import Lease, LeaseLost, start_attempt
 from worker.settings import RuntimeSettings, SettingError, build_setters, journal_in
 from worker.telemetry import Sampler
 
 log = logging.getLogger("orch.worker")
 
-# Attempt counters outlive the job by this long (they only guard against redelivery loops).
-_ATTEMPTS_TTL_S = 7 * 24 * 3600
 # How long a finished result waits for the broker before it is spooled to disk instead.
 _PUSH_RETRY_S = (1, 2, 4, 8, 15, 30, 60, 60, 60, 60, 60, 60, 60, 60)
 
@@ -54,34 +59,41 @@ def execute(
     redis: Any,
     spool: Path | None = None,
     facts: HostFacts | None = None,
+    lease: Lease | None = None,
 ) -> RunResult | None:
     """Run `payload` (a JobSpec as JSON) and push its RunResult; None when nothing ran.
 
     Broker errors before the run propagate (the caller re-queues the message); after the run
-    the result is kept at any cost.
+    the result is kept at any cost. With `lease` (the agent's), LeaseLost when the lease is no
+    longer this agent's, before the start or at the publish (the caller re-queues the message
+    for the agent that holds it now).
     """
     started = datetime.now(UTC)
     try:
         job = JobSpec.model_validate(payload)
     except ValidationError as exc:
         return _refuse_invalid(payload, config, redis, exc, started)
+    if job.host != config.host or job.queue != config.queue:
+        # Refused without a trace in the results: a refusal by the wrong box would otherwise
+        # count as the job's outcome (the transport dead-letters such copies before this).
+        log.error("job %s for %s reached %s (host %s): not run, no result",
+                  job.job_id, job.queue, config.queue, config.host)  # fmt: skip
+        return None
     final = redis.get(FINAL_KEY.format(job_id=job.job_id))
     if final is not None:
         log.info("job %s already has a result: re-announced it, did not run again", job.job_id)
         _xadd(redis, final)
         return None
-    attempts_key = ATTEMPTS_KEY.format(job_id=job.job_id)
-    attempt = int(redis.incr(attempts_key))
-    redis.expire(attempts_key, _ATTEMPTS_TTL_S)
-    if attempt > MAX_DELIVERIES:
+    attempt, deliveries = start_attempt(redis, job.job_id, config.host, lease)
+    if deliveries > MAX_DELIVERIES:
         reason = (
             f"gave up after {MAX_DELIVERIES} deliveries: the job never finished "
             "(its worker died each time it ran)"
         )
-        return push(redis, _error_result(job, config, attempt, reason, started), spool)
+        return push(redis, _error_result(job, config, attempt, reason, started), spool, lease)
     problem = _refusal(job, config)
     if problem:
-        return push(redis, _error_result(job, config, attempt, problem, started), spool)
+        return push(redis, _error_result(job, config, attempt, problem, started), spool, lease)
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
     wrapped = _Wrapped()
@@ -90,7 +102,7 @@ def execute(
     except SettingError as exc:
         reason = f"runtime settings {job.settings} could not be applied, so it did not run: {exc}"
         result = _error_result(job, config, attempt, reason, started)
-        return push(redis, result.model_copy(update={"settings": wrapped.settings}), spool)
+        return push(redis, result.model_copy(update={"settings": wrapped.settings}), spool, lease)
     result = _result(job, config, attempt, started, outcome).model_copy(
         update={
             "host_facts": _facts_as_run(facts, wrapped.settings),
@@ -101,7 +113,7 @@ def execute(
         }
     )
     log.info("job %s finished: %s", job.job_id, result.status.value)
-    return push(redis, result, spool)
+    return push(redis, result, spool, lease)
 
 
 class _Wrapped:
@@ -229,8 +241,6 @@ def _refuse_invalid(
 
 def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
     """Why this box cannot run `job` (names only what its own config allows), or None."""
-    if job.host != config.host or job.queue != config.queue:
-        return f"job for {job.queue} reached {config.queue} (host {config.host})"
     engine = config.engines.get(job.engine)
     if engine is None:
         return f"engine {job.engine!r} is not configured on {config.host}"
@@ -297,21 +307,61 @@ def _xadd(redis: Any, body: str | bytes) -> None:
     redis.xadd(RESULTS_KEY, {"result": body}, maxlen=RESULTS_MAXLEN, approximate=True)
 
 
-def _publish(redis: Any, job_id: str, body: str) -> None:
-    """Announce the result and mark the job final, atomically."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.xadd(RESULTS_KEY, {"result": body}, maxlen=RESULTS_MAXLEN, approximate=True)
-    pipe.set(FINAL_KEY.format(job_id=job_id), body)
-    pipe.execute()
+def _publish(redis: Any, result: RunResult, body: str, lease: Lease | None) -> bool:
+    """Announce the result and mark the job final, atomically, if it supersedes the job's
+    final result (False: it does not, nothing published); LeaseLost if `lease` is gone."""
+    final_key = FINAL_KEY.format(job_id=result.job_id)
+    if lease is not None and not lease.keep(redis):
+        raise LeaseLost(f"result of {result.job_id} refused: the {lease.host} lease is not ours")
+    with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                # Watched: a change of either between the checks and EXEC aborts the EXEC.
+                pipe.watch(final_key, *([lease.key] if lease is not None else []))
+                if lease is not None and _text(pipe.get(lease.key)) != lease.value:
+                    raise LeaseLost(
+                        f"result of {result.job_id} refused: the {lease.host} lease is not ours"
+                    )
+                old = pipe.get(final_key)
+                if old is not None and not supersedes(result, _parsed(old)):
+                    return False
+                pipe.multi()
+                pipe.xadd(RESULTS_KEY, {"result": body}, maxlen=RESULTS_MAXLEN, approximate=True)
+                pipe.set(final_key, body)
+                pipe.execute()
+                return True
+            except redis_lib.WatchError:
+                continue
 
 
-def push(redis: Any, result: RunResult, spool: Path | None) -> RunResult:
-    """Publish `result`, retrying for minutes; if the broker stays away, spool it to disk."""
+def _parsed(body: bytes | str) -> RunResult | None:
+    try:
+        return RunResult.model_validate_json(body)
+    except ValidationError:
+        return None  # an unreadable final mark: any result replaces it
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def push(
+    redis: Any, result: RunResult, spool: Path | None, lease: Lease | None = None
+) -> RunResult:
+    """Publish `result`, retrying for minutes; if the broker stays away, spool it to disk.
+
+    With `lease`, the result carries its generation; LeaseLost if the lease is gone (a result
+    made without the lease is never published or spooled).
+    """
+    if lease is not None:
+        result = result.model_copy(update={"lease_generation": lease.generation})
     body = result.model_dump_json()
     for delay in (0, *_PUSH_RETRY_S):
         time.sleep(delay)
         try:
-            _publish(redis, result.job_id, body)
+            if not _publish(redis, result, body, lease):
+                log.warning("job %s already has a later result: this one is not published",
+                            result.job_id)  # fmt: skip
             return result
         except redis_lib.RedisError as exc:
             log.warning("cannot publish the result of %s yet: %s", result.job_id, exc)
@@ -326,10 +376,20 @@ def push(redis: Any, result: RunResult, spool: Path | None) -> RunResult:
 
 
 def flush_spool(redis: Any, spool: Path) -> int:
-    """Publish results spooled while the broker was away; return how many went out."""
+    """Publish results spooled while the broker was away; return how many went out.
+
+    They were made under the lease of their time (the generation they carry), so no lease is
+    checked here; the order of jobs/finality.py still decides whether each becomes final.
+    """
     sent = 0
     for path in sorted(spool.glob("*.json")) if spool.is_dir() else []:
-        _publish(redis, path.stem, path.read_text())
+        body = path.read_text()
+        result = _parsed(body)
+        if result is None:
+            log.error("spooled result %s is unreadable: kept as %s.bad", path, path.name)
+            path.replace(path.with_suffix(".bad"))
+            continue
+        if _publish(redis, result, body, None):
+            sent += 1
         path.unlink()
-        sent += 1
     return sent

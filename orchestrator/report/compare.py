@@ -153,9 +153,10 @@ def _pivot(
 
 
 def regressions(pivot: Pivot, threshold_pct: float) -> list[Regression]:
-    """Cells really worse than their baseline by more than `threshold_pct`, and, wherever the
-    baseline has figures, B cells that failed (even beside good jobs), have no job, or have no
-    result yet: a guard must not pass because B did not run."""
+    """Cells really worse than their baseline by more than `threshold_pct`; cells that cannot
+    be judged because a side's runs were disturbed; and, wherever the baseline has figures, B
+    cells that failed (even beside good jobs), have no job, or have no result yet: a guard must
+    not pass because B did not run, or ran on a busy box."""
     found = []
     baseline = (pivot.baseline[1],) if pivot.baseline else None
     for row in pivot.rows:
@@ -193,6 +194,10 @@ def _worse(cell: Cell, where: str, threshold_pct: float) -> list[Regression]:
     metric, comparison = cell.metric, cell.comparison
     if comparison is None or comparison.ratio is None or metric.regression is None:
         return []
+    if comparison.verdict is Verdict.DISTURBED:
+        # No verdict is drawn from a disturbed run, and a guard must not pass on what it could
+        # not judge (a slowed A hides B's regression as well as a slowed B fakes one).
+        return [Regression(where, f"not judged: disturbed runs ({comparison.ratio:.3f}×)")]
     if comparison.verdict not in (Verdict.UP, Verdict.DOWN):
         return []
     worse = (metric.regression == "up") == (comparison.verdict is Verdict.UP)

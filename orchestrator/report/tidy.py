@@ -57,6 +57,13 @@ def _tidy_row(campaign: str, record: Record) -> dict[str, Any]:
             values = metric.values(ok) if ok else []
             out[metric.column] = statistics.median(values) if values else None
     out["power_source"] = power_source(ok) if ok else None
+    # What the tables mark: a disturbed run (no verdict drawn from it) and how far the
+    # backend label was checked against what the engine reported.
+    disturbance = result.disturbance if result else None
+    out["disturbed"] = disturbance.disturbed if disturbance else None
+    out["disturbance_reasons"] = "; ".join(disturbance.reasons) if disturbance else None
+    check = result.backend_check if result else None
+    out["backend_verdict"] = check.verdict if check else None
     return out
 
 

@@ -51,6 +51,30 @@ CASES = {
         GOOD.replace("[cpu]", "[cpu, rocm]"),
         ["matrix.yaml:7: matrix.backend[1]: host laptop-80w has no 'rocm' backend for llama-bench"],
     ),
+    # Hostile files (issue 16): refused before anything is expanded or queued.
+    "duplicate-key": (
+        GOOD + "campaign: c2\n",
+        ["matrix.yaml:9: duplicate key 'campaign' (first at line 1)"],
+    ),
+    "alias-bomb": (
+        GOOD
+        + "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n"
+            for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+        ),
+        ["matrix.yaml:14: more than 200,000 values once aliases are expanded"],
+    ),
+    "too-many-jobs": (
+        GOOD.replace("[128, 256]", "[" + ", ".join(str(c) for c in range(128, 1128)) + "]").replace(
+            '["tiny:q8_0"]', "[" + ", ".join(f"m{i}" for i in range(101)) + "]"
+        ),
+        ["matrix.yaml:5: matrix: expands to 101,000 jobs (model 101 x context 1,000)"],
+    ),
+    "binary": (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        ["matrix.yaml:1: not UTF-8 text (byte 0x89)"],
+    ),
 }
 
 
@@ -66,7 +90,7 @@ def test_bad_matrix_is_refused_and_enqueues_nothing(
     text, expected = CASES[case]
     start_worker(write_worker_config(tmp_path / "w.yaml", "laptop-80w", llama_bin, tiny_models))
     matrix = tmp_path / "matrix.yaml"
-    matrix.write_text(text)
+    matrix.write_bytes(text if isinstance(text, bytes) else text.encode())
     client = redis.Redis.from_url(broker)
 
     done = orch("--store", str(tmp_path / "orch.db"), "submit", str(matrix), "--broker", broker)
@@ -94,7 +118,9 @@ def test_unreachable_broker_is_named_without_its_password(tmp_path: Path) -> Non
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(GOOD)
     url = "redis://:hunter2@127.0.0.1:1/0"
-    done = orch("--store", str(tmp_path / "orch.db"), "submit", str(matrix), "--broker", url)
+    # No broker will ever answer there: give up at once instead of riding out an outage.
+    done = orch("--store", str(tmp_path / "orch.db"), "submit", str(matrix), "--broker", url,
+                env={"ORCH_BROKER_OUTAGE_S": "0"})  # fmt: skip
     assert done.returncode == 2
     assert "cannot reach the broker at redis://:***@127.0.0.1:1/0" in done.stderr
     assert "hunter2" not in done.stderr

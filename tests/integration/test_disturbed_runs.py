@@ -84,8 +84,10 @@ def test_a_run_beside_cpu_hogs_is_disturbed_and_gives_no_verdict(
     compared = orch("--store", str(store_path), "compare", "model=tiny:q8_0",
                     "model=tiny:q4_k_m", "--campaign", CAMPAIGN, "--metrics", "tg",
                     "--fail-on-regression", "1")  # fmt: skip
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    # no verdict, and a guard that cannot judge does not pass
+    assert compared.returncode == 1, compared.stdout + compared.stderr
     assert re.findall(r"· [\d.]+× (.+)$", compared.stdout, re.MULTILINE) == ["≈ disturbed"]
+    assert "not judged: disturbed runs" in compared.stderr
 
     status = orch("--store", str(store_path), "status", CAMPAIGN,
                   env={"ORCH_LOCAL_DIR": str(tmp_path / "no-service")})  # fmt: skip

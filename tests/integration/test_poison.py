@@ -80,6 +80,11 @@ def test_every_poison_kind_is_dead_lettered_and_the_agent_runs_the_next_job(
             len(raw),
         ), name
     assert client.llen("orch.box.default") == 0 and client.hlen("unacked") == 0
+    # Celery's remote control is off: the consuming agent listens on no broadcast channel, so
+    # neither a junk broadcast nor a real `shutdown` command reaches it.
+    listened = [c for c in client.pubsub_channels() if b"pidbox" in c or b"celeryev" in c]
+    assert not listened and client.pubsub_numpat() == 0, listened
+    assert client.publish("/0.celery.pidbox", b"[1, 2, 3]") == 0
 
     matrix = tmp_path / "m.yaml"
     matrix.write_text(MATRIX.format(name="after-poison", host="box"))

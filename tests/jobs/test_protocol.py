@@ -48,7 +48,7 @@ def test_a_published_job_passes_and_comes_back_equal(messages: Any) -> None:
     "kind",
     ["not-json", "binary", "json-list", "no-properties", "no-body", "wrong-content-type",
      "bad-base64", "not-a-jobspec", "unknown-task", "eta", "header-type", "no-routing", "chain",
-     "misrouted", "huge"],
+     "misrouted", "huge", "utf-16"],
 )  # fmt: skip
 def test_every_poison_kind_is_refused_with_its_reason(messages: Any, kind: str) -> None:
     _good, poison = messages

@@ -66,3 +66,11 @@ def test_outcomes_that_say_nothing_about_memory_test_nothing() -> None:
         .text()
         .endswith("no memory telemetry")
     )
+
+
+def test_a_mislabelled_run_loaded_the_model() -> None:
+    # It ran on another backend than its label, but it loaded: a "fits" held, and a
+    # "will not load" was wrong.
+    fits = _row("fits", _result(Status.MISLABELLED, rss_bytes=50 * MIB))
+    wont = _row("will not load", _result(Status.MISLABELLED, rss_bytes=50 * MIB))
+    assert [c.held for c in check_predictions([fits, wont])] == [True, False]

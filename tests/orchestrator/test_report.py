@@ -574,6 +574,7 @@ TIDY_COLUMNS = [
     "ttft_s_median", "ttft_s_mad", "load_time_s", "build_commit", "error",
     "gen_tokens", "peak_vram_gb", "peak_gtt_gb", "peak_rss_gb", "gpu_busy_pct",
     "copy_engine_busy_pct", "power_w", "j_per_token", "tokens_per_s_per_w", "power_source",
+    "disturbed", "disturbance_reasons", "backend_verdict",
 ]  # fmt: skip
 
 
@@ -626,6 +627,10 @@ def test_tidy_rows_one_per_job() -> None:
         "j_per_token": None,
         "tokens_per_s_per_w": None,
         "power_source": None,
+        # results without the checks (written before they existed): unknown, never "fine"
+        "disturbed": None,
+        "disturbance_reasons": None,
+        "backend_verdict": None,
     }
 
     timeout = by_id[_job_id("minipc-120w", "tiny:q4_k_m", 2048)]

@@ -169,7 +169,7 @@ def test_file_that_is_not_sqlite_is_a_store_error(tmp_path: Path) -> None:
     path = tmp_path / "orch.db"
     path.write_text("campaign,host\n" * 200)
 
-    with pytest.raises(StoreError, match=f"cannot open the result store {path}"):
+    with pytest.raises(StoreError, match=f"the result store {path} is damaged"):
         Store.open(path)
 
 

@@ -7,6 +7,7 @@ own figures from that pace.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -47,57 +48,195 @@ def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
 
 
+IMAGE_TOKENS = 16  # what one image costs in the replay's prompt (a real projector: hundreds)
+PREFILL_S_PER_TOKEN = 0.0002  # the replay's prefill time per prompt token it evaluates
+
+
+def _ollama_tokens(state: dict[str, Any], request: dict[str, Any], path: str) -> list[str]:
+    """The replay's tokens (words) of the prompt as the runner would see it: raw generate is
+    the prompt itself; chat renders a template around the message, with the image marker put
+    where server/prompt.go puts it (at `[img]`, else before the text). The image becomes
+    IMAGE_TOKENS tokens only where a marker sits, as both runners require (runner regex
+    `[img-N]` up to 0.24; since 0.30 llama-server's media marker)."""
+    bos = ["<bos>"] if state["add_bos"] else []
+    if path == "/api/generate":
+        words = str(request["prompt"]).split()
+        if request.get("images") and not any(w.startswith("[img-") for w in words):
+            if state["version"] >= (0, 30):
+                raise _OllamaError(500, "llama-server: the prompt has no media marker for the "
+                                        "1 image sent")  # fmt: skip
+            state["images_ignored"] += len(request["images"])  # up to 0.24: silently ignored
+        return bos + words
+    [message] = request["messages"]
+    content = str(message["content"])
+    images = message.get("images") or []
+    for i in range(len(images)):
+        tag = f"[img-{i}]"
+        content = content.replace("[img]", tag, 1) if "[img]" in content else tag + " " + content
+    words: list[str] = []
+    for word in content.split():
+        if re.fullmatch(r"\[img-\d+\]", word):
+            state["image_after"].append(words[-1] if words else None)
+            words += ["<img>"] * IMAGE_TOKENS
+        else:
+            words.append(word)
+    return bos + ["<|user|>"] + words + ["<|assistant|>"]
+
+
+class _OllamaError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _cached(previous: list[str], tokens: list[str]) -> int:
+    """The prompt-cache hit: the common prefix with what the slot holds, less one when all of
+    it matches (a runner always evaluates at least one token)."""
+    n = 0
+    for a, b in zip(previous, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(tokens) - 1)
+
+
+def _ollama_ps(state: dict[str, Any]) -> dict[str, Any]:
+    """`/api/ps`: the loaded model at the context it really got (num_ctx clamped to the trained
+    context, llm/server.go); no `context_length` before 0.10."""
+    ps: dict[str, Any] = json.loads((FIXTURES / "ps.json").read_text())
+    entry = ps["models"][0]
+    entry["size_vram"] = state["size_vram"]
+    if state["version"] < (0, 10):
+        del entry["context_length"]
+    elif state["num_ctx"] is not None:
+        entry["context_length"] = min(state["num_ctx"], state["trained_context"])
+    return ps
+
+
+def _ollama_show(state: dict[str, Any]) -> dict[str, Any]:
+    show: dict[str, Any] = json.loads((FIXTURES / "show.json").read_text())
+    show["capabilities"] = state["capabilities"]
+    show["model_info"]["tokenizer.ggml.add_bos_token"] = state["add_bos"]
+    show["model_info"]["llama.context_length"] = state["trained_context"]
+    return show
+
+
+def _ollama_stream(
+    self: _JsonHandler,
+    state: dict[str, Any],
+    request: dict[str, Any],
+    prompt_n: int,
+    evaluated: int,
+) -> None:
+    """The streamed answer: `num_predict` tokens (fewer after `stop_after`: the model's EOS),
+    then the final chunk with the server's counts and durations."""
+    n = int(request["options"]["num_predict"])
+    if state["stop_after"] is not None:
+        n = min(n, state["stop_after"])  # the model emitted EOS first
+    self.send_response(200)
+    self.send_header("Content-Type", "application/x-ndjson")
+    self.end_headers()
+    time.sleep(PREFILL_S)
+    chat = self.path == "/api/chat"
+    for _ in range(n):
+        chunk: dict[str, Any] = {
+            "model": request["model"],
+            "created_at": "2025-10-17T23:14:07Z",
+            "done": False,
+        }
+        if chat:
+            chunk["message"] = {"role": "assistant", "content": " word"}
+        else:
+            chunk["response"] = " word"
+        self.wfile.write(json.dumps(chunk).encode() + b"\n")
+        self.wfile.flush()
+        time.sleep(TOKEN_INTERVAL_S)
+    name = "chat_final_chunk.json" if chat else "final_chunk.json"
+    final = json.loads((FIXTURES / name).read_text())
+    final.update(
+        model=request["model"],
+        done_reason="length" if n == int(request["options"]["num_predict"]) else "stop",
+        # both runners count the cached prefix in prompt_eval_count, and time only
+        # what they evaluated (tests/fixtures/ollama/README.md)
+        prompt_eval_count=prompt_n,
+        prompt_eval_duration=round(evaluated * PREFILL_S_PER_TOKEN * 1e9),
+        eval_count=n,
+        eval_duration=int(n * TOKEN_INTERVAL_S * 1e9),
+        load_duration=final["load_duration"] if len(state["requests"]) == 1 else 40_000,
+    )
+    self.wfile.write(json.dumps(final).encode() + b"\n")
+
+
 def _handler(state: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
     class Handler(_JsonHandler):
+        def _authorized(self) -> bool:
+            state["auth"].append(self.headers.get("Authorization"))
+            if state["token"] is None or (
+                self.headers.get("Authorization") == f"Bearer {state['token']}"
+            ):
+                return True
+            self._json({"error": "unauthorized"}, 401)  # an auth proxy in front of Ollama
+            return False
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if not self._authorized():
+                return
             if self.path == "/api/version":
-                self._json({"version": "0.12.6"})
+                self._json({"version": ".".join(map(str, state["version"]))})
             elif self.path == "/api/ps":
-                ps = json.loads((FIXTURES / "ps.json").read_text())
-                ps["models"][0]["size_vram"] = state["size_vram"]
-                self._json(ps)
+                self._json(_ollama_ps(state))
             else:
                 self.send_error(404)
 
         def do_POST(self) -> None:  # noqa: N802
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if not self._authorized():
+                return
+            if self.path == "/api/show":
+                self._json(_ollama_show(state))
+                return
             if request.get("keep_alive") == 0 and "prompt" not in request:
                 # the documented unload call: {"model", "keep_alive": 0}
                 state["unloaded"].append(request["model"])
                 self._json({"model": request["model"], "created_at": "2025-10-17T23:14:07Z",
                             "response": "", "done": True, "done_reason": "unload"})  # fmt: skip
                 return
+            try:
+                tokens = _ollama_tokens(state, request, self.path)
+            except _OllamaError as exc:
+                self._json({"error": str(exc)}, exc.status)  # api/types.go StatusError
+                return
             state["requests"].append(request)
-            n = int(request["options"]["num_predict"])
-            prompt_n = len(request["prompt"].split())
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.end_headers()
-            time.sleep(PREFILL_S)
-            for _ in range(n):
-                chunk = {"model": request["model"], "created_at": "2025-10-17T23:14:07Z",
-                         "response": " word", "done": False}  # fmt: skip
-                self.wfile.write(json.dumps(chunk).encode() + b"\n")
-                self.wfile.flush()
-                time.sleep(TOKEN_INTERVAL_S)
-            final = json.loads((FIXTURES / "final_chunk.json").read_text())
-            final.update(
-                model=request["model"],
-                prompt_eval_count=prompt_n,
-                prompt_eval_duration=int(PREFILL_S * 1e9),
-                eval_count=n,
-                eval_duration=int(n * TOKEN_INTERVAL_S * 1e9),
-                load_duration=final["load_duration"] if len(state["requests"]) == 1 else 40_000,
-            )
-            self.wfile.write(json.dumps(final).encode() + b"\n")
+            state["paths"].append(self.path)
+            state["num_ctx"] = int(request["options"]["num_ctx"])
+            cached = _cached(state["slot"], tokens)
+            state["slot"] = tokens
+            state["cached"].append(cached)
+            _ollama_stream(self, state, request, len(tokens), len(tokens) - cached)
 
     return Handler
 
 
 @contextmanager
-def replay_ollama(size_vram: int = 5137025024) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(base URL, state) of a replaying Ollama on a free loopback port."""
-    state: dict[str, Any] = {"requests": [], "size_vram": size_vram, "unloaded": []}
+def replay_ollama(
+    size_vram: int = 5137025024,
+    *,
+    version: tuple[int, int, int] = (0, 32, 15),
+    token: str | None = None,
+    trained_context: int = 131072,
+    stop_after: int | None = None,
+    capabilities: tuple[str, ...] = ("completion", "vision"),
+    add_bos: bool = True,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(base URL, state) of a replaying Ollama `version` on a free loopback port: it clamps
+    num_ctx to `trained_context`, stops after `stop_after` tokens (EOS) when given, and wants
+    `token` as a bearer token when one is given (an auth proxy in front of it)."""
+    state: dict[str, Any] = {
+        "requests": [], "paths": [], "size_vram": size_vram, "unloaded": [], "auth": [],
+        "version": version, "token": token, "trained_context": trained_context,
+        "stop_after": stop_after, "capabilities": list(capabilities), "add_bos": add_bos,
+        "num_ctx": None, "slot": [], "cached": [], "images_ignored": 0, "image_after": [],
+    }  # fmt: skip
     with _serving(_handler(state)) as url:
         yield url, state
 

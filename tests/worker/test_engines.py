@@ -117,7 +117,7 @@ def test_llama_bench_argv_fills_the_context_and_is_a_list() -> None:
     argv = LlamaBench.argv(_job(context=4096, repetitions=5), target)
     assert argv == [
         "/opt/llama-bench", "-m", "/m/x.gguf", "-p", "32", "-n", "16", "-d", "4048",
-        "-r", "5", "-o", "json", "-ngl", "0", "-t", "4",  # cpu: -ngl 0, always explicit
+        "-r", "5", "-o", "json", "-ngl", "0", "-dev", "none", "-t", "4",  # cpu: no GPU at all
     ]  # fmt: skip
 
 

@@ -85,10 +85,6 @@ def test_a_job_that_keeps_killing_its_worker_is_given_up(
             _payload(model="glm:q4"),
             "model 'glm:q4' is not configured (have: tiny:q4_k_m, tiny:q8_0)",
         ),
-        (
-            _payload(host="other"),
-            "job for orch.other.vram-32G reached orch.box.vram-32G (host box)",
-        ),
     ],
 )
 def test_a_job_this_box_cannot_run_is_an_error_result(
@@ -98,6 +94,17 @@ def test_a_job_this_box_cannot_run_is_an_error_result(
     assert result is not None and result.status is Status.ERROR
     assert result.error == expected
     assert result.job is not None  # the result still says which job it was
+
+
+def test_a_job_for_another_host_gets_no_result_and_no_attempt(
+    config: WorkerConfig, redis_client: Any
+) -> None:
+    # A copy that reached the wrong box: its refusal must never become the job's outcome.
+    payload = _payload(host="other")
+    assert execute(payload, config, redis_client) is None
+    assert _pushed(redis_client) == []
+    assert redis_client.get(ATTEMPTS_KEY.format(job_id=payload["job_id"])) is None
+    assert redis_client.get(FINAL_KEY.format(job_id=payload["job_id"])) is None
 
 
 def test_a_tampered_message_is_refused(config: WorkerConfig, redis_client: Any) -> None:

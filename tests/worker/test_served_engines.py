@@ -8,7 +8,12 @@ import pytest
 
 from jobs.result import Status
 from jobs.spec import JobSpec, Workload
-from tests.worker.replay_servers import PREFILL_S, TOKEN_INTERVAL_S, replay_ollama
+from tests.worker.replay_servers import (
+    PREFILL_S,
+    PREFILL_S_PER_TOKEN,
+    TOKEN_INTERVAL_S,
+    replay_ollama,
+)
 from worker.engines import RunTarget, get_engine
 
 
@@ -40,9 +45,12 @@ def test_ollama_request_options_timings_and_offload() -> None:
     assert len({r["prompt"] for r in sent}) == 4  # unique prefixes: no prompt-cache hits
     # nanosecond durations become seconds and rates
     assert outcome.load_time_s == pytest.approx(0.101397084)
+    # pp over the tokens Ollama evaluated: its count includes the cached BOS, its duration not
+    assert state["cached"][1:] == [1, 1, 1]  # the unique first words leave only the BOS shared
     pp = next(m for m in outcome.measurements if m.test == "pp")
     for rate, sample in zip(pp.samples_ts, outcome.requests, strict=True):
-        assert rate == pytest.approx(sample.prompt_tokens / PREFILL_S)
+        assert rate == pytest.approx(1 / PREFILL_S_PER_TOKEN)
+        assert rate < sample.prompt_tokens / (sample.server_timings["prompt_eval_duration"] / 1e9)
     # tg is Ollama's own eval rate (eval_count over eval_duration), not the client's timing,
     # so a client starved on a busy box cannot lose or distort it
     tg = next(m for m in outcome.measurements if m.test == "tg")
@@ -56,7 +64,7 @@ def test_ollama_request_options_timings_and_offload() -> None:
         # paced by the server's stream (margin: a late first read can shorten the span)
         assert r.decode_tokens_per_s < 1.2 / TOKEN_INTERVAL_S
     details = outcome.engine.details
-    assert details["version"] == "0.12.6"
+    assert details["version"] == "0.32.15"
     assert details["partial_offload"] is False and details["gpu_fraction"] == 1.0
 
 
@@ -152,7 +160,10 @@ def test_a_vision_workload_sends_the_image_to_each_engine_that_takes_one(tmp_pat
             RunTarget(None, None, 60, url=url, served_model="tiny:q8_0", image=image),
         )
     assert out.status is Status.OK, out.error
-    assert all(r["images"] == [b64] for r in state["requests"])
+    # the documented path: /api/chat, the image in messages[].images (tests/worker/test_ollama.py
+    # checks that the replaying server consumed it)
+    assert state["paths"] == ["/api/chat"] * 4
+    assert all(r["messages"][0]["images"] == [b64] for r in state["requests"])
 
     with replay_lmstudio() as (url, state):
         engine = get_engine("lmstudio")
@@ -170,3 +181,21 @@ def test_a_vision_workload_sends_the_image_to_each_engine_that_takes_one(tmp_pat
             "image_url": {"url": f"data:image/png;base64,{b64}"},
         }
     assert json.dumps(chats[0]).count(b64) == 1
+
+
+def test_the_server_a_loopback_url_names_is_found_by_its_port() -> None:
+    # A served engine's server is not the worker's child: found by the port it listens on, its
+    # CPU is the engine's (telemetry, disturbance check), not "another process".
+    import os
+    import socket
+
+    from worker.engines.served import listening_pid
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert listening_pid(f"http://127.0.0.1:{port}/v1") == os.getpid()
+        assert listening_pid(f"http://localhost:{port}") == os.getpid()
+    assert listening_pid(f"http://127.0.0.1:{port}") is None  # nobody listens any more
+    assert listening_pid(f"http://192.0.2.7:{port}") is None  # another box: not ours to watch

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from jobs.backends import check_llama_bench_row, gpu_layers_for
+from jobs.backends import check_llama_bench_row, llama_cpp_offload_args
 from jobs.result import (
     LLAMA_BENCH_DETAIL_FIELDS,
     EngineInfo,
@@ -88,7 +88,7 @@ class LlamaBench(Engine):
             "-r", str(job.repetitions), "-o", "json",
             # Always explicit: llama-bench's default (-1) offloads every layer to any GPU the
             # build finds, so a `cpu` job on a GPU build would not run on the CPU.
-            "-ngl", str(gpu_layers_for(job.backend, job.gpu_layers)),
+            *llama_cpp_offload_args(job.backend, job.gpu_layers),
         ]  # fmt: skip
         if target.threads:
             argv += ["-t", str(target.threads)]

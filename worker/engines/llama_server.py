@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from jobs.backends import LOG_HEAD_CHARS, check_llama_log, gpu_layers_for
+from jobs.backends import LOG_HEAD_CHARS, check_llama_log, gpu_layers_for, llama_cpp_offload_args
 from jobs.result import BackendCheck, EngineInfo, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
@@ -90,7 +90,7 @@ class LlamaServer(Engine):
         ]  # fmt: skip
         # Always explicit: llama-server's default (`auto`) fits as many layers as it likes on
         # any GPU the build finds, a `cpu` job included.
-        argv += ["-ngl", str(gpu_layers_for(job.backend, job.gpu_layers))]
+        argv += llama_cpp_offload_args(job.backend, job.gpu_layers)
         # llama.cpp's own load messages (devices, "offloaded N/M layers") are the evidence of
         # what ran where, and llama-server logs them only from verbosity 4 (trace) up.
         argv += ["-lv", "4"]

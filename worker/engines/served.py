@@ -15,14 +15,18 @@ import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from jobs.result import BackendCheck, EngineInfo, RequestSample, Status
+import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are checked by tests
+
+from jobs.result import BackendCheck, EngineInfo, Measurement, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import Engine, EngineOutcome, RunTarget
 from worker.engines.http_stream import HttpError
 from worker.engines.timing import measurements
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # Words that most tokenizers keep whole, so N words are close to N tokens; the server's own
 # prompt token count is what gets recorded.
 _WORDS = (
@@ -62,6 +66,25 @@ def user_message(prompt: str, image: Path | None) -> dict[str, Any]:
     }
 
 
+def listening_pid(url: str) -> int | None:
+    """The process on this box that listens on a loopback `url`'s port (the server the engine
+    talks to), or None: a remote server, or one this user may not see (another user's process,
+    no /proc)."""
+    parts = urlsplit(url)
+    if parts.hostname not in _LOOPBACK:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            pid = conn.pid  # None when the process is not ours to see
+            return int(pid) if pid is not None else None
+    return None
+
+
 def synthetic_prompt(n_tokens: int, nonce: int) -> str:
     """About `n_tokens` tokens of plain text; `nonce` makes each request's prefix unique, so no
     server answers a repetition from its prompt cache."""
@@ -98,6 +121,11 @@ class ServedEngine(Engine):
         info = EngineInfo(name=self.name, backend=job.backend, binary=target.url or "")
         if target.url is None or target.served_model is None:
             return EngineOutcome(Status.ERROR, info, error=f"{self.name} needs `url` and `models`")
+        server = listening_pid(target.url)
+        if server is not None:
+            # The server's process tree is the engine: its CPU and memory are this job's, not
+            # "another process" (telemetry and the disturbance check follow it).
+            target.on_process(server)
         work = job.workload
         deadline = time.monotonic() + target.timeout_s
         samples: list[RequestSample] = []
@@ -129,12 +157,17 @@ class ServedEngine(Engine):
         return EngineOutcome(
             Status.OK,
             info,
-            measurements=measurements(samples, self.prefill_rate, self.decode_rate),
+            measurements=self.measurements(job, samples),
             phases=phases,
             requests=samples,
             load_time_s=self.load_time_s(first_payload),
             backend_check=self.backend_check(job, details),
         )
+
+    def measurements(self, job: JobSpec, samples: list[RequestSample]) -> list[Measurement]:
+        """pp and tg of the measured requests; an engine whose replies can stop short of the
+        job's length (Ollama: no ignore_eos) overrides this to keep them out of tg."""
+        return measurements(samples, self.prefill_rate, self.decode_rate)
 
     def prefill_rate(self, sample: RequestSample) -> float | None:
         """Prompt tokens/s as the server measured it, or None (the client cannot separate it)."""

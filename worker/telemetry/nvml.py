@@ -121,8 +121,8 @@ def _text(value: Any) -> str:
 
 
 def gpu_processes() -> list[tuple[int, int | None]] | None:
-    """(pid, GPU memory bytes or None) of every process on an NVIDIA GPU (compute and
-    graphics), as NVML lists them; None where NVML cannot be read (no package, no driver).
+    """(pid, GPU memory bytes or None) of every compute process on an NVIDIA GPU, as NVML
+    lists them; None where NVML cannot be read (no package, no driver).
 
     For the disturbance check (worker/disturbance.py): one NVML start per call, so it is read
     once per job, after the run.
@@ -136,10 +136,9 @@ def gpu_processes() -> list[tuple[int, int | None]] | None:
     try:
         for index in range(nv.nvmlDeviceGetCount()):
             handle = nv.nvmlDeviceGetHandleByIndex(index)
-            for call in (
-                nv.nvmlDeviceGetComputeRunningProcesses,
-                nv.nvmlDeviceGetGraphicsRunningProcesses,
-            ):
+            # Compute processes only: a desktop's Xorg and compositor are always in the
+            # graphics list and would make every run on a workstation look disturbed.
+            for call in (nv.nvmlDeviceGetComputeRunningProcesses,):
                 try:
                     processes = call(handle)
                 except nv.NVMLError:
