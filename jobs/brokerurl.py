@@ -19,11 +19,7 @@ Example::
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
-
-import redis
 
 # Seconds to open a TCP connection and finish the TLS handshake with the broker: a broker
 # that has not answered by then is down or is not speaking this protocol.
@@ -123,6 +119,11 @@ def redact_text(text: str) -> str:
 def connection_problem(url: str, exc: BaseException) -> str | None:
     """Why `url` will never work, when `exc` (from connecting) shows it; None when the broker
     may only be down or restarting (connection refused or reset, loading its data)."""
+    # Here, not above: every `orch` command redacts URLs, few meet a connection failure.
+    import ssl
+
+    import redis
+
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
         return f"the broker refused the credentials ({exc}): check the password"
     if isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc):
@@ -138,6 +139,8 @@ def connection_problem(url: str, exc: BaseException) -> str | None:
 def _tls_timeout_problem(url: str) -> str | None:
     """A rediss:// connect that timed out: if the port answers a plain PING, it is a plain
     Redis port (Redis waits for the rest of a line that the TLS hello never ends)."""
+    import socket
+
     parts = urlsplit(url)
     try:
         with socket.create_connection(

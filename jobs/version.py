@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import metadata
-
 # Wire/schema version of JobSpec, RunResult and WorkerInventory. Bump on any change a reader
 # must know about, and note it here.
 # History:
@@ -21,7 +19,18 @@ from importlib import metadata
 #       (the fencing token of the agent that ran it: jobs/finality.py orders results by it).
 SCHEMA_VERSION = 4
 
-try:
-    ORCH_VERSION = metadata.version("orch")
-except metadata.PackageNotFoundError:  # running from a source tree that was not installed
-    ORCH_VERSION = "0.0.0+source"
+
+def __getattr__(name: str) -> str:
+    """`ORCH_VERSION`, the installed package's version, looked up on first use: the lookup
+    (importlib.metadata and a scan of sys.path) would cost every `orch` command's start-up,
+    and only the sides that stamp a result or an inventory need it."""
+    if name != "ORCH_VERSION":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import metadata
+
+    try:
+        version = metadata.version("orch")
+    except metadata.PackageNotFoundError:  # running from a source tree that was not installed
+        version = "0.0.0+source"
+    globals()["ORCH_VERSION"] = version  # later lookups find it without this function
+    return version

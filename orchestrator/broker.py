@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redis_lib
-from celery import Celery
-from kombu.entity import Exchange, Queue
 from pydantic import ValidationError
 
 from jobs.brokerurl import CONNECT_TIMEOUT_S, canonical_url, connection_problem, remember_secrets
@@ -20,8 +19,6 @@ from jobs.deadletter import UNACKED_KEY, move_from_list, move_from_unacked
 from jobs.inventory import WorkerInventory
 from jobs.protocol import (
     INVENTORY_PATTERN,
-    MAX_JOB_JSON_BYTES,
-    TASK_NAME,
     InvalidMessage,
     celery_settings,
     check_envelope,
@@ -32,7 +29,8 @@ from jobs.protocol import (
 )
 from jobs.spec import JobSpec
 from orchestrator.errors import BrokerError
-from orchestrator.outage import PUBLISH_RETRY_STEP_S, OutageRetry, outage_limit_s
+from orchestrator.jobmessage import JobMessages
+from orchestrator.outage import OutageRetry, outage_limit_s
 
 
 def connect(url: str, *, outage_s: float | None = None) -> Any:
@@ -156,46 +154,138 @@ def queue_counts(client: Any) -> tuple[Counter[str], Counter[str]]:
     return waiting, running
 
 
+# Batches of one publish: a round trip per batch, not per job; a batch is capped in bytes too
+# (a job with a long prompt_text can be ~1 MB) so that one call stays a few MB.
+PUBLISH_BATCH_JOBS = 1000
+PUBLISH_BATCH_BYTES = 8 * 1024 * 1024
+# One batch's marker (see _PUSH_ONCE), kept long enough for any retry of that batch.
+PUBLISHED_KEY = "orch:published:{token}"
+PUBLISHED_TTL_S = 24 * 3600
+# Pushes a batch of messages once: KEYS[1] is the batch's marker, KEYS[i] the queue of message
+# ARGV[i] (i >= 2), ARGV[1] the marker's TTL. A Lua script runs whole or not at all, and a
+# retry of a batch whose reply was lost in an outage finds its marker and pushes nothing, so
+# riding out an outage never queues a job twice. LPUSH, as kombu does: consumers pop from the
+# right, so each queue stays in publishing order.
+_PUSH_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 2, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i]) end
+return #KEYS - 1
+"""
+
+
 class Publisher:
-    """Publishes JobSpecs to their (host, configuration) queue through Celery."""
+    """Publishes JobSpecs to their (host, configuration) queue: the messages Celery's
+    `send_task` would write (orchestrator/jobmessage.py), pushed in batches over one
+    connection, each batch in one round trip.
+
+    Example::
+
+        publisher = Publisher(broker_url)
+        try:
+            publisher.publish_many(jobs, on_published=store.record_jobs)
+        finally:
+            publisher.close()
+    """
 
     def __init__(self, url: str, *, outage_s: float | None = None) -> None:
-        url = canonical_url(url)
-        remember_secrets(url)
-        self.app = Celery("orch-coordinator", broker=url, set_as_current=False)
-        self.app.conf.update(celery_settings())
-        # Kombu retries a publish on its own; let it ride out the same outage as `connect`.
-        limit = outage_limit_s() if outage_s is None else outage_s
-        self.app.conf.task_publish_retry_policy = {
-            "max_retries": max(1, math.ceil(limit / PUBLISH_RETRY_STEP_S)),
-            "interval_start": 0.2,
-            "interval_step": 1.0,
-            "interval_max": PUBLISH_RETRY_STEP_S,
-        }
+        self.url = canonical_url(url)
+        remember_secrets(self.url)
+        self._outage_s = outage_s
+        self._client: Any = None
+        self._push_once: Any = None
+        self._kombu: Any = None  # a kombu connection, for declaring queues
         self._declared: set[str] = set()
+        self._messages = JobMessages()
 
     def publish(self, job: JobSpec) -> None:
-        """Publish one job (callers record each in the store right after, see submit)."""
-        size = len(json.dumps(job.model_dump(mode="json")))  # ASCII-escaped, as kombu sends it
-        if size > MAX_JOB_JSON_BYTES:  # every agent would dead-letter it as oversized
-            raise BrokerError(
-                f"job {job.job_id} ({job.campaign}, {job.model}) is {size} bytes as JSON, over "
-                f"the {MAX_JOB_JSON_BYTES}-byte limit of a queued job: shorten its prompt_text"
+        """Publish one job (callers record it in the store right after)."""
+        self.publish_many([job])
+
+    def publish_many(
+        self,
+        jobs: Iterable[JobSpec],
+        on_published: Callable[[list[JobSpec]], None] = lambda _batch: None,
+    ) -> int:
+        """Publish `jobs` in order, a batch at a time, and call `on_published` with each batch
+        once it is queued (in this thread, while the next batch goes out), so that a failure
+        half-way leaves the caller knowing what was queued. Returns how many.
+
+        A batch is queued whole or not at all; the broker riding out an outage (see
+        `connect`) never queues one twice. BrokerError, before its batch is sent, for a job
+        every agent would dead-letter as oversized."""
+        # One batch goes out (in a thread: the broker's work and the round trip overlap with
+        # building the next batch, and recording this one) while the next is built; never two
+        # at once, which could interleave them in a queue.
+        published = 0
+        pending: tuple[Future[None], list[JobSpec]] | None = None  # sent, not yet reported
+        recording = False
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orch-publish") as sender:
+            try:
+                for batch, raw in self._batches(jobs):
+                    if pending is not None:
+                        pending[0].result()
+                    landed, pending = pending, (sender.submit(self._push, batch, raw), batch)
+                    if landed is not None:
+                        recording = True
+                        on_published(landed[1])
+                        recording = False
+                        published += len(landed[1])
+                if pending is not None:
+                    pending[0].result()
+                    landed, pending = pending, None
+                    recording = True
+                    on_published(landed[1])
+                    published += len(landed[1])
+            except BaseException:
+                # A job that cannot be sent, or a failed batch: the one on its way still
+                # lands, and is reported, unless reporting is what failed.
+                if pending is not None and pending[0].exception() is None and not recording:
+                    on_published(pending[1])
+                raise
+        return published
+
+    def _batches(self, jobs: Iterable[JobSpec]) -> Iterator[tuple[list[JobSpec], list[str]]]:
+        """(jobs, their messages), PUBLISH_BATCH_JOBS or PUBLISH_BATCH_BYTES at a time."""
+        batch: list[JobSpec] = []
+        raw: list[str] = []
+        size = 0
+        for job in jobs:
+            message = self._messages.build(job)
+            batch.append(job)
+            raw.append(message)
+            size += len(message)
+            if len(batch) >= PUBLISH_BATCH_JOBS or size >= PUBLISH_BATCH_BYTES:
+                yield batch, raw
+                batch, raw, size = [], [], 0
+        if batch:
+            yield batch, raw
+
+    def _push(self, batch: list[JobSpec], raw: list[str]) -> None:
+        if self._client is None:
+            self._client = connect(self.url, outage_s=self._outage_s)
+            self._push_once = self._client.register_script(_PUSH_ONCE)
+        for queue in dict.fromkeys(job.queue for job in batch):
+            if queue not in self._declared:
+                self._declare(queue)
+        marker = PUBLISHED_KEY.format(token=uuid.uuid4().hex)
+        self._push_once(keys=[marker, *(job.queue for job in batch)], args=[PUBLISHED_TTL_S, *raw])
+
+    def _declare(self, queue: str) -> None:
+        """Bind `queue` as Celery's producer does before its first message to it (kombu's
+        `_kombu.binding.*` sets), once per queue and publisher."""
+        # Imported here: kombu (and what it loads) costs only the commands that publish.
+        from kombu.connection import Connection
+        from kombu.entity import Exchange, Queue
+
+        if self._kombu is None:
+            self._kombu = Connection(
+                self.url, transport_options=celery_settings()["broker_transport_options"]
             )
-        with self.app.connection_for_write() as conn:
-            if job.queue not in self._declared:
-                # Without the binding the Redis transport drops the message silently.
-                channel = conn.default_channel
-                Queue(job.queue, Exchange(job.queue), routing_key=job.queue)(channel).declare()
-                self._declared.add(job.queue)
-            self.app.send_task(
-                TASK_NAME,
-                args=[job.model_dump(mode="json")],
-                queue=job.queue,
-                routing_key=job.queue,
-                task_id=job.job_id,
-                connection=conn,
-            )
+        Queue(queue, Exchange(queue), routing_key=queue)(self._kombu.default_channel).declare()
+        self._declared.add(queue)
 
     def close(self) -> None:
-        self.app.close()
+        if self._kombu is not None:
+            self._kombu.release()
+        if self._client is not None:
+            self._client.close()

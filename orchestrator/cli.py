@@ -2,42 +2,39 @@
 
 Box-side commands (`worker`, `engines`, `models`) come from the `orch.commands` entry-point
 group, so this package never imports `worker`.
+
+Each command imports the core it calls inside itself: `orch --help` and a command that has
+nothing to do start without redis-py, Celery, pydantic models, numpy or paramiko (see
+`orchestrator.cli_common`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import tempfile
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import kombu.exceptions
-import redis
 
-from jobs.brokerurl import redact_text, redact_url
-from jobs.paths import orch_home
-from orchestrator import status as status_mod
-from orchestrator.broker import connect, read_fleet
-from orchestrator.cli_common import BROKER_HELP, optional_broker, require_broker
+from jobs.brokerurl import redact_text
+from orchestrator.cli_common import (
+    BROKER_HELP,
+    open_store,
+    optional_broker,
+    require_broker,
+    resolve_store_path,
+)
 from orchestrator.cli_dlq import dlq_group
 from orchestrator.cli_local import local_group
 from orchestrator.cli_report import COMMANDS as REPORT_COMMANDS
-from orchestrator.control import cancel, retry_failed
 from orchestrator.errors import OrchError, WaitingForHumanError
 from orchestrator.fleet.cli import fleet_group
-from orchestrator.hosts import render_hosts
-from orchestrator.local import local_fleet, prepare_demo
-from orchestrator.localservice import LocalService
-from orchestrator.localservice import start as start_local_service
-from orchestrator.matrixfile import load_matrix_file
-from orchestrator.outage import DEFAULT_OUTAGE_S, OUTAGE_ENV, set_outage_limit
-from orchestrator.plan import context_warnings, parse_model_options, plan, render_plan
-from orchestrator.report import build_pivot, render
-from orchestrator.store import Store, default_store_path
-from orchestrator.submit import Progress, SubmitOutcome, resolve_configurations, submit, wait_for
+from orchestrator.outagelimit import DEFAULT_OUTAGE_S, OUTAGE_ENV, set_outage_limit
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
+    from orchestrator.submit import Progress, SubmitOutcome
 
 
 class OrchGroup(click.Group):
@@ -58,12 +55,13 @@ class OrchGroup(click.Group):
 
 
 def _plugins() -> list[Any]:
+    from importlib.metadata import entry_points  # only to list or find a box-side command
+
     return list(entry_points(group="orch.commands"))
 
 
 def _store(ctx: click.Context) -> Store:
-    store: Store = ctx.obj["store"]
-    return store
+    return open_store(ctx)
 
 
 @click.group(cls=OrchGroup)
@@ -89,10 +87,9 @@ def cli(ctx: click.Context, store_path: Path | None, broker_outage_s: float | No
     """orch: benchmark local LLM inference across your boxes."""
     ctx.ensure_object(dict)
     set_outage_limit(broker_outage_s)
-    path = store_path or default_store_path()
-    ctx.obj["store_path"] = path
+    ctx.obj["store_path"] = store_path  # None: the default, found when a command needs it
     if ctx.invoked_subcommand in ("submit", "status", "report", "demo", "retry", "cancel"):
-        ctx.obj["store"] = Store.open(path)
+        open_store(ctx)
 
 
 _WAIT_OPTIONS = [
@@ -157,6 +154,11 @@ def submit_cmd(
     models: tuple[str, ...],
 ) -> None:
     """Expand MATRIX, check it against the fleet, and queue its jobs."""
+    from orchestrator.localservice import LocalService
+    from orchestrator.localservice import start as start_local_service
+    from orchestrator.plan import parse_model_options
+    from orchestrator.submit import submit
+
     store = _store(ctx)
     files = parse_model_options(models)
     if local:
@@ -201,6 +203,8 @@ def _wait_and_report(
     timeout: float | None,
     wait_for_reconfiguration: bool = False,
 ) -> None:
+    from orchestrator.report import build_pivot, render
+
     final = _wait(store, broker, campaign, timeout, wait_for_reconfiguration)
     click.echo(render(build_pivot(campaign, store.campaign_jobs(campaign)), "table"))
     _end_of_wait(final, campaign)
@@ -209,6 +213,9 @@ def _wait_and_report(
 def _wait(
     store: Store, broker: str, campaign: str, timeout: float | None, keep_waiting: bool
 ) -> Progress:
+    from orchestrator.broker import connect
+    from orchestrator.submit import wait_for
+
     client = connect(broker)
     with click.progressbar(length=1, label=f"{campaign}", file=sys.stderr) as bar:
         seen = 0
@@ -257,6 +264,8 @@ def status_cmd(
     wait_for_reconfiguration: bool,
 ) -> None:
     """Hosts (online, queue, waiting jobs) and campaign progress."""
+    from orchestrator import status as status_mod
+
     store = _store(ctx)
     if wait:
         if not campaign:
@@ -264,17 +273,23 @@ def status_cmd(
         store.require_campaign(campaign)
         url = require_broker(broker)
         final = _wait(store, url, campaign, timeout, wait_for_reconfiguration)
-        click.echo(status_mod.render_status(store, connect(url), campaign))
+        click.echo(status_mod.render_status(store, _connect(url), campaign))
         _end_of_wait(final, campaign)
         return
     found = optional_broker(broker)
-    client = connect(found) if found else None
+    client = _connect(found) if found else None
     if client is not None and store.read_only:
         click.echo(f"{store.path} is read-only: showing what it holds, without new results",
                    err=True)  # fmt: skip
     elif client is not None:
         store.collect(client)
     click.echo(status_mod.render_status(store, client, campaign))
+
+
+def _connect(url: str) -> Any:
+    from orchestrator.broker import connect  # only with a broker: redis-py, Celery, kombu
+
+    return connect(url)
 
 
 @cli.command("plan")
@@ -290,11 +305,17 @@ def status_cmd(
 def plan_cmd(ctx: click.Context, matrix: Path, models: tuple[str, ...], broker: str | None) -> None:
     """Estimate each job's memory (weights, KV, compute), whether it fits its host's
     configuration, and its duration from earlier runs."""
+    from orchestrator.broker import connect, read_fleet
+    from orchestrator.matrixfile import load_matrix_file
+    from orchestrator.plan import context_warnings, parse_model_options, plan, render_plan
+    from orchestrator.store import Store
+    from orchestrator.submit import resolve_configurations
+
     mf = load_matrix_file(matrix)
     url = optional_broker(broker)
     fleet = read_fleet(connect(url)) if url else None
     jobs = resolve_configurations(mf.jobs, fleet.inventories) if fleet else mf.jobs
-    path: Path = ctx.obj["store_path"]
+    path = resolve_store_path(ctx)
     store = Store.open(path) if path.exists() else None  # durations of earlier runs, if any
     rows = plan(jobs, parse_model_options(models), fleet, store)
     click.echo(render_plan(rows, fleet))
@@ -309,6 +330,8 @@ def plan_cmd(ctx: click.Context, matrix: Path, models: tuple[str, ...], broker: 
 @click.pass_context
 def retry_cmd(ctx: click.Context, campaign: str, failed: bool, broker: str | None) -> None:
     """Queue the failed jobs of CAMPAIGN again (load failed, timeout, error)."""
+    from orchestrator.control import retry_failed
+
     jobs = retry_failed(campaign, require_broker(broker), _store(ctx))
     click.echo(f"{len(jobs)} failed job(s) of {campaign} queued again")
 
@@ -319,6 +342,8 @@ def retry_cmd(ctx: click.Context, campaign: str, failed: bool, broker: str | Non
 @click.pass_context
 def cancel_cmd(ctx: click.Context, campaign: str, broker: str | None) -> None:
     """Take CAMPAIGN's waiting jobs out of their queues (running ones finish)."""
+    from orchestrator.control import cancel
+
     done = cancel(campaign, require_broker(broker), _store(ctx))
     click.echo(
         f"{campaign}: {done.removed} job(s) taken out of their queues, {done.running} running "
@@ -330,6 +355,9 @@ def cancel_cmd(ctx: click.Context, campaign: str, broker: str | None) -> None:
 @click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
 def hosts_cmd(broker: str | None) -> None:
     """Every registered box: state, queue, declared and detected facts (fingerprint)."""
+    from orchestrator.broker import connect
+    from orchestrator.hosts import render_hosts
+
     click.echo(render_hosts(connect(require_broker(broker))))
 
 
@@ -338,6 +366,13 @@ def hosts_cmd(broker: str | None) -> None:
 @click.pass_context
 def demo_cmd(ctx: click.Context, timeout: float) -> None:
     """Build llama.cpp and a tiny model, run a small matrix on this box, print the report."""
+    import tempfile
+
+    from jobs.brokerurl import redact_url
+    from jobs.paths import orch_home
+    from orchestrator.local import local_fleet, prepare_demo
+    from orchestrator.submit import submit
+
     store = _store(ctx)
     data_dir = orch_home() / "demo"
     click.echo("preparing llama.cpp and the tiny models (first run builds, ~5 min)...", err=True)
@@ -372,7 +407,22 @@ def main() -> None:
     except OrchError as exc:
         click.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
-    except (redis.RedisError, kombu.exceptions.KombuError, OSError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _broker_failures()):
+            raise
         # The broker stayed away longer than --broker-outage in the middle of a command.
         click.echo(f"error: broker or network failure: {redact_text(str(exc))}", err=True)
         sys.exit(3)
+
+
+def _broker_failures() -> tuple[type[BaseException], ...]:
+    """OSError, and redis-py's and kombu's errors when the command imported them: a module
+    that was never imported raised nothing, so catching them costs no import."""
+    failures: list[type[BaseException]] = [OSError]
+    redis = sys.modules.get("redis")
+    if redis is not None:
+        failures.append(redis.RedisError)
+    kombu_exceptions = sys.modules.get("kombu.exceptions")
+    if kombu_exceptions is not None:
+        failures.append(kombu_exceptions.KombuError)
+    return tuple(failures)

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.broker import connect
 from orchestrator.cli_common import BROKER_HELP, require_broker
-from orchestrator.dlq import (
-    dead_letter_count,
-    list_dead_letters,
-    purge_dead_letters,
-    render_dead_letters,
-)
 
 
 @click.group("dlq")
@@ -26,6 +19,9 @@ def dlq_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def dlq_list(broker: str | None, limit: int, as_json: bool) -> None:
     """The newest refused messages: when, queue, who moved them, why, how they start."""
+    from orchestrator.broker import connect
+    from orchestrator.dlq import dead_letter_count, list_dead_letters, render_dead_letters
+
     client = connect(require_broker(broker))
     click.echo(render_dead_letters(list_dead_letters(client, limit), dead_letter_count(client),
                                    as_json))  # fmt: skip
@@ -35,5 +31,8 @@ def dlq_list(broker: str | None, limit: int, as_json: bool) -> None:
 @click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
 def dlq_purge(broker: str | None) -> None:
     """Drop every dead letter."""
+    from orchestrator.broker import connect
+    from orchestrator.dlq import purge_dead_letters
+
     dropped = purge_dead_letters(connect(require_broker(broker)))
     click.echo(f"{dropped} dead letter(s) dropped")

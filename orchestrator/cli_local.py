@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from jobs.brokerurl import redact_url
 from jobs.process import pid_alive
-from jobs.protocol import redact_url
 from orchestrator import localinstall
 from orchestrator.errors import BrokerError, OrchError
 from orchestrator.localservice import LocalService, Supervisor, start, stop

@@ -7,39 +7,49 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from orchestrator.broker import broker_time, connect, read_fleet
-from orchestrator.cli_common import BROKER_HELP, optional_broker
-from orchestrator.report import FORMATS, PivotOptions, ReportError, build_pivot, render
-from orchestrator.report.campaigns import blocked_by_campaign, render_campaigns
-from orchestrator.report.compare import (
-    RegressionError,
-    compare_campaigns,
-    compare_within,
-    regressions,
-)
-from orchestrator.report.importers.llama_bench import import_llama_bench
-from orchestrator.report.matching import split_pairs
-from orchestrator.report.metrics import METRICS
-from orchestrator.report.pivot import AXES, METRIC
-from orchestrator.store import Store
+from orchestrator.cli_common import BROKER_HELP, open_store, optional_broker
+from orchestrator.report import FORMATS
 
-_AXES_HELP = (
-    f"Comma-separated axes: {', '.join((*AXES, METRIC))}, and any configuration part or "
-    "setting the jobs have (configuration, ttm_pages_limit, platform_profile, power_limit_w)."
-)
+if TYPE_CHECKING:
+    from orchestrator.report import PivotOptions
+    from orchestrator.store import Store
+
+
+def _axes_help() -> str:
+    from orchestrator.report.pivot import AXES, METRIC
+
+    return (
+        f"Comma-separated axes: {', '.join((*AXES, METRIC))}, and any configuration part or "
+        "setting the jobs have (configuration, ttm_pages_limit, platform_profile, power_limit_w)."
+    )
+
+
+def _metrics_help() -> str:
+    from orchestrator.report.metrics import METRICS
+
+    return f"Comma-separated: {', '.join(METRICS)}."
+
+
+class _LateHelpOption(click.Option):
+    """An option whose help names what only the report's modules know (axes, metrics), read
+    when the help is shown: importing the commands must not import the report (numpy...)."""
+
+    def __init__(self, *args: Any, late_help: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.late_help = late_help
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self.late_help()
+        return super().get_help_record(ctx)
 
 
 def _store(ctx: click.Context) -> Store:
     """The store the `orch` group opened, or the one its --store option names."""
-    obj = ctx.ensure_object(dict)
-    if "store" not in obj:
-        obj["store"] = Store.open(obj["store_path"])
-    store: Store = obj["store"]
-    return store
+    return open_store(ctx)
 
 
 def _axes(value: str | None) -> tuple[str, ...] | None:
@@ -48,6 +58,9 @@ def _axes(value: str | None) -> tuple[str, ...] | None:
 
 def _baseline(value: str | None) -> tuple[tuple[str, str], ...]:
     """`host=laptop` or, naming one column fully, `host=laptop,vram_split=512M`."""
+    from orchestrator.report import ReportError
+    from orchestrator.report.matching import split_pairs
+
     pairs = []
     for part in split_pairs(value) if value else []:
         axis, sep, wanted = part.partition("=")
@@ -63,6 +76,8 @@ def _baseline(value: str | None) -> tuple[tuple[str, str], ...]:
 def _options(
     rows: str | None, columns: str | None, metrics: str | None, baseline: str | None = None
 ) -> PivotOptions:
+    from orchestrator.report import PivotOptions
+
     pairs = _baseline(baseline)
     first = pairs[0] if pairs else None
     return PivotOptions(_axes(rows), _axes(columns), _axes(metrics), first, pairs[1:])
@@ -82,11 +97,15 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _layout_options(command: _F) -> _F:
     for option in reversed(
         [
-            click.option("--rows", help=f"Row axes. {_AXES_HELP}"),
             click.option(
-                "--columns", help=f"Column axes (default: host, dedicated VRAM). {_AXES_HELP}"
+                "--rows", cls=_LateHelpOption, late_help=lambda: f"Row axes. {_axes_help()}"
             ),  # fmt: skip
-            click.option("--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
+            click.option(
+                "--columns",
+                cls=_LateHelpOption,
+                late_help=lambda: f"Column axes (default: host, dedicated VRAM). {_axes_help()}",
+            ),
+            click.option("--metrics", cls=_LateHelpOption, late_help=_metrics_help),
             click.option(
                 "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
             ),  # fmt: skip
@@ -119,6 +138,9 @@ def report_cmd(
     broker: str | None,
 ) -> None:
     """The comparison table of CAMPAIGN: configurations as columns, metrics as rows."""
+    from orchestrator.broker import connect
+    from orchestrator.report import build_pivot, render
+
     store = _store(ctx)
     broker = optional_broker(broker)
     if broker:
@@ -169,6 +191,14 @@ def compare_cmd(
 ) -> None:
     """B against A: two campaigns, or two values of some axes with --campaign, matched on
     every other axis but those named with --ignore."""
+    from orchestrator.report import ReportError, render
+    from orchestrator.report.compare import (
+        RegressionError,
+        compare_campaigns,
+        compare_within,
+        regressions,
+    )
+
     if columns:
         raise ReportError("orch compare puts A and B in the columns: use --rows, not --columns")
     store = _store(ctx)
@@ -193,10 +223,14 @@ def compare_cmd(
 @click.pass_context
 def campaigns_cmd(ctx: click.Context, broker: str | None) -> None:
     """Every campaign in the store: dates, hosts, job counts, status."""
+    from orchestrator.report.campaigns import blocked_by_campaign, render_campaigns
+
     store = _store(ctx)
     broker = optional_broker(broker)
     blocked = None
     if broker:
+        from orchestrator.broker import broker_time, connect, read_fleet
+
         client = connect(broker)
         store.collect(client)
         blocked = blocked_by_campaign(store, read_fleet(client), broker_time(client))
@@ -224,6 +258,8 @@ def import_llama_bench_cmd(
     model: str | None,
 ) -> None:
     """Import `llama-bench -o json` or `-o jsonl` output FILE as a campaign."""
+    from orchestrator.report.importers.llama_bench import import_llama_bench
+
     store = _store(ctx)
     done = import_llama_bench(store, file, host, campaign=campaign, backend=backend, model=model)
     click.echo(done.campaign)

@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
 from jobs.paths import orch_home
-from orchestrator.broker import connect, read_inventories
-from orchestrator.embedded import EmbeddedBroker
 from orchestrator.errors import OrchError
 
 _WORKER_START_S = 60.0
@@ -44,6 +40,10 @@ class LocalFleet:
 @contextmanager
 def local_fleet(worker_config: Path, data_dir: Path) -> Iterator[LocalFleet]:
     """Start an embedded broker and one `orch worker` with `worker_config`; stop both after."""
+    # Imported here, not above: the one-box service and the CLI import this module for
+    # `orch_command`, and must not pay for redis-py, Celery and kombu to start.
+    from orchestrator.embedded import EmbeddedBroker
+
     with EmbeddedBroker(data_dir / "broker") as broker:
         log_path = data_dir / "worker.log"
         with log_path.open("ab") as log:
@@ -61,6 +61,8 @@ def local_fleet(worker_config: Path, data_dir: Path) -> Iterator[LocalFleet]:
 
 
 def _wait_for_worker(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> str:
+    from orchestrator.broker import connect, read_inventories
+
     client = connect(url)
     deadline = time.monotonic() + _WORKER_START_S
     while time.monotonic() < deadline:
@@ -104,6 +106,8 @@ def prepare_demo(data_dir: Path) -> tuple[Path, Path]:
     Returns (worker.yaml, matrix.yaml). The campaign name carries the time, so each demo
     measures afresh instead of finding its earlier jobs already done.
     """
+    import yaml
+
     data_dir.mkdir(parents=True, exist_ok=True)
     binaries = _run_json("engines", "install", "llama.cpp", "--json")
     models = _run_json("models", "tiny", "--out", str(orch_home() / "models"), "--json")

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.brokerurl import redact_url
 from jobs.process import pid_alive, process_token, same_process
-from jobs.protocol import redact_url
 from orchestrator.errors import BrokerError, OrchError
 from orchestrator.local import orch_command
 

@@ -10,7 +10,6 @@ stderr, up to `outage_limit_s()`: `--broker-outage SECONDS` or `$ORCH_BROKER_OUT
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,34 +20,13 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from jobs.brokerurl import connection_problem, redact_url
-from orchestrator.errors import BrokerError
 
-DEFAULT_OUTAGE_S = 60.0
-OUTAGE_ENV = "ORCH_BROKER_OUTAGE_S"
+# The limit itself lives apart, so that the CLI sets it without importing redis-py;
+# broker.py takes outage_limit_s from here, beside the retry it bounds.
+from orchestrator.outagelimit import OUTAGE_ENV
+from orchestrator.outagelimit import outage_limit_s as outage_limit_s
+
 PUBLISH_RETRY_STEP_S = 5.0  # the longest pause between two tries of a publish
-_limit_s: float | None = None  # set by the CLI's --broker-outage
-
-
-def set_outage_limit(seconds: float | None) -> None:
-    """The CLI's `--broker-outage` (None: back to `$ORCH_BROKER_OUTAGE_S` or the default)."""
-    global _limit_s
-    _limit_s = seconds
-
-
-def outage_limit_s() -> float:
-    """Seconds a command waits for a broker that stopped answering, before it gives up."""
-    if _limit_s is not None:
-        return _limit_s
-    raw = os.environ.get(OUTAGE_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_OUTAGE_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise BrokerError(f"${OUTAGE_ENV} is {raw!r}: give seconds, 0 or more (default 60)")
-    return value
 
 
 def _stderr(message: str) -> None:

@@ -107,13 +107,18 @@ def plan(
     shapes = _Shapes(model_files)
     durations = store.durations() if store is not None else {}
     rows = []
+    # A matrix asks for each (model, context) many times (hosts, workloads, settings): the
+    # estimate, a sum over the model's layers, is made once per pair. Shapes live in the
+    # fleet or `shapes` for the whole call, so id() names one.
+    estimates: dict[tuple[int, int], MemoryEstimate] = {}
     for job in jobs:
-        earlier = tuple(durations.get(Store.shape_key(job), ()))
+        earlier = tuple(durations.get(Store.shape_key(job), ())) if durations else ()
         shape, source = shapes.get(job, fleet)
         if shape is None:
             rows.append(PlanRow(job, None, None, source, durations_s=earlier))
             continue
-        est = estimate(shape, job.context)
+        key = (id(shape), job.context)
+        est = estimates.get(key) or estimates.setdefault(key, estimate(shape, job.context))
         inv = fleet.inventories.get(job.host) if fleet else None
         facts, note = (None, None)
         if inv is not None and inv.facts is not None:

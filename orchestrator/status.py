@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tabulate import tabulate
-
-from jobs.spec import configuration_label, host_of_queue
-from orchestrator.broker import Fleet, broker_time, queue_counts, read_fleet
-from orchestrator.dlq import dead_letter_count
-from orchestrator.store import Store
-from orchestrator.waiting import blocked_notes, visit_lines
+# The broker's side (redis-py, Celery, kombu) is imported where a broker was given, and
+# tabulate (importlib.metadata, wcwidth) where there is a table: `orch status` with nothing
+# to show starts without them.
+if TYPE_CHECKING:
+    from orchestrator.broker import Fleet
+    from orchestrator.store import Store
 
 WAITING, CANCELLED = "waiting", "cancelled"
 
 
 def render_status(store: Store, client: Any | None, campaign: str | None) -> str:
     out: list[str] = []
-    fleet, now = (read_fleet(client), broker_time(client)) if client is not None else (None, 0.0)
+    fleet, now = _fleet_now(client) if client is not None else (None, 0.0)
     if client is not None and fleet is not None:
+        from orchestrator.dlq import dead_letter_count
+        from orchestrator.waiting import blocked_notes
+
         out += _hosts(client, fleet, now, store)  # reading the queues dead-letters junk
         dead = dead_letter_count(client)
         if dead:
@@ -45,14 +47,23 @@ def render_status(store: Store, client: Any | None, campaign: str | None) -> str
             for c in store.campaign_overview()
         ]
         headers = ["campaign", "created (UTC)", "jobs", "finished", "ok", "cancelled", "waiting"]
-        out.append(tabulate(rows, headers, tablefmt="simple") if rows else "no campaigns yet")
+        out.append(_table(rows, headers) if rows else "no campaigns yet")
     return "\n".join(out)
+
+
+def _fleet_now(client: Any) -> tuple[Fleet, float]:
+    from orchestrator.broker import broker_time, read_fleet
+
+    return read_fleet(client), broker_time(client)
 
 
 def _hosts(client: Any, fleet: Fleet, now: float, store: Store) -> list[str]:
     """One row per host and configuration: online or not, which one it runs now, and its jobs
     done / running / waiting there (done from this store, all campaigns; the rest from the
     broker)."""
+    from jobs.spec import host_of_queue
+    from orchestrator.broker import queue_counts
+
     rows: list[list[Any]] = []
     waiting, running = queue_counts(client)
     done = store.done_by_queue()
@@ -80,7 +91,13 @@ def _hosts(client: Any, fleet: Fleet, now: float, store: Store) -> list[str]:
     if not rows:
         return ["hosts: none registered yet (start `orch worker` on each box)"]
     headers = ["host", "state", "configuration", "done", "running", "waiting", "engines"]
-    return [tabulate(rows, headers, tablefmt="simple", disable_numparse=True)]
+    return [_table(rows, headers, disable_numparse=True)]
+
+
+def _table(rows: list[list[Any]], headers: list[str], **options: Any) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers, tablefmt="simple", **options)
 
 
 def _now_mark(inv: Any, now: float) -> str:
@@ -88,6 +105,8 @@ def _now_mark(inv: Any, now: float) -> str:
     if inv.online(now):
         return " (now)"
     if inv.reconfigure is not None and inv.reconfigure.rebooting(now):
+        from jobs.spec import configuration_label
+
         into = configuration_label(inv.reconfigure.rebooting_into or {})
         return f" (last; rebooting into {into})"
     return " (last seen)"
@@ -117,9 +136,11 @@ def _campaign(store: Store, campaign: str, fleet: Fleet | None, now: float) -> l
         f"campaign {campaign}: {finished}/{len(jobs)} jobs finished"
         + (f" ({disturbed} disturbed: no verdict drawn from them)" if disturbed else "")
         + f"; server model loads: {loads} for {groups} group(s) of jobs that can share one",
-        tabulate(rows, ["queue", *states], tablefmt="simple"),
+        _table(rows, ["queue", *states]),
     ]
     if fleet is not None:
+        from orchestrator.waiting import blocked_notes
+
         pending = [r.spec for r in jobs if not r.settled and r.spec.host in fleet.inventories]
         out += blocked_notes(pending, fleet.inventories, now)
         out += _plan_lines(pending, fleet)
@@ -129,6 +150,8 @@ def _campaign(store: Store, campaign: str, fleet: Fleet | None, now: float) -> l
 def _plan_lines(pending: list[Any], fleet: Fleet) -> list[str]:
     """The configurations each host still has to visit, and how its unattended switching
     stands (the last switch, campaigns it stopped for)."""
+    from orchestrator.waiting import visit_lines
+
     out = visit_lines(pending, fleet.inventories)
     for host in sorted({j.host for j in pending}):
         inv = fleet.inventories.get(host)

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,11 +216,12 @@ def submit(
     waiting = [j for j in jobs if j.job_id not in finished and j.job_id in in_broker]
     todo = [j for j in jobs if j.job_id not in finished and j.job_id not in in_broker]
     skipped = [j for j in todo if skip_predicted_failures and _will_not_load(predictions[j.job_id])]
+    skipped_ids = {j.job_id for j in skipped}
     # Queues are FIFO: publishing each host's jobs grouped by what they load makes them run
     # back to back on a warm server (the fewest model loads); within a group, jobs that share
     # runtime settings run together.
     fresh = sorted(
-        (j for j in todo if j not in skipped),
+        (j for j in todo if j.job_id not in skipped_ids),
         key=lambda j: (j.load_group(), sorted(j.settings.items())),
     )
     publisher = Publisher(broker_url)
@@ -228,18 +229,18 @@ def submit(
         store.record_campaign(mf.matrix.campaign, str(path.resolve()), mf.text)
         # The verdict each job is queued (or skipped) under; a finished job keeps the one its
         # outcome is checked against.
-        for job in [*fresh, *skipped]:
-            _record_prediction(store, predictions[job.job_id])
-        for job in skipped:
-            store.record_job(job)
-            store.upsert_result(skipped_result(job, predictions[job.job_id]))
-        # Each job is recorded (committed) right after it is published: a broker failure half-way
-        # leaves the store saying what was queued, and a re-submit publishes the rest.
-        for job in fresh:
-            if job.job_id in skipped_before:
-                store.forget_result(job.job_id)
-            publisher.publish(job)
-            store.record_job(job)
+        store.record_predictions(_predictions(predictions[j.job_id] for j in [*fresh, *skipped]))
+        if skipped:
+            with store.transaction():
+                for job in skipped:
+                    store.record_job(job)
+                    store.upsert_result(skipped_result(job, predictions[job.job_id]))
+        # Each batch of jobs is recorded (committed) right after it is queued: a broker failure
+        # half-way leaves the store saying what was queued, and a re-submit publishes the rest.
+        # A skipped job that runs now loses its `skipped` result in the same transaction.
+        publisher.publish_many(
+            fresh, on_published=lambda batch: store.record_jobs(batch, skipped_before)
+        )
     finally:
         publisher.close()
     notes = blocked_notes(fresh + waiting, fleet.inventories, broker_time(client))
@@ -254,13 +255,12 @@ def _will_not_load(row: PlanRow) -> bool:
     return row.verdict is not None and row.verdict.kind == "will not load"
 
 
-def _record_prediction(store: Store, row: PlanRow) -> None:
-    if row.verdict is None:
-        return
-    text = row.verdict.text() + (f" ({row.facts_note})" if row.facts_note else "")
-    store.record_prediction(
-        row.job.job_id, Prediction(row.verdict.kind, row.verdict.needs_bytes, text)
-    )
+def _predictions(rows: Iterable[PlanRow]) -> Iterator[tuple[str, Prediction]]:
+    """(job id, prediction) of each row the planner gave a verdict."""
+    for row in rows:
+        if row.verdict is not None:
+            text = row.verdict.text() + (f" ({row.facts_note})" if row.facts_note else "")
+            yield row.job.job_id, Prediction(row.verdict.kind, row.verdict.needs_bytes, text)
 
 
 def skipped_result(job: JobSpec, row: PlanRow) -> RunResult:

@@ -14,9 +14,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import click
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from jobs.brokerurl import (
     CONNECT_TIMEOUT_S,
@@ -81,6 +78,12 @@ def _broker_url(
 def _check_broker(url: str) -> None:
     """Fail in seconds, with why, on a broker URL that can never work (a wrong password, TLS
     to a plain port, a refused certificate); a broker that is down is the agent's to wait for."""
+    # redis-py is imported by the commands that talk to the broker, not by this module: the
+    # coordinator's `orch --help` imports it to list these commands.
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     client = redis.Redis.from_url(
         url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=2 * CONNECT_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),
@@ -144,6 +147,8 @@ def worker_command(
     check_config: bool,
 ) -> None:
     """Run the agent: consume this host's queue, one job at a time."""
+    import redis
+
     from worker.agent import Agent
     from worker.config import load_worker_config
 

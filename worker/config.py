@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from string import Formatter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -217,8 +217,15 @@ class DisturbanceConfig(BaseModel):
     max_load_avg: float | None = Field(default=None, gt=0)
     # A thermal throttle event (x86 thermal_throttle counters) during the run disturbs it.
     allow_throttling: bool = False
-    # Another process on an NVIDIA GPU (NVML) during the run disturbs it.
+    # Another process on the GPU during the run disturbs it: an NVIDIA compute process (NVML),
+    # or a process whose DRM fdinfo busy time grew on one of `gpu_engines` (amdgpu, i915...).
     allow_other_gpu_processes: bool = False
+    # DRM engines (`drm-engine-<name>` in /proc/PID/fdinfo) whose use by another process counts.
+    # `compute` only by default: a desktop compositor uses `gfx` all the time and would mark
+    # every run on a desktop disturbed; add `gfx` on a headless box (amdgpu: gfx, compute, dma).
+    gpu_engines: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
+        default_factory=lambda: ["compute"]
+    )
 
 
 class WorkerConfig(BaseModel):

@@ -2,19 +2,30 @@
 
 A tg figure taken while a compiler or a browser used half the cores is not the engine's speed,
 and `orch compare` once called q4 "12.0x faster" than q8 from such samples. Around every run
-the worker reads counters at the start and at the end (no thread of its own):
+the worker reads counters at the start and at the end:
 
 - CPU time used by processes other than this worker and the engine tree it started: the box's
   busy time from /proc/stat minus the CPU time of our own process tree. /proc/stat counts
   every process, including short-lived ones that started and ended during the run (a `make
   -j` of many small compilers), which a scan of /proc/PID/stat at the end would miss;
-- the others that used most of it, from two scans of /proc/PID/stat (start and end; about
-  30 µs a process, both outside the measured window);
+- the others that used most of it, named only when the others' share is over the owner's
+  limit (10% where none is set): a scan of every /proc/PID/stat at the end against the one
+  taken at the start;
 - the highest 1-minute load average, the lowest current core frequency against the cores'
   rated maximum (where cpufreq is readable), both read at the start, when the engine starts
   and at the end;
 - the increase of the x86 thermal throttle counters (cumulative, so start and end are exact);
-- other processes on an NVIDIA GPU (NVML's running processes) at the end.
+- other processes on the GPU: NVIDIA compute processes (NVML) at the end, and, where /dev/dri
+  exists, processes whose DRM fdinfo busy time grew during the run on one of the owner's
+  `gpu_engines` (`compute` by default: amdgpu's gfx engine is a desktop compositor's).
+
+Cost (issue 15): the scan of every process (CPU counters, DRM fds) runs once, at the start, in
+a thread while the engine starts (worker/disturbance_scan.py); the end reads our own tree and
+the processes new since the start, /proc/stat, and every process again only when a run turns
+out disturbed. The start scan is taken a few ms after the start counters, so a process of
+ours that was already alive (a warm server) may have a few ms of its CPU counted as others'.
+A pid reused during the run by a new process of ours is not seen (pids wrap after ~4 million
+forks by default).
 
 The owner's thresholds (`disturbance:` in worker.yaml, `DisturbanceConfig`) decide whether the
 run is `disturbed`; reports then show its cells flagged and draw no faster/slower verdict.
@@ -34,94 +45,38 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
 from jobs.result import Disturbance
 from worker.config import DisturbanceConfig
+from worker.disturbance_scan import (
+    BoxScan,
+    CpuFiles,
+    ProcStat,
+    StartScan,
+    descendants,
+    drm_busy_since,
+    list_pids,
+    parse_cpu_busy,
+    parse_pid_stat,
+    read_stats,
+)
 from worker.sysfs import read_int, read_text
 from worker.telemetry.nvml import gpu_processes
+
+__all__ = ["DisturbanceMonitor", "ProcStat", "judge", "parse_cpu_busy", "parse_pid_stat"]
 
 log = logging.getLogger("orch.worker")
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-# /proc/stat columns that are CPU busy time: user nice system idle iowait irq softirq steal
-# guest guest_nice (Documentation/filesystems/proc.rst). guest time is already in user and
-# nice; steal is time the hypervisor gave another VM, not a process of this box.
-_BUSY_COLUMNS = (0, 1, 2, 5, 6)
 _TOP_OTHERS = 5
 _MIN_SHOWN_S = 0.05  # a process below this is noise, not a culprit
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """One /proc/PID/stat: what the monitor needs of a process."""
-
-    comm: str
-    ppid: int
-    start_ticks: int  # since boot: with the pid, names one process (pids are reused)
-    cpu_ticks: int  # utime + stime, every thread
-
-
-def parse_pid_stat(text: str) -> ProcStat | None:
-    """`pid (comm) state ppid ...`: comm may hold spaces and ")", so cut at the last ")"."""
-    head, _, rest = text.rpartition(")")
-    comm = head.partition("(")[2]
-    fields = rest.split()
-    # fields[0] is the state (field 3); utime, stime are fields 14, 15, starttime 22.
-    if len(fields) < 20:
-        return None
-    try:
-        return ProcStat(comm, int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]))
-    except ValueError:
-        return None
-
-
-def parse_cpu_busy(text: str) -> tuple[int, int] | None:
-    """(busy ticks of all CPUs, number of CPUs) from /proc/stat."""
-    busy = cpus = 0
-    found = False
-    for line in text.splitlines():
-        name, _, values = line.partition(" ")
-        if name == "cpu":
-            columns = values.split()
-            try:
-                busy = sum(int(columns[i]) for i in _BUSY_COLUMNS if i < len(columns))
-            except ValueError:
-                return None
-            found = True
-        elif name.startswith("cpu") and name[3:].isdigit():
-            cpus += 1
-    return (busy, max(cpus, 1)) if found else None
-
-
-def scan_processes(proc: Path) -> dict[int, ProcStat]:
-    try:
-        names = [name for name in os.listdir(proc) if name.isdigit()]
-    except OSError:
-        return {}
-    found = {}
-    for name in names:
-        text = read_text(proc / name / "stat")
-        stat = parse_pid_stat(text) if text else None
-        if stat is not None:
-            found[int(name)] = stat
-    return found
-
-
-def descendants(procs: dict[int, ProcStat], roots: set[int]) -> set[int]:
-    """`roots` and every process below them, by the parent field."""
-    children: dict[int, list[int]] = {}
-    for pid, stat in procs.items():
-        children.setdefault(stat.ppid, []).append(pid)
-    found, todo = set(), [r for r in roots if r in procs]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo += children.get(pid, [])
-    return found
+# Culprits are named above the owner's limit; where the owner judges no CPU share, above this.
+_NAME_ABOVE_FRACTION = 0.1
+# The start scan normally ends within milliseconds; past this its figures are missing.
+_START_SCAN_WAIT_S = 10.0
 
 
 @dataclass
@@ -131,13 +86,16 @@ class Snapshot:
     at: float
     busy_ticks: int | None = None
     cpus: int = 1
-    procs: dict[int, ProcStat] = field(default_factory=dict)
+    procs: dict[int, ProcStat] = field(default_factory=dict)  # those read at that moment
     reaped_s: float = 0.0  # CPU of this worker's children that ended and were waited for
     throttle: int | None = None
 
 
 class DisturbanceMonitor:
-    """Context manager around one measured run; `record` holds what it saw (None: off)."""
+    """Context manager around one measured run; `record` holds what it saw (None: off).
+
+    `background=False` takes the start scan at once instead of in a thread (tests that rewrite
+    a fixture tree right after the start need it finished)."""
 
     def __init__(
         self,
@@ -148,25 +106,34 @@ class DisturbanceMonitor:
         clock: Callable[[], float] = time.monotonic,
         reaped_cpu_s: Callable[[], float] | None = None,
         gpu: Callable[[], list[tuple[int, int | None]] | None] = gpu_processes,
+        background: bool = True,
     ) -> None:
         self.config = config
         self.proc = root / "proc"
         self.cpu_dir = root / "sys" / "devices" / "system" / "cpu"
+        # No DRM device node, no DRM client to find: spend nothing on fds (most boxes).
+        self.drm = (root / "dev" / "dri").is_dir()
         self.own_pid = os.getpid() if own_pid is None else own_pid
         self.clock = clock
         self.reaped_cpu_s = reaped_cpu_s or _reaped_children_s
         self.gpu = gpu
+        self.background = background
         self.record: Disturbance | None = None
         self._watched: set[int] = set()
         self._start: Snapshot | None = None
+        self._scan: StartScan | None = None
+        self._started_ticks: int | None = None  # the start, in ticks since boot
         self._load: list[float] = []
         self._freq_min_khz: list[int] = []
         self._freq_max_khz: int | None = None
+        self._cpus: list[CpuFiles] | None = None
         self._sources: set[str] = set()
 
     def __enter__(self) -> DisturbanceMonitor:
         try:
             self._start = self._snapshot()
+            self._started_ticks = _uptime_ticks(self.proc)
+            self._scan = StartScan(self.proc, self.drm, self.background)
         except Exception:  # a bug here must never cost the run
             log.exception("disturbance: reading the start counters failed")
         return self
@@ -177,10 +144,11 @@ class DisturbanceMonitor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._start is None:
+        if self._start is None or self._scan is None:
             return
         try:
-            self.record = self._finish(self._start, self._snapshot())
+            end = self._snapshot()
+            self.record = self._finish(self._start, end, self._scan.result(_START_SCAN_WAIT_S))
         except Exception:
             log.exception("disturbance: reading the end counters failed")
 
@@ -196,7 +164,9 @@ class DisturbanceMonitor:
     # -- reading ---------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
-        snap = Snapshot(at=self.clock(), procs=scan_processes(self.proc))
+        """The box-wide counters and this worker's own /proc/PID/stat (the rest of our tree
+        comes from the start scan and, at the end, from `_end_procs`)."""
+        snap = Snapshot(at=self.clock(), procs=read_stats(self.proc, [self.own_pid]))
         text = read_text(self.proc / "stat")
         parsed = parse_cpu_busy(text) if text else None
         if parsed is not None:
@@ -218,9 +188,9 @@ class DisturbanceMonitor:
         except (IndexError, ValueError):
             pass
         current, rated = [], []
-        for cpu in self._cpu_dirs():
-            cur = read_int(cpu / "cpufreq" / "scaling_cur_freq")
-            top = read_int(cpu / "cpufreq" / "cpuinfo_max_freq")
+        for cpu in self._cpu_files():
+            cur = read_int(cpu.cur_freq)
+            top = read_int(cpu.max_freq)
             current += [cur] if cur else []
             rated += [top] if top else []
         if current:
@@ -229,12 +199,17 @@ class DisturbanceMonitor:
         if rated:
             self._freq_max_khz = max(rated)
 
-    def _cpu_dirs(self) -> list[Path]:
-        try:
-            names = os.listdir(self.cpu_dir)
-        except OSError:
-            return []
-        return [self.cpu_dir / n for n in sorted(names) if n.startswith("cpu") and n[3:].isdigit()]
+    def _cpu_files(self) -> list[CpuFiles]:
+        """Listed and joined once per run: the gauges are read three times, and on a 32-core
+        box the path joins alone were a millisecond each time (issue 15)."""
+        if self._cpus is None:
+            try:
+                names = sorted(os.listdir(self.cpu_dir))
+            except OSError:
+                names = []
+            dirs = [self.cpu_dir / n for n in names if n.startswith("cpu") and n[3:].isdigit()]
+            self._cpus = [CpuFiles.of(cpu) for cpu in dirs]
+        return self._cpus
 
     def _throttle_count(self) -> int | None:
         """Core throttle events summed over CPUs, plus package events once per package (every
@@ -242,15 +217,14 @@ class DisturbanceMonitor:
         core = 0
         packages: dict[int | None, int] = {}
         found = False
-        for cpu in self._cpu_dirs():
-            folder = cpu / "thermal_throttle"
-            count = read_int(folder / "core_throttle_count")
+        for cpu in self._cpu_files():
+            count = read_int(cpu.core_throttle)
             if count is not None:
                 core += count
                 found = True
-            package = read_int(folder / "package_throttle_count")
+            package = read_int(cpu.package_throttle)
             if package is not None:
-                key = read_int(cpu / "topology" / "physical_package_id")
+                key = read_int(cpu.package_id)
                 packages[key] = max(packages.get(key, 0), package)
                 found = True
         if not found:
@@ -260,25 +234,46 @@ class DisturbanceMonitor:
 
     # -- the record ------------------------------------------------------------------------
 
-    def _finish(self, start: Snapshot, end: Snapshot) -> Disturbance:
+    def _finish(self, start: Snapshot, end: Snapshot, scan: BoxScan | None) -> Disturbance:
         duration = max(end.at - start.at, 0.0)
-        ours = descendants(start.procs, {self.own_pid, *self._watched}) | descendants(
-            end.procs, {self.own_pid, *self._watched}
-        )
+        roots = {self.own_pid, *self._watched}
+        ours = roots  # without the start scan, at least the worker and the engine are known
         other_s = fraction = None
-        if start.busy_ticks is not None and end.busy_ticks is not None and start.procs:
-            busy_s = (end.busy_ticks - start.busy_ticks) / _TICKS_PER_S
-            own_s = _tree_cpu_s(start, end, ours) + max(end.reaped_s - start.reaped_s, 0.0)
-            # /proc/stat counts in ticks and processes are sampled a moment apart: clamp.
-            other_s = round(max(busy_s - own_s, 0.0), 3)
-            if duration > 0:
-                fraction = round(min(other_s / (duration * end.cpus), 1.0), 4)
+        top: list[str] = []
+        drm_others: list[str] = []
+        if scan is not None and start.procs:
+            box = self._before_the_run(scan)
+            # This worker's own counters, read at the start itself, win over the scan's.
+            start = replace(start, procs={**box.procs, **start.procs})
+            names = list_pids(self.proc)
+            new = {pid for pid in names if pid not in start.procs}
+            ours_then = descendants(start.procs, roots)
+            # Our tree now: what was ours and lives, the roots, and the new processes (one of
+            # ours started during the run is new); every other process is left unread.
+            end.procs.update(read_stats(self.proc, (new | ours_then | roots) - end.procs.keys()))
+            ours = ours_then | descendants(end.procs, roots)
+            if start.busy_ticks is not None and end.busy_ticks is not None:
+                busy_s = (end.busy_ticks - start.busy_ticks) / _TICKS_PER_S
+                own_s = _tree_cpu_s(start, end, ours) + max(end.reaped_s - start.reaped_s, 0.0)
+                # /proc/stat counts in ticks and processes are sampled a moment apart: clamp.
+                other_s = round(max(busy_s - own_s, 0.0), 3)
+                if duration > 0:
+                    fraction = round(min(other_s / (duration * end.cpus), 1.0), 4)
+            if self._worth_naming(other_s, fraction):
+                rest = [pid for pid in names if pid not in end.procs]
+                everyone = Snapshot(end.at, procs={**end.procs, **read_stats(self.proc, rest)})
+                top = _top_others(start, everyone, ours)
+            if self.drm:
+                # Read again: the start's DRM holders and the processes new since (one alive
+                # at the start without a DRM file that opened one during the run is not seen).
+                holders = (box.drm.keys() & set(names)) | new
+                drm_others = self._drm_others(box, holders - ours, end.procs)
         record = Disturbance(
             duration_s=round(duration, 3),
             logical_cpus=end.cpus,
             other_cpu_s=other_s,
             other_cpu_fraction=fraction,
-            top_others=_top_others(start, end, ours),
+            top_others=top,
             load_avg_1m_max=max(self._load) if self._load else None,
             cpu_freq_mhz_min=min(self._freq_min_khz) / 1000 if self._freq_min_khz else None,
             cpu_freq_mhz_max=self._freq_max_khz / 1000 if self._freq_max_khz else None,
@@ -287,11 +282,31 @@ class DisturbanceMonitor:
                 if end.throttle is not None and start.throttle is not None
                 else None
             ),
-            gpu_other_processes=self._gpu_others(end, ours),
+            gpu_other_processes=self._nvml_others(end, ours) + drm_others,
         )
         return judge(record, self.config, sorted(self._sources))
 
-    def _gpu_others(self, end: Snapshot, ours: set[int]) -> list[str]:
+    def _before_the_run(self, scan: BoxScan) -> BoxScan:
+        """The start scan is a moment late: a process it saw that started after the start (the
+        engine, started while the scan ran) is new, and all of its CPU and GPU time is the
+        run's."""
+        began = self._started_ticks
+        if began is None:
+            return scan
+        procs = {pid: stat for pid, stat in scan.procs.items() if stat.start_ticks < began}
+        return BoxScan(procs, {pid: c for pid, c in scan.drm.items() if pid in procs})
+
+    def _worth_naming(self, other_s: float | None, fraction: float | None) -> bool:
+        """Naming reads every process again: only over the limit, and only when the others
+        used enough that one of them can reach _MIN_SHOWN_S (a 20 ms run is judged on 10 ms
+        ticks, and one tick of another process is over 10% of 2 cores)."""
+        limit = self.config.max_other_cpu_fraction
+        limit = _NAME_ABOVE_FRACTION if limit is None else limit
+        if other_s is None or fraction is None:
+            return False
+        return fraction > limit and other_s >= _MIN_SHOWN_S
+
+    def _nvml_others(self, end: Snapshot, ours: set[int]) -> list[str]:
         found = self.gpu()
         if found is None:
             return []
@@ -300,9 +315,23 @@ class DisturbanceMonitor:
         for pid, used in found:
             if pid in ours:
                 continue
-            stat = end.procs.get(pid)
+            stat = end.procs.get(pid) or read_stats(self.proc, [pid]).get(pid)
             name = f"{stat.comm} (pid {pid})" if stat else f"pid {pid}"
             out.append(name + (f": {used / 2**20:.0f} MiB" if used is not None else ""))
+        return out
+
+    def _drm_others(
+        self, box: BoxScan, pids: set[int], end_procs: dict[int, ProcStat]
+    ) -> list[str]:
+        """Processes not ours busy on a counted DRM engine during the run, e.g.
+        `llama-server (pid 5100): compute 2.41 s`."""
+        self._sources.add("DRM fdinfo")
+        out = []
+        for pid, busy in drm_busy_since(self.proc, box, pids, self.config.gpu_engines).items():
+            stat = end_procs.get(pid) or box.procs.get(pid)
+            name = f"{stat.comm} (pid {pid})" if stat else f"pid {pid}"
+            used = ", ".join(f"{engine} {ns / 1e9:.2f} s" for engine, ns in busy.items())
+            out.append(f"{name}: {used}")
         return out
 
 
@@ -379,6 +408,15 @@ def _top_others(start: Snapshot, end: Snapshot, ours: set[int]) -> list[str]:
         for cpu_s, pid in used[:_TOP_OTHERS]
         if cpu_s >= _MIN_SHOWN_S
     ]
+
+
+def _uptime_ticks(proc: Path) -> int | None:
+    """Now, in the clock of /proc/PID/stat's starttime (ticks since boot): /proc/uptime."""
+    text = read_text(proc / "uptime")
+    try:
+        return int(float(text.split()[0]) * _TICKS_PER_S) if text else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _reaped_children_s() -> float:

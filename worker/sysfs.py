@@ -12,7 +12,7 @@ from pathlib import Path
 _CHUNK = 65536
 
 
-def read_text(path: Path) -> str | None:
+def read_text(path: Path | str) -> str | None:
     """A file's text, or None when it is absent or unreadable.
 
     os.open/os.read instead of Path.read_text: the sampler reads a dozen files at 10 Hz and the

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from tabulate import tabulate
 
-from jobs.protocol import redact_url
+from jobs.brokerurl import redact_url
 from orchestrator.errors import FleetError
-from orchestrator.fleet import manage
-from orchestrator.fleet.deploy import HostOutcome, deploy_fleet
-from orchestrator.fleet.inventory import FleetFile, load_inventory
-from orchestrator.fleet.registry import try_connect
+
+# The work (pydantic inventories, paramiko and fabric for SSH, the broker) is imported by the
+# commands that do it: every `orch` command, `--help` included, imports this module.
+if TYPE_CHECKING:
+    from orchestrator.fleet.deploy import HostOutcome
+    from orchestrator.fleet.inventory import FleetFile
 
 
 def _load(inventory: Path | None) -> FleetFile:
+    from orchestrator.fleet.inventory import load_inventory
+
     path = inventory or Path(os.environ.get("ORCH_FLEET") or "fleet.yaml")
     if inventory is None and not path.exists():
         raise FleetError(
@@ -71,6 +74,10 @@ def deploy_cmd(
     inventory: Path | None, hosts: str | None, wheelhouse: Path | None, wait_s: float
 ) -> None:
     """Install (or update) the agent on each box and start it; unchanged boxes stay as they are."""
+    import tempfile
+
+    from orchestrator.fleet.deploy import deploy_fleet
+
     fleet = _load(inventory)
     targets = fleet.targets(_hosts(hosts))
     house = wheelhouse or fleet.local_path(fleet.inventory.wheelhouse)
@@ -88,6 +95,11 @@ def deploy_cmd(
 @hosts_opt
 def status_cmd(inventory: Path | None, hosts: str | None) -> None:
     """Each box's agent: running or not, service mode, orch version, and what the broker says."""
+    from tabulate import tabulate
+
+    from orchestrator.fleet import manage
+    from orchestrator.fleet.registry import try_connect
+
     fleet = _load(inventory)
     client, why = try_connect(fleet.broker_url(fleet.local_ca()))
     rows = manage.status(fleet, fleet.targets(_hosts(hosts)), client)
@@ -106,6 +118,8 @@ def status_cmd(inventory: Path | None, hosts: str | None) -> None:
 @hosts_opt
 def restart_cmd(inventory: Path | None, hosts: str | None) -> None:
     """Restart the agent on each box."""
+    from orchestrator.fleet import manage
+
     fleet = _load(inventory)
     _print_outcomes(manage.restart(fleet, fleet.targets(_hosts(hosts))))
 
@@ -115,6 +129,8 @@ def restart_cmd(inventory: Path | None, hosts: str | None) -> None:
 @hosts_opt
 def stop_cmd(inventory: Path | None, hosts: str | None) -> None:
     """Stop the agent on each box (a job it was running is queued again when it restarts)."""
+    from orchestrator.fleet import manage
+
     fleet = _load(inventory)
     _print_outcomes(manage.stop(fleet, fleet.targets(_hosts(hosts))))
 
@@ -125,6 +141,8 @@ def stop_cmd(inventory: Path | None, hosts: str | None) -> None:
 @click.option("-n", "lines", type=int, default=100, show_default=True, help="Last N lines.")
 def logs_cmd(host: str, inventory: Path | None, lines: int) -> None:
     """The agent's log on HOST (journalctl, or agent.log without systemd)."""
+    from orchestrator.fleet import manage
+
     fleet = _load(inventory)
     click.echo(manage.logs(fleet, fleet.targets([host])[0], lines), nl=False)
 
@@ -134,6 +152,10 @@ def logs_cmd(host: str, inventory: Path | None, lines: int) -> None:
 @hosts_opt
 def facts_cmd(inventory: Path | None, hosts: str | None) -> None:
     """What each box offers the agent: OS, CPUs, memory, Python, systemd, sudo, free disk."""
+    from tabulate import tabulate
+
+    from orchestrator.fleet import manage
+
     fleet = _load(inventory)
     rows, failed = [], False
     for host, facts in manage.facts(fleet, fleet.targets(_hosts(hosts))):
@@ -161,6 +183,8 @@ def facts_cmd(inventory: Path | None, hosts: str | None) -> None:
 
 
 def _print_outcomes(outcomes: list[HostOutcome], with_broker: bool = False) -> None:
+    from tabulate import tabulate
+
     headers = ["host", "mode", "result", *(["broker"] if with_broker else []), "detail"]
     rows = [
         [o.host, o.mode, o.result, *([o.broker] if with_broker else []), o.detail] for o in outcomes

@@ -16,20 +16,33 @@ Example::
 
 from __future__ import annotations
 
-from orchestrator.report.pivot import (
-    AXES,
-    METRIC,
-    Cell,
-    Pivot,
-    PivotOptions,
-    Record,
-    ReportError,
-    build_pivot,
-)
-from orchestrator.report.render_text import cell_text, render_text
-from orchestrator.report.tidy import render_llama_bench_json, render_tidy, tidy_rows
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.report.pivot import (
+        AXES,
+        METRIC,
+        Cell,
+        Pivot,
+        PivotOptions,
+        Record,
+        ReportError,
+        build_pivot,
+    )
+    from orchestrator.report.render_text import cell_text
+    from orchestrator.report.tidy import tidy_rows
 
 FORMATS = ("table", "md", "csv", "json", "html", "llama-bench-json")
+
+# The names above, imported on first use: the CLI imports this package for FORMATS on every
+# command (`orch --help` too), and the report's modules bring numpy, pydantic and the store.
+_PIVOT_NAMES = ("AXES", "METRIC", "Cell", "Pivot", "PivotOptions", "Record", "ReportError")
+_LAZY = {
+    **dict.fromkeys((*_PIVOT_NAMES, "build_pivot"), "orchestrator.report.pivot"),
+    "cell_text": "orchestrator.report.render_text",
+    "tidy_rows": "orchestrator.report.tidy",
+}
 
 __all__ = [
     "AXES",
@@ -47,7 +60,19 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups find it without this function
+    return value
+
+
 def render(pivot: Pivot, fmt: str) -> str:
+    from orchestrator.report.pivot import ReportError
+    from orchestrator.report.render_text import render_text
+    from orchestrator.report.tidy import render_llama_bench_json, render_tidy
+
     if fmt in ("csv", "json"):
         return render_tidy(pivot, fmt)
     if fmt == "llama-bench-json":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tabulate import tabulate
-
-from jobs.spec import JobSpec
-from orchestrator.store import CampaignOverview, Store
-from orchestrator.waiting import Blocked, blocked_on
+# The job models (pydantic) and tabulate are imported where there are jobs to parse or rows
+# to print: `orch campaigns` on an empty store starts without them.
+if TYPE_CHECKING:
+    from jobs.spec import JobSpec
+    from orchestrator.store import CampaignOverview, Store
+    from orchestrator.waiting import Blocked
 
 
 def campaign_status(c: CampaignOverview, blocked: list[Blocked] | None = None) -> str:
@@ -32,6 +33,8 @@ def campaign_status(c: CampaignOverview, blocked: list[Blocked] | None = None) -
 def blocked_by_campaign(store: Store, fleet: Any, now: float) -> dict[str, list[Blocked]]:
     """campaign -> what its waiting jobs wait for, for campaigns where every one waits for a
     human (none of them will start by itself)."""
+    from orchestrator.waiting import blocked_on
+
     pending: dict[str, list[JobSpec]] = {}
     for job in store.pending_jobs():
         pending.setdefault(job.campaign, []).append(job)
@@ -48,6 +51,8 @@ def render_campaigns(store: Store, blocked: dict[str, list[Blocked]] | None = No
     blocked = blocked or {}
     if not overview:
         return f"no campaigns in {store.path} yet: `orch submit MATRIX` or `orch import`"
+    from tabulate import tabulate
+
     headers = ["campaign", "created", "last result", "hosts", "jobs", "done", "ok", "failed",
                "skipped", "waiting", "status"]  # fmt: skip
     body = [

@@ -1,7 +1,8 @@
 """The pivot as a terminal table or a paste-ready GitHub Markdown table.
 
-A cell reads `43.1 [42.8–43.5] n=8`: the median, its 95% bootstrap confidence interval and the
-number of samples; below 6 samples `43.1 (42.6–43.6) n=3`, the median and the range (min–max),
+A cell reads `43.1 [42.8–43.5] n=8`: the median, its 95% confidence interval (two order
+statistics: `orchestrator.stats.median_ci`) and the number of samples; below 6 samples
+`43.1 (42.6–43.6) n=3`, the median and the range (min–max),
 since no honest 95% interval exists there. `⚠` marks an unstable cell; with a baseline,
 `· 1.35× faster` (an exact Mann-Whitney U test rejects at 5%), `· 0.98× ≈` (not
 distinguishable) or `· 1.10× n<3` (too few samples to say).
@@ -164,10 +165,10 @@ def note_marks(pivot: Pivot) -> dict[str, str]:
 
 def legend(pivot: Pivot) -> list[str]:
     lines = [
-        "Cells: median [95% bootstrap CI of the median] n=samples (repetitions pooled over the "
-        f"cell's jobs); below {MIN_SAMPLES_FOR_CI} samples median (min–max) n=samples: a "
-        "bootstrap interval there is about the range and holds the true median only 75-90% of "
-        f"the time. {UNSTABLE_MARK} = unstable: robust spread 1.4826·MAD/median above "
+        "Cells: median [95% CI of the median, from order statistics] n=samples (repetitions "
+        f"pooled over the cell's jobs); below {MIN_SAMPLES_FOR_CI} samples median (min–max) "
+        "n=samples: no interval there reaches 95% (the range holds the true median 75-94% of "
+        f"the time). {UNSTABLE_MARK} = unstable: robust spread 1.4826·MAD/median above "
         f"{UNSTABLE_SPREAD:.0%}. tg = text generation, pp = prompt processing."
     ]
     if pivot.baseline:

@@ -45,8 +45,10 @@ def test_a_run_beside_cpu_hogs_is_disturbed_and_gives_no_verdict(
     config = write_worker_config(tmp_path / "w.yaml", "busy-box", llama_bin, tiny_models, {})
     matrix = tmp_path / "m.yaml"
     matrix.write_text(
-        f"campaign: {CAMPAIGN}\nrepetitions: 5\nworkload: {{prompt_tokens: 16, gen_tokens: 8}}\n"
-        "hosts: [busy-box]\nmatrix: {model: ['tiny:q4_k_m', 'tiny:q8_0'], context: [64]}\n"
+        # Runs long enough (thousands of tokens: seconds, not milliseconds) that an always
+        # runnable hog gets its fair share of CPU during them, however busy the box is.
+        f"campaign: {CAMPAIGN}\nrepetitions: 5\nworkload: {{prompt_tokens: 64, gen_tokens: 1024}}\n"
+        "hosts: [busy-box]\nmatrix: {model: ['tiny:q4_k_m', 'tiny:q8_0'], context: [2048]}\n"
     )
     store_path = tmp_path / "orch.db"
     done = orch("--store", str(store_path), "submit", str(matrix), "--local",

@@ -513,7 +513,7 @@ def test_markdown_is_a_github_pipe_table_with_legend() -> None:
     # lines of the table are contiguous
     first = lines.index(table_lines[0])
     assert lines[first : first + len(table_lines)] == table_lines
-    assert any(line.startswith("Cells: median [95% bootstrap CI of the median]") for line in lines)
+    assert any(line.startswith("Cells: median [95% CI of the median") for line in lines)
 
 
 def test_markdown_lists_failures_with_their_reason() -> None:

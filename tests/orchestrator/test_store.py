@@ -367,3 +367,20 @@ def test_unreadable_result_is_kept_and_read_again(store: Store, redis_client: An
     store.conn.execute("UPDATE rejected SET raw = json_remove(raw, '$.energy_j')")
     assert store.collect(redis_client) == 1
     assert store.rejected_count() == 0
+
+
+def test_overview_is_the_same_with_and_without_the_covering_index(tmp_path: Path) -> None:
+    # A store made before `results_outcome` existed (a read-only copy keeps none) counts alike.
+    from tests.orchestrator.report_data import fill_store
+
+    store = Store.open(tmp_path / "orch.db")
+    fill_store(store)
+    with_index = (store.campaign_overview(), store.done_by_queue())
+    store.conn.execute("DROP INDEX results_outcome")
+    store.close()
+    old = Store.open(tmp_path / "orch.db")  # re-creates the index on open
+    assert (old.campaign_overview(), old.done_by_queue()) == with_index
+    old.conn.execute("DROP INDEX results_outcome")
+    plain = Store(old.conn, old.path)
+    assert (plain.campaign_overview(), plain.done_by_queue()) == with_index
+    assert with_index[0][0].finished == 6 and sum(with_index[1].values()) == 5

@@ -6,6 +6,7 @@ move them, and checks what the record says. Ticks are USER_HZ (100 a second on L
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from worker.disturbance import (
     parse_cpu_busy,
     parse_pid_stat,
 )
+from worker.disturbance_scan import BoxScan, FdBudget, StartScan, drm_clients
 from worker.errors import ConfigError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "disturbance" / "box"
+AMDGPU = FIXTURE.parent / "amdgpu"
 TICKS = 100
 WORKER, ENGINE, STRESS, BROWSER = 4100, 4200, 4300, 4400
+COMPOSITOR, OTHER_SERVER = 4600, 4700
 
 
 class Box:
@@ -61,6 +65,19 @@ class Box:
     def write(self, rel: str, value: object) -> None:
         (self.root / rel).write_text(f"{value}\n")
 
+    def engine_busy(self, pid: int, fd: int, engine: str, add_ns: int) -> None:
+        """drm-engine-<engine> of one fdinfo += add_ns; amdgpu prints an engine only once it
+        has been used, so the line is added when absent."""
+        path = self.root / "proc" / str(pid) / "fdinfo" / str(fd)
+        text = path.read_text()
+        line = re.search(rf"^drm-engine-{engine}:\t(\d+) ns$", text, re.M)
+        if line is None:
+            text += f"drm-engine-{engine}:\t{add_ns} ns\n"
+        else:
+            grown = f"drm-engine-{engine}:\t{int(line[1]) + add_ns} ns"
+            text = text[: line.start()] + grown + text[line.end() :]
+        path.write_text(text)
+
 
 class Clock:
     def __init__(self) -> None:
@@ -92,6 +109,7 @@ def monitor(
         clock=clock,
         reaped_cpu_s=lambda: reaped[0],
         gpu=lambda: gpu,
+        background=False,  # the start scan done before the test rewrites the tree
     )
 
 
@@ -158,7 +176,8 @@ def test_a_reaped_engine_counts_as_ours_through_rusage_children(box: Box) -> Non
 
 def test_a_reused_pid_is_a_new_process(box: Box) -> None:
     clock = Clock()
-    with monitor(box, clock) as mon:
+    # 0.3 s of 4 CPUs over 1 s is 7.5%: over this limit, so the others are named.
+    with monitor(box, clock, DisturbanceConfig(max_other_cpu_fraction=0.05)) as mon:
         # 4400 exits; a new process gets its pid (another start time), and uses 30 ticks.
         path = box.proc_stat(BROWSER)
         path.write_text(
@@ -322,3 +341,179 @@ def test_gpu_processes_reads_nvmls_running_processes(monkeypatch: pytest.MonkeyP
 
     nv.__dict__["nvmlInit"] = no_driver
     assert gpu_processes() is None
+
+
+def test_others_are_named_only_over_the_limit_and_still_measured_below(box: Box) -> None:
+    """Naming culprits takes a scan of every process at the end: only a run whose others are
+    over the owner's limit (10% where the owner judges no CPU share) pays for it."""
+    clock = Clock()
+    with monitor(box, clock) as mon:
+        box.add_cpu(STRESS, 30)  # 0.3 s of 4 CPUs over 1 s: 7.5%, under the default 10%
+        box.busy(30)
+        clock.now += 1.0
+    record = mon.record
+    assert record is not None
+    assert record.other_cpu_s == pytest.approx(0.3) and record.top_others == []
+    assert not record.disturbed
+
+    clock = Clock()
+    unjudged = DisturbanceConfig(max_other_cpu_fraction=None)
+    with monitor(box, clock, unjudged) as mon:
+        box.add_cpu(STRESS, 60)  # 15%: not judged, named all the same
+        box.busy(60)
+        clock.now += 1.0
+    record = mon.record
+    assert record is not None
+    assert record.top_others == ["stress-ng (pid 4300): 0.6 s"] and not record.disturbed
+
+
+def test_an_engine_child_started_during_the_run_is_ours(box: Box) -> None:
+    """The end reads only our tree and the processes new since the start: a child of the
+    engine that appeared during the run is found by its parent and counted as ours."""
+    clock = Clock()
+    with monitor(box, clock) as mon:
+        mon.watch(ENGINE)
+        child = box.root / "proc" / "4210"
+        child.mkdir()
+        # llama-bench's helper: parent 4200, started during the run, 120 ticks
+        child.joinpath("stat").write_text(
+            box.proc_stat(ENGINE).read_text()
+            .replace("4200 (llama-bench) R 4100 ", "4210 (helper) R 4200 ")
+            .replace(" 0 0 0 0 20 0 4 0 60000 ", " 100 20 0 0 20 0 4 0 60100 ")
+        )  # fmt: skip
+        box.busy(120)
+        clock.now += 1.0
+    record = mon.record
+    assert record is not None
+    assert record.other_cpu_s == 0.0 and not record.disturbed
+
+
+def test_the_start_scan_in_a_thread_reads_what_a_scan_at_once_reads(
+    box: Box, tmp_path: Path
+) -> None:
+    shutil.copytree(AMDGPU, box.root, symlinks=True, dirs_exist_ok=True)
+    proc = box.root / "proc"
+    threaded = StartScan(proc, drm=True, background=True).result(10.0)
+    at_once = BoxScan.take(proc, drm=True)
+    assert threaded is not None and threaded == at_once
+    assert set(at_once.procs) == {1, WORKER, ENGINE, STRESS, BROWSER, 4500, COMPOSITOR, 4700}
+    assert set(at_once.drm) == {ENGINE, COMPOSITOR, OTHER_SERVER}
+    # fds 5 and 6 of the other server are one client (one drm-client-id): read once
+    assert at_once.drm[OTHER_SERVER] == {
+        ("0000:c5:00.0", "1201"): {"compute": 51_000_000_000, "dma": 800_000_000, "gfx": 0}
+    }
+
+
+@pytest.fixture
+def amdgpu_box(box: Box) -> Box:
+    shutil.copytree(AMDGPU, box.root, symlinks=True, dirs_exist_ok=True)
+    return box
+
+
+def test_amdgpu_compute_users_are_other_gpu_processes_and_the_compositor_is_not(
+    amdgpu_box: Box,
+) -> None:
+    box, clock = amdgpu_box, Clock()
+    with monitor(box, clock) as mon:
+        mon.watch(ENGINE)
+        box.engine_busy(ENGINE, 4, "compute", 900_000_000)  # ours
+        box.engine_busy(COMPOSITOR, 12, "gfx", 950_000_000)  # the desktop, all the time
+        box.engine_busy(COMPOSITOR, 13, "compute", 0)  # a line, no use
+        box.engine_busy(OTHER_SERVER, 5, "compute", 2_500_000_000)
+        box.engine_busy(OTHER_SERVER, 6, "compute", 2_500_000_000)  # the same client
+        clock.now += 1.0
+    record = mon.record
+    assert record is not None
+    assert record.gpu_other_processes == ["llama-server (pid 4700): compute 2.50 s"]
+    assert record.disturbed
+    assert record.reasons == ["other processes on the GPU: llama-server (pid 4700): compute 2.50 s"]
+    assert "DRM fdinfo" in record.sources
+
+
+def test_gfx_counts_where_the_owner_says_so(amdgpu_box: Box) -> None:
+    box, clock = amdgpu_box, Clock()
+    config = DisturbanceConfig(gpu_engines=["compute", "gfx"], allow_other_gpu_processes=True)
+    with monitor(box, clock, config) as mon:
+        box.engine_busy(COMPOSITOR, 12, "gfx", 950_000_000)
+        box.engine_busy(COMPOSITOR, 13, "gfx", 50_000_000)  # its second client adds up
+        clock.now += 1.0
+    record = mon.record
+    assert record is not None
+    assert record.gpu_other_processes == ["gnome-shell (pid 4600): gfx 1.00 s"]
+    assert not record.disturbed  # measured, and allowed by the owner
+
+
+def test_a_gpu_user_that_started_during_the_run_counts_from_zero(amdgpu_box: Box) -> None:
+    """A process that is new since the start holds a client that began during the run: all
+    of its busy time is the run's. An idle client of another process is not another user."""
+    box, clock = amdgpu_box, Clock()
+    with monitor(box, clock) as mon:
+        new = box.root / "proc" / "4800"
+        shutil.copytree(box.root / "proc" / str(OTHER_SERVER), new, symlinks=True)
+        (new / "stat").write_text(
+            box.proc_stat(OTHER_SERVER).read_text()
+            .replace("4700 (llama-server)", "4800 (ollama)").replace(" 58000 ", " 61000 ")
+        )  # fmt: skip
+        for fd in (5, 6):
+            info = new / "fdinfo" / str(fd)
+            info.write_text(
+                info.read_text()
+                .replace("drm-client-id:\t1201", "drm-client-id:\t1260")
+                .replace("compute:\t51000000000", "compute:\t400000000")
+            )  # fmt: skip
+        clock.now += 1.0
+    record = mon.record
+    assert record is not None
+    assert record.gpu_other_processes == ["ollama (pid 4800): compute 0.40 s"]
+
+
+def test_without_dev_dri_no_fd_is_read(amdgpu_box: Box) -> None:
+    box, clock = amdgpu_box, Clock()
+    shutil.rmtree(box.root / "dev")
+    with monitor(box, clock) as mon:
+        box.engine_busy(OTHER_SERVER, 5, "compute", 2_500_000_000)
+        clock.now += 1.0
+    record = mon.record
+    assert record is not None
+    assert record.gpu_other_processes == [] and "DRM fdinfo" not in record.sources
+
+
+def test_fd_reads_are_bounded_per_scan(amdgpu_box: Box) -> None:
+    proc = amdgpu_box.root / "proc"
+    key = ("0000:c5:00.0", "1201")
+    # fds 0 1 2 5 6: with three links left, the lowest three are read and no DRM file found
+    budget = FdBudget(links=3)
+    assert drm_clients(proc, OTHER_SERVER, budget) == {} and budget.links == 0
+    assert drm_clients(proc, OTHER_SERVER, budget) == {}  # nothing left: nothing read
+    budget = FdBudget(links=100, drm_files=1)
+    assert set(drm_clients(proc, OTHER_SERVER, budget)) == {key}
+    assert (budget.links, budget.drm_files) == (95, 0)
+    assert drm_clients(proc, COMPOSITOR, budget) == {}  # no fdinfo reads left
+
+
+def test_gpu_engines_in_worker_yaml(tmp_path: Path) -> None:
+    assert load_worker_config(_config_file(tmp_path, {})).disturbance.gpu_engines == ["compute"]
+    both = load_worker_config(_config_file(tmp_path, {"gpu_engines": ["compute", "gfx"]}))
+    assert both.disturbance.gpu_engines == ["compute", "gfx"]
+    with pytest.raises(ConfigError, match=r"disturbance.gpu_engines.0: String should match"):
+        load_worker_config(_config_file(tmp_path, {"gpu_engines": ["compute engine"]}))
+
+
+def test_an_engine_the_start_scan_saw_after_the_start_is_all_ours(box: Box) -> None:
+    """The start scan runs beside the engine's start: when it reads the engine, the engine may
+    already have used CPU since the start. A process whose starttime is after the start
+    (/proc/uptime at the start: 605 s = 60500 ticks) is new, so all of that CPU is ours."""
+    clock = Clock()
+    path = box.proc_stat(ENGINE)
+    # started at 606 s, 3 s of CPU used by the time the scan reads it (all after the start)
+    path.write_text(
+        path.read_text().replace(" 0 0 0 0 20 0 4 0 60000 ", " 300 0 0 0 20 0 4 0 60600 ")
+    )
+    with monitor(box, clock) as mon:
+        mon.watch(ENGINE)
+        box.add_cpu(ENGINE, 100)
+        box.busy(300 + 100)
+        clock.now += 2.0
+    record = mon.record
+    assert record is not None
+    assert record.other_cpu_s == 0.0 and not record.disturbed

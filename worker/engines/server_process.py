@@ -82,7 +82,8 @@ class ServerProcess:
         with open(self._log.name, "rb") as log:
             size = log.seek(0, 2)
             log.seek(max(size - LOG_TAIL_BYTES, 0))
-            return log.read().decode(errors="replace")
+            # at most the tail: the server may write on while this reads
+            return log.read(LOG_TAIL_BYTES).decode(errors="replace")
 
     def log_head(self, chars: int) -> str:
         """The first `chars` characters of the log (the load messages), read bounded."""

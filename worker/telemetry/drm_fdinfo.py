@@ -94,6 +94,28 @@ def parse_fdinfo(text: str, fallback_key: Hashable) -> Client | None:
     return client
 
 
+def drm_fds(proc: Path | str, pid: int, limit: int | None = None) -> tuple[list[str], int]:
+    """The fds of `pid` that are DRM files (links to /dev/dri/*), and how many links were read:
+    at most `limit`, lowest fds first (a browser holds thousands of fds; the disturbance check
+    reads every process's and bounds what it spends)."""
+    folder = f"{os.fspath(proc)}/{pid}/fd"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return [], 0
+    if limit is not None and len(names) > limit:
+        names = sorted(names, key=lambda n: int(n) if n.isdigit() else 0)[: max(limit, 0)]
+    found = []
+    for name in names:
+        try:
+            target = os.readlink(f"{folder}/{name}")
+        except OSError:
+            continue
+        if target.startswith("/dev/dri/"):
+            found.append(name)
+    return found, len(names)
+
+
 def engine_metric(engine: str) -> str:
     return f"engine_{_NOT_METRIC_CHARS.sub('_', engine.lower()).strip('_')}_busy_pct"
 
@@ -162,20 +184,7 @@ class DrmFdinfo(Source):
         return out
 
     def _drm_fds_of(self, pid: int) -> list[str]:
-        folder = self.proc / str(pid) / "fd"
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            return []
-        found = []
-        for name in names:
-            try:
-                target = os.readlink(folder / name)
-            except OSError:
-                continue
-            if target.startswith("/dev/dri/"):
-                found.append(name)
-        return found
+        return drm_fds(self.proc, pid)[0]
 
     def _clients(self) -> dict[Hashable, Client]:
         clients: dict[Hashable, Client] = {}
