@@ -31,7 +31,7 @@ from orchestrator.report.pivot import (
     PivotOptions,
     ReportError,
     build_pivot,
-    job_axes,
+    campaign_axes,
 )
 from orchestrator.stats import Verdict
 from orchestrator.store import JobRow, Store
@@ -71,7 +71,9 @@ def compare_campaigns(
     ignore: tuple[str, ...] = (),
 ) -> Pivot:
     """Campaign B against campaign A (the baseline), configuration by configuration."""
-    sides = [Side(c, [(j, job_axes(j.spec)) for j in _jobs(store, c)]) for c in (a, b)]
+    both = {c: _jobs(store, c) for c in (a, b)}
+    axes = iter(campaign_axes([j.spec for c in (a, b) for j in both[c]]))
+    sides = [Side(c, [(j, next(axes)) for j in both[c]]) for c in (a, b)]
     return _pivot(f"{b} vs {a}", sides[0], sides[1], (), options, ignore)
 
 
@@ -85,7 +87,8 @@ def compare_within(
 ) -> Pivot:
     """Two values of some axes in one campaign: `host=laptop-80w` and `host=minipc-120w`, or
     `host=laptop-80w,vram_split=512M` and `host=minipc-120w,vram_split=32G`."""
-    jobs = [(job, job_axes(job.spec)) for job in _jobs(store, campaign)]
+    rows = _jobs(store, campaign)
+    jobs = list(zip(rows, campaign_axes([job.spec for job in rows]), strict=True))
     known = known_axes(axes for _, axes in jobs)
     want_a, want_b = _selector(a, known), _selector(b, known)
     if set(want_a) != set(want_b):

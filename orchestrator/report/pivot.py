@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -114,10 +115,31 @@ def _status_words(status: str) -> str:
         return status
 
 
-def job_axes(spec: JobSpec) -> dict[str, Any]:
+def campaign_axes(specs: Sequence[JobSpec]) -> list[dict[str, Any]]:
+    """`job_axes` of each job, with a named configuration standing for its parts wherever the
+    name alone decides them among these jobs. A part the name does not decide (the matrix varied
+    `power_limit_w` beside `configuration: [quiet]`) stays an axis of its own, so jobs at 45 W
+    and at 80 W are never pooled into one cell under the name."""
+    full = [job_axes(spec, parts=True) for spec in specs]
+    seen: dict[str, dict[str, set[str]]] = {}
+    for spec, axes in zip(specs, full, strict=True):
+        if spec.config_name:
+            for part in (*spec.configuration, *spec.settings):
+                values = seen.setdefault(part, {}).setdefault(spec.config_name, set())
+                values.add(str(axes.get(part)))
+    decided = {part for part, by_name in seen.items() if all(len(v) == 1 for v in by_name.values())}
+    for spec, axes in zip(specs, full, strict=True):
+        if spec.config_name:
+            for part in decided:
+                axes.pop(part, None)
+    return full
+
+
+def job_axes(spec: JobSpec, *, parts: bool = False) -> dict[str, Any]:
     """`JobSpec.axes()` (what identifies a job is the contract's rule), laid out for a report:
     vram_split always ("-" when unset), the workload by its size (and name), in reading order
-    (tidy exports keep it as their column order)."""
+    (tidy exports keep it as their column order). Use `campaign_axes` for a set of jobs: a
+    job alone cannot tell which of its parts its configuration's name decides."""
     identity = spec.axes()
     axes: dict[str, Any] = {k: identity.pop(k) for k in ("host", "engine", "model", "backend")}
     axes["context"] = identity.pop("context")
@@ -127,7 +149,7 @@ def job_axes(spec: JobSpec) -> dict[str, Any]:
     # A named configuration stands for its parts (the matrix says what it holds); without a
     # name, each reboot-bound part (vram_split, ttm_pages_limit...) and each runtime setting is
     # its own axis, so two configurations are never pooled into one cell.
-    if spec.config_name:
+    if spec.config_name and not parts:
         for part in (*spec.configuration, *spec.settings):
             identity.pop(part, None)
     axes.update(identity)  # configuration parts or name, settings, gpu_layers
@@ -195,7 +217,11 @@ def build_pivot(
 ) -> Pivot:
     """Cells for `jobs` (or for `records` whose axes the caller chose, as `orch compare` does)."""
     options = options or PivotOptions()
-    records = records if records is not None else [Record(job_axes(j.spec), j) for j in jobs]
+    if records is None:
+        records = [
+            Record(axes, j)
+            for axes, j in zip(campaign_axes([j.spec for j in jobs]), jobs, strict=True)
+        ]
     axes = list(AXES) + sorted({a for r in records for a in r.axes} - set(AXES))
     values = {a: sorted({r.axes.get(a, "-") for r in records}, key=sort_key) for a in axes}
     varying = [a for a in axes if len(values[a]) > 1]

@@ -46,3 +46,23 @@ def test_axes_of_a_job_without_the_new_fields_are_unchanged() -> None:
     named = _row(workload_name="short", gpu_layers=20).spec
     assert job_axes(named)["workload"] == f"short ({job_axes(plain)['workload']})"
     assert job_axes(named)["gpu_layers"] == 20
+
+
+def test_a_setting_the_configuration_name_does_not_decide_stays_an_axis() -> None:
+    # `configuration: [quiet]` beside `power_limit_w: [45, 80]`: two jobs named "quiet" at
+    # different power limits are two cells, never pooled under the name.
+    quiet = {"config_name": "quiet", "configuration": {"vram_split": "512M"}}
+    rows = [_row(**quiet, settings={"power_limit_w": watts}) for watts in (45, 80)]
+    pivot = build_pivot(report_data.CAMPAIGN, rows, PivotOptions(metrics=("tg",)))
+    assert "power_limit_w" in pivot.row_axes + pivot.column_axes
+    assert len(pivot.cells) == 2
+    # What the name does decide (the carve-out) is said by the name alone.
+    assert "vram_split" not in pivot.row_axes + pivot.column_axes
+    # Where the name decides every part, the name stands for them (as before).
+    decided = [
+        _row(config_name=name, configuration={"vram_split": split}, settings={"power_limit_w": w})
+        for name, split, w in (("quiet", "512M", 45), ("fast", "32G", 80))
+    ]
+    pivot = build_pivot(report_data.CAMPAIGN, decided, PivotOptions(metrics=("tg",)))
+    shown = pivot.row_axes + pivot.column_axes
+    assert "configuration" in shown and "power_limit_w" not in shown and len(pivot.cells) == 2

@@ -267,6 +267,8 @@ def test_runtime_table_labels_and_choice() -> None:
     assert choose_runtime(rows, "rocm", None).version == "1.52.0"  # the latest
     assert choose_runtime(rows, "rocm", f"{ROCM.rpartition('@')[0]}@1.50.2").version == "1.50.2"
     assert choose_runtime(rows, "vulkan", None).selected
+    # `hip` is ROCm in jobs/backends.py, and so here
+    assert choose_runtime(rows, "hip", None).spec == "llama.cpp-linux-x86_64-amd-rocm-avx2@1.52.0"
     with pytest.raises(LmsError, match="`lms runtime get`"):
         choose_runtime(rows, "cuda", None)
     with pytest.raises(LmsError, match="is a vulkan runtime, pinned for backend rocm"):

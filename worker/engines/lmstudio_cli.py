@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from jobs.backends import LLAMA_CPP_BACKENDS
 from worker.engines.process import ProcessOutcome, run_bounded
 
 LOAD_TIMEOUT_S = 1200.0
@@ -71,6 +72,14 @@ def runtime_backend(name: str) -> str:
 def label_matches(label: str, runtime_name: str) -> bool:
     """Whether a job's backend label names this runtime (`metal/mlx` takes either Apple one)."""
     wanted = {part.strip().lower() for part in label.split("/")}
+    # Labels that are aliases in the one rule (jobs/backends.py: `hip` is llama.cpp's ROCm)
+    # name the same runtime here.
+    wanted |= {
+        other
+        for other, registry in LLAMA_CPP_BACKENDS.items()
+        for part in wanted
+        if LLAMA_CPP_BACKENDS.get(part) == registry
+    }
     return runtime_backend(runtime_name) in wanted
 
 
