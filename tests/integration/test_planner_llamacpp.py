@@ -8,6 +8,7 @@ repacked copy of Q4_K weights, which a GPU backend never makes).
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,12 @@ def logged_buffers(llama_bin: Path, model: Path, context: int) -> dict[str, floa
     server = ServerProcess(argv)
     server.start()
     try:
-        server.wait_ready(60)
-        log = server.log_text()
+        assert server.wait_ready(60), server.log_tail()
+        # llama.cpp writes its log from a thread of its own: /health can answer before the
+        # buffer lines reach the file. "model loaded" is logged after all of them.
+        deadline = time.monotonic() + 60
+        while "model loaded" not in (log := server.log_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         server.stop()
     sizes: dict[str, float] = {}
