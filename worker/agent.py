@@ -190,10 +190,11 @@ class Agent:
             if flush_spool(self.redis, self.spool):
                 log.info("published results spooled while the broker was away")
             self.publish_inventory()
-            self._heartbeat = threading.Thread(
-                target=self._beat, name="orch-heartbeat", daemon=True
-            )
-            self._heartbeat.start()
+            heartbeat = threading.Thread(target=self._beat, name="orch-heartbeat", daemon=True)
+            heartbeat.start()
+            # Known to `finally` only once started: a SIGTERM between the two lines would
+            # otherwise make its join raise, and the box would never be announced stopped.
+            self._heartbeat = heartbeat
             log.info("%s consumes %s", self.config.host, self.config.queue)
             worker = self.app.Worker(
                 queues=[self.config.queue],
