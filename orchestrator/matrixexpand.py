@@ -20,7 +20,7 @@ from typing import Any
 
 from jobs.matrix import CPU_BACKEND, GPU_LAYERS_ENGINES, HOST_SETTING_KEYS, Matrix, Selector
 from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, JobSpec, Workload
-from orchestrator.yamlfile import KeyPath
+from jobs.yamlfile import KeyPath
 
 # (where in the file, what is wrong there)
 Problem = tuple[KeyPath, str]

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from jobs.matrix import HOST_SETTING_KEYS, HostConfiguration, Matrix
 from jobs.spec import JobSpec
+from jobs.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
 from orchestrator.errors import MatrixError
 from orchestrator.matrixexpand import Problem, expand, row_problems, rows, too_many_jobs
-from orchestrator.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
 
 Path_ = KeyPath
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from string import Formatter
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,6 +32,7 @@ from pydantic import (
 
 from jobs.protocol import MAX_JOB_TIMEOUT_S
 from jobs.spec import RUNTIME_AXES, Name, VramSplit, Watts, configuration_of, queue_name
+from jobs.yamlfile import describe, parse_yaml, read_text
 from worker.errors import ConfigError
 from worker.reconfigure.config import ReconfigureConfig
 
@@ -309,15 +309,14 @@ def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
     Paths may start with `~`; relative paths are taken from the config file's folder, so a
     service started from another directory finds the same files.
     """
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
-        raise ConfigError(f"{path}:{line}: invalid YAML: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+
+    def refuse(problems: list[str]) -> ConfigError:
+        return ConfigError("\n".join(problems))
+
+    # Bounded like a matrix file: worker.yaml may be copied from anywhere (a fleet inventory, a
+    # forum post), and an alias bomb must not take the agent's memory.
+    data, lines = parse_yaml(path, read_text(path, refuse), refuse)
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with host, declared, engines, models")
     if host is not None:
@@ -329,10 +328,7 @@ def load_worker_config(path: Path, host: str | None = None) -> WorkerConfig:
     try:
         config = WorkerConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
-        raise ConfigError("\n".join(lines)) from exc
+        raise refuse(describe(path, exc, lines)) from exc
     _resolve_paths(config, path.parent)
     missing = [
         f"{path}: engines.{engine}.backends.{backend}: {binary} does not exist"

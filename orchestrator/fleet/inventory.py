@@ -41,8 +41,8 @@ from pydantic import (
 )
 
 from jobs.spec import Name
+from jobs.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
 from orchestrator.errors import FleetError, InventoryError
-from orchestrator.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
 
 # Environment values go into a single-quoted shell/systemd EnvironmentFile line.
 _ENV_VALUE = r"^[^'\n\\]*$"

@@ -11,10 +11,10 @@ from typing import TypeVar
 
 import pytest
 
+from jobs.yamlfile import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 from orchestrator.errors import InventoryError, MatrixError
 from orchestrator.fleet.inventory import load_inventory
 from orchestrator.matrixfile import MatrixFile, load_matrix_file
-from orchestrator.yamlfile import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 
 T = TypeVar("T")
 

@@ -262,7 +262,9 @@ def test_worker_yaml_resolves_the_password_file_beside_it(tmp_path: Path) -> Non
     assert config.reconfigure is not None
     assert config.reconfigure.bios_password_file == (tmp_path / "secrets" / "bios").resolve()
     (tmp_path / "worker.yaml").write_text("host: halo\nreconfigure: {vram_split: {}}\n")
-    with pytest.raises(ConfigError, match=r"worker.yaml: reconfigure.vram_split: Value error"):
+    with pytest.raises(
+        ConfigError, match=r"worker.yaml:\d+: reconfigure.vram_split: give `firmware_attribute`"
+    ):
         load_worker_config(tmp_path / "worker.yaml")
 
 

@@ -1,4 +1,5 @@
-"""YAML files whose errors name file, line and key: the matrix file and the fleet inventory.
+"""YAML files whose errors name file, line and key: the matrix file, the fleet inventory and
+worker.yaml (both sides of the wall read YAML an owner or a stranger wrote).
 
 Example::
 
@@ -111,6 +112,8 @@ def describe(path: Path, exc: ValidationError, lines: dict[KeyPath, int]) -> lis
             message = "unknown key"
         elif err["type"] == "greater_than" and any(str(part).endswith("_w") for part in loc):
             message = "expected a positive number of watts"
+        elif err["type"] == "less_than_equal" and "le" in err.get("ctx", {}):
+            message = f"at most {err['ctx']['le']}"
         elif err["type"] in _FRIENDLY:
             message = _FRIENDLY[err["type"]]
         else:
