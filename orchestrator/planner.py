@@ -20,8 +20,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import gguf
-
 from jobs.facts import HostFacts
 from jobs.modelshape import ModelShape
 from jobs.spec import TTM_PAGE_BYTES, vram_split_bytes
@@ -89,20 +87,34 @@ def size_text(n_bytes: int) -> str:
     return f"{n_bytes / GB:.1f} GB" if n_bytes >= GB else f"{n_bytes / 2**20:.1f} MiB"
 
 
+# The KV cache types llama.cpp accepts (`-ctk`/`-ctv`): values per block and bytes per block,
+# as ggml's type traits give them (gguf-py's GGML_QUANT_SIZES; a test checks this table against
+# it). Kept here so that sizing a plan does not import gguf and numpy (~0.1 s a command).
+CACHE_TYPE_BLOCKS: dict[str, tuple[int, int]] = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q5_1": (32, 24),
+    "q5_0": (32, 22),
+    "q4_1": (32, 20),
+    "q4_0": (32, 18),
+    "iq4_nl": (32, 18),
+}
+
+
 def cache_type_bytes(cache_type: CacheType, n_values: int) -> int:
     """Bytes that `n_values` cache entries take as `cache_type` (f16, q8_0, q4_0...).
 
     Quantized types store blocks: q8_0 packs 32 values in 34 bytes, q4_0 32 in 18, so a row's
-    size is its block count times the block size (`gguf.GGML_QUANT_SIZES`, ggml's own table).
+    size is its block count times the block size.
     """
     try:
-        qtype = gguf.GGMLQuantizationType[cache_type.upper()]
+        block_values, block_bytes = CACHE_TYPE_BLOCKS[cache_type.lower()]
     except KeyError:
         raise ValueError(
-            f"unknown KV cache type {cache_type!r}: use f16, bf16, f32, q8_0, q5_1, q5_0, "
-            "q4_1, q4_0 or iq4_nl"
+            f"unknown KV cache type {cache_type!r}: use {', '.join(CACHE_TYPE_BLOCKS)}"
         ) from None
-    block_values, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
     return math.ceil(n_values / block_values) * block_bytes
 
 

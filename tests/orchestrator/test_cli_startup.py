@@ -146,3 +146,25 @@ def test_other_errors_are_not_taken_for_broker_failures(monkeypatch: pytest.Monk
     monkeypatch.setattr(cli, "cli", command)
     with pytest.raises(KeyError):
         cli.main()
+
+
+def test_sizing_a_plan_imports_neither_gguf_nor_numpy() -> None:
+    """`orch submit` and `orch plan` estimate every job's memory from the shapes workers
+    published: that must not pay for gguf and numpy (only reading a GGUF file does)."""
+    code = (
+        "import sys\n"
+        "from jobs.modelshape import ModelShape\n"
+        "from orchestrator import plan, submit\n"
+        "from orchestrator.planner import estimate\n"
+        "shape = ModelShape(architecture='llama', n_layer=2, n_embd=64, n_head=4,\n"
+        "    n_head_kv_per_layer=(2, 2), key_length=16, value_length=16, n_ff=128, n_vocab=256,\n"
+        "    context_length=4096, expert_count=None, expert_used_count=None, expert_ff=None,\n"
+        "    weight_bytes=10**6, file_bytes=10**6)\n"
+        "need = estimate(shape, context=4096, cache_type_k='q8_0', cache_type_v='q4_0')\n"
+        "assert need.total_bytes > 0\n"
+        "print(sorted(m for m in ('numpy', 'gguf') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -12,6 +12,7 @@ import pytest
 from jobs.facts import GpuFacts, HostFacts
 from jobs.modelshape import ModelShape, read_model_shape
 from orchestrator.planner import (
+    CACHE_TYPE_BLOCKS,
     MemoryEstimate,
     cache_type_bytes,
     estimate,
@@ -107,6 +108,12 @@ def test_cache_types() -> None:
     assert kv_cache_bytes(shape, 4096, "q8_0", "q4_0") == f16 * 34 // 128 + f16 * 18 // 128
     with pytest.raises(ValueError, match="unknown KV cache type 'q3'"):
         cache_type_bytes("q3", 32)
+
+
+def test_cache_type_table_agrees_with_ggmls() -> None:
+    """orch's table of KV cache types is ggml's own (gguf-py's GGML_QUANT_SIZES)."""
+    for name, sizes in CACHE_TYPE_BLOCKS.items():
+        assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name.upper()]] == sizes, name
 
 
 def test_estimate_totals_and_moe_compute() -> None:
