@@ -89,6 +89,15 @@ class InvalidMessage(ValueError):
     """A queued message that must not be acted on; the text says why (the dead-letter reason)."""
 
 
+class NewerMessage(InvalidMessage):
+    """A well-formed job from a newer orch (a higher schema version) that this orch cannot read.
+
+    Not junk: a coordinator that only lists the queues leaves it where it is (an old `orch
+    status` must not take a newer submitter's jobs); an agent that popped it dead-letters it with
+    this reason, and the submitter's next `orch submit` queues it again.
+    """
+
+
 def queue_of_key(key: str | bytes) -> str:
     """The queue a kombu list key belongs to (priority suffix removed)."""
     name = key.decode(errors="replace") if isinstance(key, bytes) else key
@@ -118,8 +127,15 @@ def check_message(raw: bytes | str, queue: str) -> JobSpec:
 def check_envelope(envelope: Any, queue: str) -> JobSpec:
     """`check_message` for an envelope already parsed (as kombu's `unacked` hash keeps it)."""
     headers = _checked_headers(envelope)
+    argument = _job_argument(envelope.get("body"))
+    version = argument.get("schema_version") if isinstance(argument, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise NewerMessage(
+            f"a job of schema {version} from a newer orch; this orch reads schema "
+            f"{SCHEMA_VERSION}: upgrade it"
+        )
     try:
-        job = JobSpec.model_validate(_job_argument(envelope.get("body")))
+        job = JobSpec.model_validate(argument)
     except ValidationError as exc:
         raise InvalidMessage(
             f"not a job this orch (schema {SCHEMA_VERSION}) can read: {_short(exc)}"

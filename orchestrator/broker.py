@@ -20,6 +20,7 @@ from jobs.inventory import WorkerInventory
 from jobs.protocol import (
     INVENTORY_PATTERN,
     InvalidMessage,
+    NewerMessage,
     celery_settings,
     check_envelope,
     check_message,
@@ -113,6 +114,8 @@ def queued_jobs(client: Any, key: str | bytes) -> Iterator[tuple[bytes, JobSpec]
     for raw in client.lrange(key, 0, -1):
         try:
             yield raw, check_message(raw, queue)
+        except NewerMessage as exc:
+            log.warning("left a job in %s alone: %s", queue, exc)
         except InvalidMessage as exc:
             if move_from_list(client, key, raw, str(exc), _SOURCE):
                 log.warning("dead-lettered a message in %s: %s", queue, exc)
@@ -134,6 +137,8 @@ def orch_messages(client: Any) -> Iterator[tuple[str, bool, JobSpec]]:
             if not routing_key.startswith("orch."):
                 continue  # another app's message on a shared Redis
             yield routing_key, True, check_envelope(envelope, routing_key)
+        except NewerMessage as exc:
+            log.warning("left a delivered job alone: %s", exc)
         except InvalidMessage as exc:
             if move_from_unacked(client, tag, raw, str(exc), _SOURCE):
                 log.warning("dead-lettered an entry of kombu's unacked hash: %s", exc)

@@ -3,6 +3,7 @@ on messages the real Publisher wrote to a real Valkey."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -16,9 +17,17 @@ from jobs.deadletter import (
     move_from_list,
     push_dead_letter,
 )
-from jobs.protocol import MAX_JOB_JSON_BYTES, InvalidMessage, check_message, unacked_parts
+from jobs.protocol import (
+    MAX_JOB_JSON_BYTES,
+    InvalidMessage,
+    NewerMessage,
+    check_message,
+    unacked_parts,
+)
 from jobs.spec import JobSpec, Workload
-from orchestrator.broker import Publisher
+from jobs.version import SCHEMA_VERSION
+from orchestrator.broker import Publisher, orch_messages
+from orchestrator.dlq import dead_letter_count
 from orchestrator.errors import BrokerError
 from tests.poison import job, poison_messages
 
@@ -115,3 +124,29 @@ def test_the_publishers_limit_and_the_consumers_agree(broker: str, redis_client:
             publisher.publish(sized(chars + 1))
     finally:
         publisher.close()
+
+
+def _from_a_newer_orch(good: bytes) -> bytes:
+    """`good` as a newer orch would write it: a higher schema and a field this orch lacks."""
+    envelope = json.loads(good)
+    body = json.loads(base64.b64decode(envelope["body"]))
+    body[0][0] |= {"schema_version": SCHEMA_VERSION + 1, "a_later_field": 1}
+    envelope["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    return json.dumps(envelope).encode()
+
+
+def test_a_newer_orchs_job_is_named_so_and_left_in_place_by_coordinators(
+    messages: Any, redis_client: Any
+) -> None:
+    """An older `orch status` lists the queues: it must not dead-letter a newer submitter's
+    valid jobs as junk (it leaves them; only an agent that popped one dead-letters it)."""
+    good, _poison = messages
+    newer = _from_a_newer_orch(good)
+    with pytest.raises(NewerMessage, match=f"schema {SCHEMA_VERSION + 1} from a newer orch"):
+        check_message(newer, "orch.box.default")
+
+    redis_client.rpush("orch.box.default", newer, b"not json")
+    listed = [one for queue, _delivered, one in orch_messages(redis_client) if "box" in queue]
+    assert listed == [job("box")]  # the good one; neither the newer nor the junk
+    assert redis_client.lrange("orch.box.default", 0, -1) == [good, newer]
+    assert dead_letter_count(redis_client) == 1  # the junk only
