@@ -17,7 +17,12 @@ import yaml
 
 from orchestrator.embedded import free_port
 from worker.errors import ProvisionError
-from worker.provision.llamacpp import TARGETS, install_llamacpp
+from worker.provision.llamacpp import (
+    NO_AMX_FLAGS,
+    TARGETS,
+    configure_command,
+    install_llamacpp,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,12 +148,50 @@ def test_llamacpp_install_returns_a_finished_build_from_cache(tmp_path: Path) ->
     (prefix / "bin").mkdir(parents=True)
     for name in TARGETS:
         (prefix / "bin" / name).write_text("#!/bin/sh\n")
-    (prefix / "build.json").write_text(json.dumps({"version": "9.9.9"}))
+    configure = configure_command(tmp_path / "llama.cpp", "9.9.9", "cpu", False, [])
+    (prefix / "build.json").write_text(json.dumps({"version": "9.9.9", "configure": configure}))
 
     built = install_llamacpp("cpu", version="9.9.9", home=tmp_path)
 
     assert built.cached
     assert built.binaries == {name: prefix / "bin" / name for name in TARGETS}
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [{"version": "9.9.9"}, {"configure": ["cmake", "-DOTHER=1"]}, "not json"],
+    ids=["no flags recorded", "other flags", "damaged"],
+)
+def test_a_cached_build_with_other_flags_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stamp: object
+) -> None:
+    """A build made with other cmake flags (an orch that still built AMX, `--cmake-flag`s the
+    owner changed since) is not reused: install goes on to fetch and build."""
+    prefix = tmp_path / "llama.cpp" / "9.9.9-cpu"
+    (prefix / "bin").mkdir(parents=True)
+    for name in TARGETS:
+        (prefix / "bin" / name).write_text("#!/bin/sh\n")
+    (prefix / "build.json").write_text(stamp if isinstance(stamp, str) else json.dumps(stamp))
+
+    def fetching(*_args: object) -> None:
+        raise ProvisionError("would fetch the source and build")
+
+    monkeypatch.setattr("worker.provision.llamacpp._fetch_source", fetching)
+    with pytest.raises(ProvisionError, match="would fetch"):
+        install_llamacpp("cpu", version="9.9.9", home=tmp_path)
+
+
+def test_amx_is_left_out_of_x86_builds_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for machine, amx, flags in [
+        ("x86_64", False, NO_AMX_FLAGS), ("x86_64", True, ""), ("aarch64", False, ""),
+    ]:  # fmt: skip
+        monkeypatch.setattr("platform.machine", lambda m=machine: m)
+        command = configure_command(tmp_path, "9.9.9", "cpu", amx, ["-DX=1"])
+        assert f"-DCMAKE_C_FLAGS={flags}" in command, machine
+        assert f"-DCMAKE_CXX_FLAGS={flags}" in command, machine
+        assert command[-1] == "-DX=1"  # the owner's flags last: they override orch's
 
 
 def test_llamacpp_install_refuses_an_unknown_backend(tmp_path: Path) -> None:

