@@ -4,6 +4,14 @@ Metric names carry their unit: `gpu_busy_pct`, `vram_used_bytes`, `gtt_used_byte
 `gpu_temp_c`, `engine_gfx_busy_pct`, `engine_compute_busy_pct`, `engine_dma_busy_pct` (the copy
 engine), `drm_vram_bytes`, `drm_gtt_bytes`, `package_power_w` (RAPL), `cpu_pct` (the engine's
 process tree, % of one core), `rss_bytes`, `sys_ram_used_bytes`, `swap_used_bytes`.
+
+Windows (PDH, worker/telemetry/pdh_gpu.py) and macOS (worker/telemetry/macos_gpu.py) fill the
+same names where the quantity is the same (GPU busy, dedicated memory as `vram_used_bytes`,
+shared GPU memory / Apple unified memory in use by the GPU as `gtt_used_bytes`, the engine's
+copy engine as `engine_dma_busy_pct`) and add: `gpu_3d_busy_pct`, `gpu_copy_busy_pct` (the
+adapter's copy engine, what Task Manager draws), `gpu_compute_busy_pct`,
+`gpu_videodecode_busy_pct` (adapter-wide per engine type), `gpu_renderer_busy_pct`,
+`gpu_tiler_busy_pct` (Apple), `gpu_power_w`, `cpu_power_w`, `ane_power_w` (powermetrics).
 """
 
 from __future__ import annotations

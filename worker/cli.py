@@ -1,4 +1,4 @@
-"""Box-side commands of the `orch` CLI: `worker`, `engines install`, `models tiny`.
+"""Box-side commands of the `orch` CLI: `worker`, `engines install`, `models tiny`, `doctor`.
 
 The coordinator's CLI finds these through the `orch.commands` entry-point group, so the two
 packages never import each other.
@@ -268,3 +268,16 @@ def models_tiny(
         return
     for m in models:
         click.echo(f"{m.name}: {m.path} ({os.path.getsize(m.path)} bytes)")
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (for bug reports).")
+def doctor_command(as_json: bool) -> None:
+    """Say which engines, telemetry sources and setters work on this box, and why not."""
+    from worker.doctor import format_report, run_doctor
+
+    report = run_doctor()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_report(report))

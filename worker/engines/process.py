@@ -1,14 +1,17 @@
 """Run an engine binary as a child that can never outlive the job, nor hang or flood the agent.
 
 A benchmark left running after its job would overlap the next job on the same box and spoil
-both. So the child starts a session of its own (its own process group) and, on Linux, gets a
-parent-death signal (killed when the worker is SIGKILLed). Every descendant it starts is
-tracked while it runs (psutil) and killed when the job ends, whether it timed out or not:
-helpers that detach, or that keep the output pipes open after the engine exits, die too.
+both. So the child starts a group of its own (a POSIX session; a new process group on Windows,
+see worker.platform.proc) and, on Linux, gets a parent-death signal (killed when the worker is
+SIGKILLed). Every descendant it starts is tracked while it runs (psutil) and killed when the
+job ends, whether it timed out or not: helpers that detach, or that keep the output pipes open
+after the engine exits, die too.
 
-Output is read by the agent without threads, with a deadline, and kept bounded: stdout up to
-STDOUT_CAP_BYTES (llama-bench's JSON is a few KB), stderr as its last STDERR_TAIL_BYTES. A
-process that escaped every kill and still holds a pipe stops being read after DRAIN_S.
+Output is read with a deadline and kept bounded: stdout up to STDOUT_CAP_BYTES (llama-bench's
+JSON is a few KB), stderr as its last STDERR_TAIL_BYTES. On POSIX the agent reads it without
+threads (a selector); on Windows, whose `select` takes sockets only, one thread per pipe
+(worker.platform.pipes). A process that escaped every kill and still holds a pipe stops being
+read after DRAIN_S.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from dataclasses import dataclass
 from typing import IO
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are checked by tests
+
+from worker.platform import proc as platform_proc
+from worker.platform.pipes import PipeThreads
 
 _PR_SET_PDEATHSIG = 1
 TAIL_LINES = 40
@@ -108,11 +114,13 @@ def ignore_pid(_pid: int) -> None:
 
 
 class ProcessTree:
-    """A child started with `start_new_session=True` and every descendant seen since.
+    """A child started in a group of its own (`platform_proc.group_popen_kwargs`) and every
+    descendant seen since.
 
-    `kill()` reaches the session (processes that changed their group but not their session),
-    the process group, and each descendant `track()` has seen (those that started a session of
-    their own); psutil's identity check (pid plus start time) keeps a reused pid safe.
+    `kill()` reaches the session (processes that changed their group but not their session;
+    POSIX only), the process group, and each descendant `track()` has seen (those that started
+    a session of their own); psutil's identity check (pid plus start time) keeps a reused pid
+    safe.
     """
 
     def __init__(self, pid: int) -> None:
@@ -141,22 +149,21 @@ class ProcessTree:
         """Every live process of the tree: tracked, or still in the child's session."""
         self.track()
         found = {p.pid: p for p in self._seen.values() if _running(p)}
-        for proc in psutil.process_iter():
-            if proc.pid not in found and _session_of(proc.pid) == self.pid:
-                found[proc.pid] = proc
+        if platform_proc.has_sessions():  # POSIX: the session finds helpers that left the group
+            for proc in psutil.process_iter():
+                if proc.pid not in found and platform_proc.session_of(proc.pid) == self.pid:
+                    found[proc.pid] = proc
         return list(found.values())
 
-    def signal_all(self, sig: int) -> None:
+    def end(self, hard: bool) -> None:
+        """Ask the whole tree to exit (`hard=False`: SIGTERM; CTRL_BREAK on Windows) or kill it."""
         members = self.members()  # first: once a parent dies, its children are not its any more
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-        for proc in members:
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
+        platform_proc.signal_group(self.pid, hard)
+        platform_proc.end_processes(members, hard)
 
     def kill(self) -> None:
-        """SIGKILL the whole tree and reap what can be reaped; survivors are what is left."""
-        self.signal_all(signal.SIGKILL)
+        """Kill the whole tree and reap what can be reaped; survivors are what is left."""
+        self.end(hard=True)
         psutil.wait_procs([p for p in self._seen.values() if _running(p)], timeout=2)
 
     def survivors(self) -> list[int]:
@@ -169,13 +176,6 @@ def _running(proc: psutil.Process) -> bool:
         return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
-
-
-def _session_of(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
 
 
 class _Capture:
@@ -210,23 +210,31 @@ def run_bounded(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,
         preexec_fn=preexec,  # noqa: PLW1509 - only where setpriv cannot set the signal
+        **platform_proc.group_popen_kwargs(),
     )
     started = time.monotonic()
     tree = ProcessTree(proc.pid)
     stdout, stderr = _Capture(head=STDOUT_CAP_BYTES), _Capture(tail=STDERR_TAIL_BYTES)
     assert proc.stdout is not None and proc.stderr is not None
     pipes: dict[IO[bytes], _Capture] = {proc.stdout: stdout, proc.stderr: stderr}
+    threads = PipeThreads(pipes) if platform_proc.pipes_need_threads() else None
     try:
         on_start(proc.pid)
-        timed_out = _read_until_exit(proc, tree, pipes, started + timeout_s)
+        deadline = started + timeout_s
+        if threads is None:
+            timed_out = _read_until_exit(proc, tree, pipes, deadline)
+        else:
+            timed_out = _wait_until_exit(proc, tree, deadline)
     finally:
         tree.kill()  # at the end of every run, not only on timeout
         proc.wait()
-        _drain(pipes, time.monotonic() + DRAIN_S)
-        for pipe in (proc.stdout, proc.stderr):
-            pipe.close()
+        if threads is None:
+            _drain(pipes, time.monotonic() + DRAIN_S)
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+        else:
+            threads.finish(time.monotonic() + DRAIN_S)  # each thread closes its own pipe
     return ProcessOutcome(
         returncode=None if timed_out else proc.returncode,
         stdout=stdout.text(),
@@ -260,6 +268,18 @@ def _read_until_exit(
                 # the whole wait_s (up to 100 ms a job, issue 15); waitpid sees the exit at once.
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(wait_s)
+    return False
+
+
+def _wait_until_exit(proc: subprocess.Popen[bytes], tree: ProcessTree, deadline: float) -> bool:
+    """While threads read the pipes: wait for the engine to exit (False) or the deadline (True)."""
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now >= deadline:
+            return True
+        tree.track(TRACK_INTERVAL_S)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(min(deadline - now, _POLL_S))
     return False
 
 

@@ -1,14 +1,14 @@
 """A local inference server run as a child: started, health-checked, logged, stopped.
 
-Like `process.run_bounded`, the child gets a session of its own and (on Linux) dies with the
-worker, so a crashed agent never leaves a server holding the GPU; `stop` ends every process
-the server started too (tracked with psutil), and its log is read back as a bounded tail.
+Like `process.run_bounded`, the child gets a group of its own (a POSIX session; a new process
+group on Windows) and (on Linux) dies with the worker, so a crashed agent never leaves a
+server holding the GPU; `stop` ends every process the server started too (tracked with
+psutil), and its log is read back as a bounded tail.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -16,6 +16,7 @@ import time
 
 from worker.engines.http_stream import get_status
 from worker.engines.process import TRACK_INTERVAL_S, ProcessTree, die_with_parent
+from worker.platform import proc as platform_proc
 
 LOG_TAIL_BYTES = 1024 * 1024  # what is read back of the server's log (it may run for hours)
 
@@ -54,8 +55,8 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
             preexec_fn=die_with_parent(),  # noqa: PLW1509
+            **platform_proc.group_popen_kwargs(),
         )
         self._tree = ProcessTree(self._proc.pid)
 
@@ -97,7 +98,7 @@ class ServerProcess:
         proc, tree = self._proc, self._tree
         if proc is not None and tree is not None:
             if proc.poll() is None:
-                tree.signal_all(signal.SIGTERM)  # a clean exit frees GPU memory sooner
+                tree.end(hard=False)  # a clean exit frees GPU memory sooner
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:

@@ -27,12 +27,14 @@ from worker.facts.gpu import DrmCard, carve_out_label, read_drm_cards
 from worker.facts.memory import read_ram_bytes, read_ttm_pages_limit
 from worker.facts.models import hash_models
 from worker.facts.nvidia import NvidiaGpu, probe_nvidia
+from worker.facts.other_platforms import detect_other_platform
 from worker.facts.pciids import lookup_pci_name, read_pci_ids
 from worker.facts.rocm import detect_rocm
 from worker.facts.ryzenadj import probe_ryzenadj
 from worker.facts.system import read_system
 from worker.facts.tools import Run, Tools, Which, run_tool
 from worker.facts.vulkan import VulkanDevice, probe_vulkan, vulkan_label
+from worker.platform import current_platform
 from worker.sysfs import read_text
 
 
@@ -49,11 +51,18 @@ def detect_host_facts(
     which: Which = shutil.which,
     run: Run = run_tool,
     now: Callable[[], datetime] = _utc_now,
+    sys_platform: str | None = None,
 ) -> HostFacts:
     """Detect this box's facts. `root` (a fixture tree in tests) prefixes every file read;
-    `which`/`run` find and run tools (fakes in tests), `cache_dir` holds the model-hash cache."""
-    log = FactLog()
+    `which`/`run` find and run tools (fakes in tests), `cache_dir` holds the model-hash cache.
+    On Windows and macOS (or the `sys_platform` named) their own readers run instead."""
     tools = Tools(which=which, run=run)
+    platform = current_platform(sys_platform)
+    if platform in ("windows", "macos"):
+        return detect_other_platform(
+            platform, tools, binaries=binaries, models=models, cache_dir=cache_dir, now=now
+        )
+    log = FactLog()
     system = read_system(root, log)
     cpu = read_cpu(root, log)
     cards = read_drm_cards(root, log)

@@ -3,6 +3,10 @@
 When two sources give the same metric the sampler keeps the one of lower precedence (see each
 `@register_source`): NVML before amdgpu, so an NVIDIA dGPU's `power_w` wins over an AMD APU's
 on a laptop that has both.
+
+Each source names the platforms it exists on; `default_sources` starts only this box's (see
+`platform_sources`): sysfs/procfs ones on Linux, PDH (`windows_gpu`) on Windows, `ioreg_gpu` and
+`powermetrics` on macOS, NVML and psutil everywhere.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ from __future__ import annotations
 from worker.telemetry import (  # noqa: F401  (register themselves)
     amdgpu,
     drm_fdinfo,
+    macos_gpu,
     nvml,
     psutil_source,
     rapl,
+    windows_gpu,
 )
 from worker.telemetry.base import (
     Source,
     default_sources,
     get_source,
+    platform_sources,
     register_source,
     registered_sources,
 )
@@ -28,6 +35,7 @@ __all__ = [
     "Source",
     "default_sources",
     "get_source",
+    "platform_sources",
     "register_source",
     "registered_sources",
 ]

@@ -90,7 +90,7 @@ def _hwmon_file(device: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-@register_source("amdgpu", precedence=20)
+@register_source("amdgpu", precedence=20, platforms=("linux",))
 class AmdGpu(Source):
     """Whole-device readings of every amdgpu card; `apu` overrides the APU detection."""
 

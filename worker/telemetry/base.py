@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from jobs.telemetry import SourceStatus
+from worker.platform import current_platform
 
 # The unit suffixes a metric name may end with; a test checks every source against them.
 METRIC_UNITS = ("_pct", "_bytes", "_w", "_c")
@@ -33,6 +34,8 @@ class Source(ABC):
 
     name: ClassVar[str] = ""
     precedence: ClassVar[int] = 100  # lower wins when two sources give the same metric
+    # The platforms (worker.platform.current_platform) the source can exist on; empty: any.
+    platforms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: Path = Path("/")) -> None:
         self.root = root
@@ -71,16 +74,21 @@ _REGISTRY: dict[str, type[Source]] = {}
 S = TypeVar("S", bound=type[Source])
 
 
-def register_source(name: str, precedence: int = 100) -> Callable[[S], S]:
+def register_source(
+    name: str, precedence: int = 100, platforms: tuple[str, ...] = ()
+) -> Callable[[S], S]:
     """Class decorator: make a source available under `name`.
 
     When two sources report the same metric (NVML and amdgpu both give `power_w`), the sampler
-    keeps the one with the lower `precedence`.
+    keeps the one with the lower `precedence`. `platforms` ("linux", "windows", "macos") limits
+    where `default_sources` starts it; on other boxes it is still there by name (`orch doctor`
+    asks it why it cannot run).
     """
 
     def decorate(cls: S) -> S:
         cls.name = name
         cls.precedence = precedence
+        cls.platforms = platforms
         _REGISTRY[name] = cls
         return cls
 
@@ -104,9 +112,17 @@ def get_source(name: str, root: Path = Path("/")) -> Source:
         raise KeyError(f"no telemetry source named {name!r} (have: {known})") from None
 
 
-def default_sources(root: Path = Path("/")) -> list[Source]:
-    """One instance of every registered source; the sampler probes each and skips the absent."""
-    return [cls(root) for cls in _ordered()]
+def platform_sources(sys_platform: str | None = None) -> list[str]:
+    """Names of the sources a box of this platform (or `sys_platform`'s) starts, in order."""
+    here = current_platform(sys_platform)
+    return [cls.name for cls in _ordered() if not cls.platforms or here in cls.platforms]
+
+
+def default_sources(root: Path = Path("/"), sys_platform: str | None = None) -> list[Source]:
+    """One instance of every source this platform can have; the sampler probes each and skips
+    the absent (a Windows box never starts the sysfs sources, Linux never the PDH one)."""
+    names = set(platform_sources(sys_platform))
+    return [cls(root) for cls in _ordered() if cls.name in names]
 
 
 class Every:

@@ -120,7 +120,7 @@ def engine_metric(engine: str) -> str:
     return f"engine_{_NOT_METRIC_CHARS.sub('_', engine.lower()).strip('_')}_busy_pct"
 
 
-@register_source("drm_fdinfo", precedence=30)
+@register_source("drm_fdinfo", precedence=30, platforms=("linux",))
 class DrmFdinfo(Source):
     """Per-engine GPU busy % and GPU memory of the watched process tree."""
 

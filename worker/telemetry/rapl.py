@@ -20,7 +20,7 @@ from worker.telemetry.base import Source, register_source, why_unreadable
 _PACKAGE_ZONE = re.compile(r"intel-rapl:\d+$")
 
 
-@register_source("rapl", precedence=40)
+@register_source("rapl", precedence=40, platforms=("linux",))
 class Rapl(Source):
     """Summed package power of every RAPL package zone."""
 
