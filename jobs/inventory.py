@@ -102,6 +102,9 @@ class WorkerInventory(BaseModel):
     stopped: bool = False  # the agent shut down cleanly (a crash leaves this False)
     facts: HostFacts | None = None  # what the agent detected on the box at start
     reconfigure: ReconfigureInfo | None = None  # unattended reconfiguration, when allowed
+    # The agent holds the box's lease but runs nothing until these earlier holders exit: they
+    # lost the lease (frozen, cut off from the broker) yet still run on the box.
+    waiting_for: str | None = None
 
     def online(self, now: float) -> bool:
         """Alive: not stopped, and seen within a few heartbeats (`now` on the broker's clock)."""

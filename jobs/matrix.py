@@ -44,6 +44,17 @@ Without a `workload` axis every job runs the single top-level `workload:`, as be
 sets one or the other). Layers on the GPU (llama.cpp's `-ngl`, llama-bench and llama-server
 only) are an axis too: `gpu_layers: [0, 20, 999]`. A `cpu` backend has no GPU to put them on,
 so its jobs leave gpu_layers unset (one job instead of one per value).
+
+Engine options are axes too, each applied by the engines that can set it per job
+(jobs/engineoptions.py; a matrix asking another engine for one is refused)::
+
+    matrix:
+      flash_attention: [on, off]    # llama-bench, llama-server, lmstudio
+      kv_offload: [true, false]     # the KV cache in GPU memory or in RAM (same engines)
+      think: [on, off]              # a thinking model's thinking: ollama
+
+Left out, each is the engine's default (llama.cpp's `auto` flash attention; Ollama's think
+off). A `cpu` backend has no GPU for the KV cache: its jobs leave kv_offload unset.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from jobs.spec import (
     RUNTIME_AXES,
     Context,
     Name,
+    OnOff,
     VramSplit,
     Watts,
     Workload,
@@ -98,6 +110,9 @@ class MatrixAxes(BaseModel):
     configuration: list[Name] = Field(default_factory=list)  # names from `configurations`
     workload: list[Name] = Field(default_factory=list)  # names from `workloads`
     gpu_layers: list[NonNegativeInt] = Field(default_factory=list)
+    flash_attention: list[OnOff] = Field(default_factory=list)
+    kv_offload: list[bool] = Field(default_factory=list)
+    think: list[OnOff] = Field(default_factory=list)
 
 
 class Selector(BaseModel):
@@ -117,6 +132,9 @@ class Selector(BaseModel):
     configuration: Name | None = None
     workload: Name | None = None
     gpu_layers: NonNegativeInt | None = None
+    flash_attention: OnOff | None = None
+    kv_offload: bool | None = None
+    think: OnOff | None = None
 
     def named(self) -> dict[str, object]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

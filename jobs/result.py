@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.facts import HostFacts
+from jobs.load import LoadResult
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow, Telemetry
 from jobs.version import SCHEMA_VERSION
@@ -209,6 +210,9 @@ class RunResult(BaseModel):
     cooldown: Cooldown | None = None
     backend_check: BackendCheck | None = None
     disturbance: Disturbance | None = None
+    # Serving under load (a workload with concurrency or request_rate): per-run summaries, the
+    # client's self-check and the requests (bounded); its jobs have no pp/tg measurements.
+    load: LoadResult | None = None
 
     def measurement(self, test: str) -> Measurement | None:
         return next((m for m in self.measurements if m.test == test), None)

@@ -9,9 +9,19 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 
+from jobs.load import LoadSpec, gather_load
 from jobs.version import SCHEMA_VERSION
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -25,6 +35,8 @@ TTM_PAGE_BYTES = 4096
 # Host settings a worker can change at runtime, through setters its owner allowed in the worker
 # config: applied before the job, restored after. They do not route: same queue.
 RUNTIME_AXES = ("platform_profile", "power_limit_w")
+# Options an engine applies to one job (jobs/engineoptions.py: which engine takes which).
+ENGINE_OPTIONS = ("flash_attention", "kv_offload", "think")
 
 
 def _check_name(value: str) -> str:
@@ -116,7 +128,25 @@ def parse_context(value: object) -> int:
     return tokens
 
 
+def parse_on_off(value: object) -> str:
+    """An engine switch as a matrix writes it: `on`/`off` (YAML 1.1 reads them as booleans, so
+    true/false are the same); "auto" is refused, since leaving the axis out is the engine's own
+    default and a run on `auto` cannot be checked against what it resolved to."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text in ("on", "true"):
+        return "on"
+    if text in ("off", "false"):
+        return "off"
+    if text == "auto":
+        raise ValueError("`auto` is the engine's default: leave the axis out instead")
+    raise ValueError(f"{value!r} is not on or off")
+
+
 Name = Annotated[str, AfterValidator(_check_name)]
+# An engine switch (flash_attention, think): "on" or "off" (`parse_on_off`).
+OnOff = Annotated[str, BeforeValidator(parse_on_off)]
 # A context size in tokens, with K/M suffixes (`parse_context`).
 Context = Annotated[int, BeforeValidator(parse_context)]
 # A positive, finite number of watts ("1e999" would reach a setter as infinity).
@@ -139,6 +169,22 @@ class Workload(BaseModel):
     image: Name | None = None
     # Server engines: requests sent (and not counted) before the measured ones.
     warmup_runs: int = Field(default=1, ge=0)
+    # Serving under load (jobs/load.py): many requests at once instead of one stream. Written
+    # flat in a matrix (`concurrency: 4, requests: 64`); left out of the job's JSON when unset,
+    # so earlier jobs keep their ids and older workers still read the messages.
+    load: LoadSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_load(cls, data: Any) -> Any:
+        return gather_load(data)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_load(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("load") is None:
+            data.pop("load", None)
+        return data
 
 
 def queue_name(host: str, configuration: dict[str, str]) -> str:
@@ -239,6 +285,13 @@ class JobSpec(BaseModel):
     # llama.cpp's -ngl when the matrix's `gpu_layers` axis sets it; None: every layer on a GPU
     # backend, 0 on `cpu` (what the engine ran with is in RunResult.backend_check).
     gpu_layers: int | None = Field(default=None, ge=0)
+    # Engine options from the matrix's axes; None: the engine's default (jobs/engineoptions.py
+    # says which engine takes which, and how). flash_attention: llama.cpp's -fa, LM Studio's
+    # `flash_attention`; kv_offload: the KV cache in GPU memory (false: in RAM); think: a
+    # thinking model's thinking (Ollama's `think`; unset there means off, as before).
+    flash_attention: OnOff | None = None
+    kv_offload: bool | None = None
+    think: OnOff | None = None
     repetitions: PositiveInt = 3
     timeout_s: PositiveInt = 3600
     job_id: str = ""
@@ -277,7 +330,7 @@ class JobSpec(BaseModel):
         """Hash of the canonical spec (campaign included): the same job always has the same id."""
         body = self.model_dump(mode="json", exclude={"job_id", "schema_version"})
         # Fields added later hash only when set, so earlier jobs keep their ids.
-        for later in ("settings", "config_name", "workload_name", "gpu_layers"):
+        for later in ("settings", "config_name", "workload_name", "gpu_layers", *ENGINE_OPTIONS):
             if body[later] is None or body[later] == {}:
                 del body[later]
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -290,8 +343,11 @@ class JobSpec(BaseModel):
     def load_group(self) -> tuple[str, ...]:
         """Jobs with the same group can share one loaded model (a warm server): run them back to
         back and the campaign loads each model once per group."""
+        # A load workload's server slots (llama-server -np) are a server flag: a server per value.
+        slots = str(self.workload.load.server_slots()) if self.workload.load else ""
         return (self.queue, self.engine, self.model, self.backend, str(self.context),
-                str(self.gpu_layers))  # fmt: skip
+                str(self.gpu_layers), str(self.flash_attention), str(self.kv_offload),
+                slots)  # fmt: skip
 
     def axes(self) -> dict[str, Any]:
         """The values that identify this job in a report."""
@@ -306,4 +362,5 @@ class JobSpec(BaseModel):
             **({"configuration": self.config_name} if self.config_name else {}),
             **({"workload": self.workload_name} if self.workload_name else {}),
             **({"gpu_layers": self.gpu_layers} if self.gpu_layers is not None else {}),
+            **{k: getattr(self, k) for k in ENGINE_OPTIONS if getattr(self, k) is not None},
         }

@@ -17,7 +17,11 @@ from __future__ import annotations
 #       on), RunResult.disturbance (what else used the box); JobSpec.gpu_layers and
 #       workload_name (hashed only when set, so earlier ids stand); RunResult.lease_generation
 #       (the fencing token of the agent that ran it: jobs/finality.py orders results by it).
-SCHEMA_VERSION = 4
+#   5 - engine options and load: JobSpec.flash_attention, kv_offload and think (hashed only
+#       when set); Workload.load (serving under load; left out of the JSON when unset, so ids
+#       stand); RunResult.load; WorkerInventory.waiting_for (a successor waiting for a frozen
+#       predecessor to exit). Results-stream entries carry an `ack` field (jobs/acks.py).
+SCHEMA_VERSION = 5
 
 
 def __getattr__(name: str) -> str:

@@ -20,6 +20,8 @@ def render_hosts(client: Any) -> str:
 
 def _block(inv: WorkerInventory, now: float) -> str:
     state = "online" if inv.online(now) else f"offline, last seen {now - inv.last_seen:.0f} s ago"
+    if inv.online(now) and inv.waiting_for:
+        state = f"online, waiting for {inv.waiting_for} to exit: it lost the lease, still runs"
     lines = [
         f"{inv.host}  ({state}; orch {inv.version}, pid {inv.pid})",
         f"  queue        {inv.queue}",

@@ -18,16 +18,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from jobs.engineoptions import ENGINES_TAKING, option_refusal
 from jobs.matrix import CPU_BACKEND, GPU_LAYERS_ENGINES, HOST_SETTING_KEYS, Matrix, Selector
-from jobs.spec import CONFIGURATION_AXES, RUNTIME_AXES, JobSpec, Workload
+from jobs.spec import CONFIGURATION_AXES, ENGINE_OPTIONS, RUNTIME_AXES, JobSpec, Workload
 from jobs.yamlfile import KeyPath
 
 # (where in the file, what is wrong there)
 Problem = tuple[KeyPath, str]
 
 # Axes after the first five that take one value each, or none when the matrix leaves them out.
-# Order matters: a matrix without workload or gpu_layers axes expands as it did before.
-_OPTIONAL_AXES = (*HOST_SETTING_KEYS, "configuration", "workload", "gpu_layers")
+# Order matters: a matrix without workload, gpu_layers or engine option axes expands as it did
+# before.
+_OPTIONAL_AXES = (*HOST_SETTING_KEYS, "configuration", "workload", "gpu_layers", *ENGINE_OPTIONS)
 _ROW_KEYS = ("host", "engine", "model", "backend", "context", *_OPTIONAL_AXES)
 # A row's origin: None for a combination of the matrix, i for the entry include[i].
 _ORIGIN = "_origin"
@@ -91,8 +93,10 @@ def rows(matrix: Matrix) -> list[dict[str, Any]]:
         # default, and so does it for an engine without the knob.
         row: dict[str, Any] = {"engine": matrix.engine, "backend": axes.backend[0], _ORIGIN: i}
         named = entry.named()
-        takes_layers = named.get("engine", matrix.engine) in GPU_LAYERS_ENGINES
-        for key in ("configuration", "workload", *(("gpu_layers",) if takes_layers else ())):
+        engine = named.get("engine", matrix.engine)
+        takes = [k for k in ENGINE_OPTIONS if engine in ENGINES_TAKING[k]]
+        takes += ["gpu_layers"] if engine in GPU_LAYERS_ENGINES else []
+        for key in ("configuration", "workload", *takes):
             listed = getattr(axes, key)
             if key not in named and len(listed) == 1:
                 named[key] = listed[0]
@@ -132,6 +136,9 @@ def _job(matrix: Matrix, row: dict[str, Any]) -> JobSpec:
         workload_name=name,
         # No GPU to offload to: the cpu jobs of a gpu_layers sweep are one job, not one each.
         gpu_layers=None if row["backend"] == CPU_BACKEND else row.get("gpu_layers"),
+        flash_attention=row.get("flash_attention"),
+        kv_offload=None if row["backend"] == CPU_BACKEND else row.get("kv_offload"),
+        think=row.get("think"),
         repetitions=matrix.repetitions,
         timeout_s=matrix.timeout_s,
     )
@@ -165,6 +172,7 @@ def row_problems(matrix: Matrix, expanded: list[dict[str, Any]]) -> list[Problem
             )  # fmt: skip
         problems += _context_problems(places, row, work)
         problems += _gpu_layers_problems(matrix, places, row)
+        problems += _option_problems(matrix, places, row)
     problems += [
         (at, f"{', '.join(sorted(engines))} cannot send an image: use lmstudio, ollama or "
          "openai for vision models")
@@ -207,6 +215,35 @@ def _gpu_layers_problems(matrix: Matrix, places: _Places, row: dict[str, Any]) -
              f"gpu_layers: {layers}}}, or set gpu_layers in include entries")
         ]  # fmt: skip
     return []
+
+
+def _option_problems(matrix: Matrix, places: _Places, row: dict[str, Any]) -> list[Problem]:
+    """Engine options the row's engine cannot apply (jobs/engineoptions.py), and a KV cache
+    that a cpu include entry asks to place on a GPU."""
+    problems: list[Problem] = []
+    origin = row.get(_ORIGIN)
+    for option in ENGINE_OPTIONS:
+        value = row.get(option)
+        if value is None:
+            continue
+        explicit = origin is not None and getattr(matrix.include[origin], option) is not None
+        where = places.where(row, option)
+        if option == "kv_offload" and row["backend"] == CPU_BACKEND:
+            if explicit:
+                problems.append((where, "backend cpu has no GPU for the KV cache: leave "
+                                 "kv_offload out of this entry"))  # fmt: skip
+            continue
+        refusal = option_refusal(row["engine"], option)
+        if refusal is None:
+            continue
+        if explicit:
+            problems.append((where, f"{refusal}: leave it out of this entry"))
+        else:
+            exclude = f"{{engine: {row['engine']}, {option}: {str(value).lower()}}}"
+            problems.append(
+                (where, f"{refusal}: exclude {exclude}, or set {option} in include entries")
+            )
+    return problems
 
 
 class _Places:

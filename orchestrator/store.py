@@ -336,17 +336,22 @@ class Store:
 
         The cursor advances in the same SQLite transaction as the upserts, so a crash never
         skips a result. An entry this orch cannot read (a newer worker's schema, say) is kept
-        in `rejected` and read again by every later collect, so an upgrade picks it up.
+        in `rejected` and read again by every later collect, so an upgrade picks it up. Each
+        committed batch is then acknowledged to the boxes, which keep a result until a store
+        has it (orchestrator/acks.py).
         """
         from pydantic import ValidationError
 
         from jobs.protocol import RESULTS_KEY
         from jobs.result import RunResult
+        from orchestrator.acks import StoreAcks
 
         broker_id = _broker_id(redis)
         cursor_key = f"cursor:{broker_id}"
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (cursor_key,)).fetchone()
         cursor = row[0] if row else "0-0"
+        acks = StoreAcks(self.conn, redis, broker_id)
+        acks.catch_up(cursor)
         collected = self._retry_rejected()
         while True:
             entries = redis.xrange(RESULTS_KEY, min=f"({cursor}", count=_BATCH)
@@ -355,7 +360,7 @@ class Store:
             with self.transaction():
                 for entry_id, fields in entries:
                     raw = fields.get(b"result", b"")
-                    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
                     try:
                         result = RunResult.model_validate_json(text)
                     except ValidationError as exc:
@@ -371,6 +376,7 @@ class Store:
                     "excluded.value",
                     (cursor_key, cursor),
                 )
+            acks.acknowledge(entries)
 
     def _record(self, result: RunResult) -> int:
         if result.job is not None:

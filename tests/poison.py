@@ -9,6 +9,7 @@ from typing import Any
 
 from jobs.protocol import MAX_MESSAGE_BYTES
 from jobs.spec import JobSpec
+from orchestrator.broker import Publisher
 
 
 def job(host: str, campaign: str = "poison", context: int = 64) -> JobSpec:
@@ -67,3 +68,18 @@ def poison_messages(good: bytes, misrouted: bytes) -> dict[str, tuple[bytes, str
         # json.loads(bytes) reads UTF-16 too; kombu decodes UTF-8 and crashed on it
         "utf-16": (good.decode("utf-8").encode("utf-16"), "not JSON"),
     }
+
+
+def real_poison(broker: str, client: Any, host: str) -> dict[str, tuple[bytes, str]]:
+    """`poison_messages` for `host`'s queue, built from real messages that are taken out
+    again (call it before an agent of `host` consumes)."""
+    good, other = job(host, campaign="template"), job("elsewhere", campaign="template")
+    publisher = Publisher(broker)
+    try:
+        publisher.publish(good)
+        publisher.publish(other)
+    finally:
+        publisher.close()
+    poison = poison_messages(client.rpop(good.queue), client.rpop(other.queue))
+    client.delete(other.queue)
+    return poison

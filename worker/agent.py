@@ -8,7 +8,8 @@ Start-up order matters:
    agent whose lease expired may still be running a benchmark), then give back messages such a
    dead predecessor had taken but not acknowledged, in any of the box's configuration queues
    (Redis has no real acks: they would otherwise wait for the visibility timeout, hours);
-3. publish results spooled to disk while the broker was away;
+3. publish again the results in the box's outbox that the broker does not hold (it was away,
+   or restarted without its data: worker/outbox.py), and forget those a store recorded;
 4. publish the inventory, then keep it and the lease fresh from a heartbeat thread;
 5. consume with the solo pool: one job at a time, in this process, on every platform.
 
@@ -60,10 +61,11 @@ from worker.engines import close_engines
 from worker.errors import ConfigError, ConsumerStoppedError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
 from worker.lease import Holder, Lease, LeaseLost
+from worker.outbox import Outbox, adopt_old_files, outbox_folder
 from worker.reconfigure import Reconfigurer
-from worker.runner import execute, flush_spool
+from worker.runner import execute
 from worker.settings import build_setters, journal_in, recover_settings
-from worker.transport import use_checked_transport
+from worker.transport import requeue_unacked, use_checked_transport
 from worker.unattended import Unattended
 
 log = logging.getLogger("orch.worker")
@@ -86,7 +88,8 @@ class Agent:
             retry=Retry(ExponentialBackoff(cap=10), 5),
             retry_on_error=[redis_lib.ConnectionError, redis_lib.TimeoutError],
         )
-        self.spool = orch_home() / "spool" / config.host
+        self.spool = orch_home() / "spool" / config.host  # the settings journal, the outboxes
+        self.outbox = Outbox(outbox_folder(self.spool, broker_url))
         self.facts: HostFacts | None = None
         self.setters: dict[str, SetterInfo] = {}
         self.model_shapes: dict[str, ModelShape] = {}
@@ -94,6 +97,7 @@ class Agent:
         self.instance_id = self.lease.instance
         self.started_at = time.time()
         self.clock_skew_s: float | None = None
+        self.waiting_for: str | None = None  # earlier holders still on the box (see inventory)
         self._stop = threading.Event()
         self._lease_lost = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -187,8 +191,9 @@ class Agent:
             restored = self.restore_orphans()
             if restored:
                 log.warning("re-queued %d job(s) left unacknowledged by a dead worker", restored)
-            if flush_spool(self.redis, self.spool):
-                log.info("published results spooled while the broker was away")
+            if adopt_old_files(self.spool, self.outbox.folder):
+                log.info("results an older orch spooled go to %s", self.outbox.folder)
+            self._sweep_outbox()
             self.publish_inventory()
             heartbeat = threading.Thread(target=self._beat, name="orch-heartbeat", daemon=True)
             heartbeat.start()
@@ -248,6 +253,7 @@ class Agent:
         comes back it finds the lease taken, cannot publish, gives its job back and exits.
         """
         noted: float | None = None
+        published = 0.0
         while waiting := self.lease.live_predecessors(self.redis):
             if noted is None or time.monotonic() - noted > _PREDECESSOR_NOTE_S:
                 log.warning("waiting for %s to exit before running anything: %s",
@@ -259,7 +265,13 @@ class Agent:
                     f"another worker took host {self.config.host} while this one waited for "
                     f"{_holders(waiting)} to exit"
                 )
+            if time.monotonic() - published >= self.lease.heartbeat_s:
+                # Seen as online and waiting, not as an offline box (`orch hosts`, `status`).
+                self.waiting_for = _holders(waiting)
+                self.publish_inventory()
+                published = time.monotonic()
             self._stop.wait(min(1.0, self.lease.heartbeat_s))
+        self.waiting_for = None
 
     def release_lease(self) -> None:
         try:
@@ -295,13 +307,12 @@ class Agent:
             for tag, raw in client.hgetall(channel.unacked_key).items():
                 try:
                     _message, routing_key = unacked_parts(raw)
+                    if host_of_queue(routing_key) == self.config.host:
+                        requeue_unacked(channel, client, tag)
+                        restored += 1
                 except InvalidMessage as exc:  # kombu's own restore would choke on it
                     move_from_unacked(client, tag, raw, str(exc), self._source)
                     log.error("dead-lettered an unreadable unacked entry: %s", exc)
-                    continue
-                if host_of_queue(routing_key) == self.config.host:
-                    channel.qos.restore_by_tag(tag, client=client, leftmost=False)
-                    restored += 1
         return restored
 
     @property
@@ -338,6 +349,7 @@ class Agent:
             clock_skew_s=self.clock_skew_s,
             facts=self.facts,
             reconfigure=self.unattended.info() if self.unattended is not None else None,
+            waiting_for=self.waiting_for,
         )
 
     def _announce_stop(self) -> None:
@@ -372,13 +384,22 @@ class Agent:
                 if not self.lease.keep(self.redis):
                     self._lost_lease()
                     return
-                flush_spool(self.redis, self.spool)
+                self._sweep_outbox()
                 if self.unattended is not None:
                     self.unattended.tick()
                 if not self._stop.is_set():
                     self.publish_inventory()
             except redis_lib.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    def _sweep_outbox(self) -> None:
+        """Results kept on the box: forget the recorded ones, publish the ones the broker lost
+        (worker/outbox.py). A failure waits for the next beat: the lease and the inventory
+        must still be kept."""
+        try:
+            self.outbox.sweep(self.redis)
+        except (OSError, redis_lib.RedisError) as exc:
+            log.error("could not go through the results kept in %s: %s", self.outbox.folder, exc)
 
     def _lost_lease(self) -> None:
         """Stop consuming (Celery's warm shutdown); the job under way cannot publish."""
@@ -408,7 +429,8 @@ class Agent:
                 agent._stop.wait(30)
                 raise Reject("the box is rebooting", requeue=True)
             try:
-                result = execute(payload, config, redis, spool, agent.facts, agent.lease)
+                result = execute(payload, config, redis, spool, agent.facts, agent.lease,
+                                 outbox=agent.outbox.folder)  # fmt: skip
             except LeaseLost as exc:
                 # Not acknowledged: the message goes back to its queue, for the agent that
                 # holds the box now (it waits for this process to exit before it runs any).

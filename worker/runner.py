@@ -14,8 +14,10 @@ Delivery is at-least-once (acks_late), so `execute` is written to be re-run safe
   run again (a job that kills its worker would loop forever otherwise);
 - a result is published, stamped with the lease generation, only while the lease is still held
   and only if it supersedes the job's final result (jobs/finality.py): results only move forward;
-- a result that cannot reach the broker (it is down for minutes) is spooled to disk and pushed
-  by the agent's heartbeat once the broker is back: a measured run is never thrown away.
+- every result is written to the box's outbox (worker/outbox.py), synced to disk, before it is
+  published, and stays there until a store has recorded it: a broker that is down for minutes,
+  or that restarts without its data, never takes a measured run with it; the agent's heartbeat
+  publishes it (again) once the broker is back.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from typing import Any
 import redis as redis_lib
 from pydantic import ValidationError
 
+from jobs.acks import xadd_result
 from jobs.backends import mislabelled_error
+from jobs.engineoptions import job_option_problem
 from jobs.facts import HostFacts
-from jobs.finality import supersedes
-from jobs.protocol import FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY, RESULTS_MAXLEN
+from jobs.protocol import FINAL_KEY, MAX_DELIVERIES
 from jobs.result import AppliedSetting, Cooldown, Disturbance, EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import Telemetry
@@ -44,6 +47,8 @@ from worker.cooldown import CooldownGate
 from worker.disturbance import DisturbanceMonitor
 from worker.engines import EngineOutcome, RunTarget, get_engine, registered
 from worker.lease import Lease, LeaseLost, start_attempt
+from worker.outbox import Entry, Outbox
+from worker.publish import publish
 from worker.settings import RuntimeSettings, SettingError, build_setters, journal_in
 from worker.telemetry import Sampler
 
@@ -60,8 +65,12 @@ def execute(
     spool: Path | None = None,
     facts: HostFacts | None = None,
     lease: Lease | None = None,
+    outbox: Path | None = None,
 ) -> RunResult | None:
     """Run `payload` (a JobSpec as JSON) and push its RunResult; None when nothing ran.
+
+    `spool` holds the settings journal; the result is kept in `outbox` (worker/outbox.py; the
+    agent's is per broker), `spool` itself when not given.
 
     Broker errors before the run propagate (the caller re-queues the message); after the run
     the result is kept at any cost. With `lease` (the agent's), LeaseLost when the lease is no
@@ -69,6 +78,7 @@ def execute(
     for the agent that holds it now).
     """
     started = datetime.now(UTC)
+    keep = outbox if outbox is not None else spool
     try:
         job = JobSpec.model_validate(payload)
     except ValidationError as exc:
@@ -82,7 +92,7 @@ def execute(
     final = redis.get(FINAL_KEY.format(job_id=job.job_id))
     if final is not None:
         log.info("job %s already has a result: re-announced it, did not run again", job.job_id)
-        _xadd(redis, final)
+        xadd_result(redis, final)
         return None
     attempt, deliveries = start_attempt(redis, job.job_id, config.host, lease)
     if deliveries > MAX_DELIVERIES:
@@ -90,10 +100,10 @@ def execute(
             f"gave up after {MAX_DELIVERIES} deliveries: the job never finished "
             "(its worker died each time it ran)"
         )
-        return push(redis, _error_result(job, config, attempt, reason, started), spool, lease)
+        return push(redis, _error_result(job, config, attempt, reason, started), keep, lease)
     problem = _refusal(job, config)
     if problem:
-        return push(redis, _error_result(job, config, attempt, problem, started), spool, lease)
+        return push(redis, _error_result(job, config, attempt, problem, started), keep, lease)
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
     wrapped = _Wrapped()
@@ -102,7 +112,7 @@ def execute(
     except SettingError as exc:
         reason = f"runtime settings {job.settings} could not be applied, so it did not run: {exc}"
         result = _error_result(job, config, attempt, reason, started)
-        return push(redis, result.model_copy(update={"settings": wrapped.settings}), spool, lease)
+        return push(redis, result.model_copy(update={"settings": wrapped.settings}), keep, lease)
     result = _result(job, config, attempt, started, outcome).model_copy(
         update={
             "host_facts": _facts_as_run(facts, wrapped.settings),
@@ -113,7 +123,7 @@ def execute(
         }
     )
     log.info("job %s finished: %s", job.job_id, result.status.value)
-    return push(redis, result, spool, lease)
+    return push(redis, result, keep, lease)
 
 
 class _Wrapped:
@@ -235,7 +245,7 @@ def _refuse_invalid(
         finished_at=datetime.now(UTC),
         worker_version=ORCH_VERSION,
     )
-    _xadd(redis, result.model_dump_json())
+    xadd_result(redis, result.model_dump_json())
     return result
 
 
@@ -256,7 +266,7 @@ def _refusal(job: JobSpec, config: WorkerConfig) -> str | None:
     have_models = config.models_for(job.engine)
     if job.model not in have_models:
         return f"model {job.model!r} is not configured (have: {', '.join(have_models)})"
-    return None
+    return job_option_problem(job)  # the same rule as the matrix check at submit
 
 
 def _error_result(
@@ -286,6 +296,7 @@ def _result(
         requests=outcome.requests,
         load_time_s=outcome.load_time_s,
         backend_check=outcome.backend_check,
+        load=outcome.load,
         started_at=started,
         finished_at=datetime.now(UTC),
         worker_version=ORCH_VERSION,
@@ -303,93 +314,70 @@ def _backend_verdict(outcome: EngineOutcome) -> tuple[Status, str | None]:
     return Status.MISLABELLED, error
 
 
-def _xadd(redis: Any, body: str | bytes) -> None:
-    redis.xadd(RESULTS_KEY, {"result": body}, maxlen=RESULTS_MAXLEN, approximate=True)
-
-
-def _publish(redis: Any, result: RunResult, body: str, lease: Lease | None) -> bool:
-    """Announce the result and mark the job final, atomically, if it supersedes the job's
-    final result (False: it does not, nothing published); LeaseLost if `lease` is gone."""
-    final_key = FINAL_KEY.format(job_id=result.job_id)
-    if lease is not None and not lease.keep(redis):
-        raise LeaseLost(f"result of {result.job_id} refused: the {lease.host} lease is not ours")
-    with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                # Watched: a change of either between the checks and EXEC aborts the EXEC.
-                pipe.watch(final_key, *([lease.key] if lease is not None else []))
-                if lease is not None and _text(pipe.get(lease.key)) != lease.value:
-                    raise LeaseLost(
-                        f"result of {result.job_id} refused: the {lease.host} lease is not ours"
-                    )
-                old = pipe.get(final_key)
-                if old is not None and not supersedes(result, _parsed(old)):
-                    return False
-                pipe.multi()
-                pipe.xadd(RESULTS_KEY, {"result": body}, maxlen=RESULTS_MAXLEN, approximate=True)
-                pipe.set(final_key, body)
-                pipe.execute()
-                return True
-            except redis_lib.WatchError:
-                continue
-
-
-def _parsed(body: bytes | str) -> RunResult | None:
-    try:
-        return RunResult.model_validate_json(body)
-    except ValidationError:
-        return None  # an unreadable final mark: any result replaces it
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
 def push(
     redis: Any, result: RunResult, spool: Path | None, lease: Lease | None = None
 ) -> RunResult:
-    """Publish `result`, retrying for minutes; if the broker stays away, spool it to disk.
+    """Keep `result` in the box's outbox (`spool`), then publish it, retrying for minutes; if
+    the broker stays away, the agent's heartbeat publishes it once the broker is back.
 
-    With `lease`, the result carries its generation; LeaseLost if the lease is gone (a result
-    made without the lease is never published or spooled).
+    It stays in the outbox, after it is published too, until a store has acknowledged it
+    (worker/outbox.py). With `lease`, the result carries its generation; LeaseLost if the lease
+    is gone (a result made without the lease is neither published nor kept).
     """
     if lease is not None:
         result = result.model_copy(update={"lease_generation": lease.generation})
+        with contextlib.suppress(redis_lib.RedisError):  # unreachable: kept, checked at publish
+            if not lease.keep(redis):
+                raise LeaseLost(f"result of {result.job_id} refused: the {lease.host} lease "
+                                "is not ours")  # fmt: skip
     body = result.model_dump_json()
-    for delay in (0, *_PUSH_RETRY_S):
-        time.sleep(delay)
-        try:
-            if not _publish(redis, result, body, lease):
+    outbox = Outbox(spool) if spool is not None else None
+    entry = _keep(outbox, result, body)
+    try:
+        for delay in (0, *_PUSH_RETRY_S):
+            time.sleep(delay)
+            try:
+                entry_id = publish(redis, result, body, lease)
+            except redis_lib.RedisError as exc:
+                log.warning("cannot publish the result of %s yet: %s", result.job_id, exc)
+                continue
+            except LeaseLost:
+                if outbox is not None and entry is not None:
+                    outbox.drop(entry)
+                raise
+            if entry_id is None:
                 log.warning("job %s already has a later result: this one is not published",
                             result.job_id)  # fmt: skip
+            if outbox is not None and entry is not None:
+                if entry_id is None:
+                    outbox.drop(entry)
+                else:
+                    outbox.sent(entry, entry_id)
             return result
-        except redis_lib.RedisError as exc:
-            log.warning("cannot publish the result of %s yet: %s", result.job_id, exc)
-    if spool is None:
+    finally:
+        if entry is not None:  # whatever happened, the heartbeat may take it from here
+            Outbox.release(entry)
+    if entry is None:
         raise RuntimeError(f"result of job {result.job_id} could not be published or spooled")
-    spool.mkdir(parents=True, exist_ok=True)
-    path = spool / f"{result.job_id}.json"
-    path.with_suffix(".tmp").write_text(body)
-    path.with_suffix(".tmp").replace(path)
-    log.error("broker unreachable: result of %s spooled to %s", result.job_id, path)
+    log.error("broker unreachable: result of %s kept in %s until it is back",
+              result.job_id, entry.path)  # fmt: skip
     return result
 
 
-def flush_spool(redis: Any, spool: Path) -> int:
-    """Publish results spooled while the broker was away; return how many went out.
+def _keep(outbox: Outbox | None, result: RunResult, body: str) -> Entry | None:
+    """`body` on disk before it is published; None (logged) if the disk refuses it: it is
+    still published, without a copy on the box."""
+    if outbox is None:
+        return None
+    try:
+        return outbox.keep(body)
+    except OSError as exc:
+        log.error("could not keep the result of %s on disk (%s): publishing it without a "
+                  "copy on this box", result.job_id, exc)  # fmt: skip
+        return None
 
-    They were made under the lease of their time (the generation they carry), so no lease is
-    checked here; the order of jobs/finality.py still decides whether each becomes final.
-    """
-    sent = 0
-    for path in sorted(spool.glob("*.json")) if spool.is_dir() else []:
-        body = path.read_text()
-        result = _parsed(body)
-        if result is None:
-            log.error("spooled result %s is unreadable: kept as %s.bad", path, path.name)
-            path.replace(path.with_suffix(".bad"))
-            continue
-        if _publish(redis, result, body, None):
-            sent += 1
-        path.unlink()
-    return sent
+
+def flush_spool(redis: Any, spool: Path) -> int:
+    """Publish again the results in `spool` the broker does not hold (all checked, now);
+    forget those a store acknowledged; return how many were published (Outbox.sweep)."""
+    return Outbox(spool).sweep(redis)

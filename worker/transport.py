@@ -17,7 +17,9 @@ handles as an empty poll. The message never reaches kombu, Celery or the job run
 
 from __future__ import annotations
 
+import json
 import ssl
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -26,7 +28,7 @@ import redis
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-from jobs.protocol import InvalidMessage, check_message, queue_of_key
+from jobs.protocol import InvalidMessage, check_message, queue_of_key, unacked_parts
 
 OnPoison = Callable[[bytes, str, str], None]  # (raw message, queue, reason)
 
@@ -71,3 +73,37 @@ def use_checked_transport(app: Celery, broker_url: str, on_poison: OnPoison) -> 
         # kombu/connection.py), which a transport class replaces: say it here, verifying the
         # certificate as the agent's own redis client does.
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def requeue_unacked(channel: Any, client: Any, tag: bytes | str) -> None:
+    """Put a message delivered but never acknowledged back at the consuming end of its queue,
+    under a new delivery tag; InvalidMessage (nothing moved) if the entry is not kombu's.
+
+    Kombu's own `restore_by_tag` keeps the old tag, and its agent may still acknowledge it: one
+    frozen longer than the lease (on another machine under the same host name) would, on its
+    way out, delete the in-flight record of the message's next delivery under that tag, and
+    the job would not be given back if its next agent died too.
+    """
+
+    def restore(pipe: Any) -> None:
+        raw = pipe.hget(channel.unacked_key, tag)
+        message = None
+        if raw is not None:
+            message, routing_key = unacked_parts(raw)
+            exchange = json.loads(raw)[1]
+            properties = message.get("properties") if isinstance(message, dict) else None
+            if not isinstance(properties, dict):
+                raise InvalidMessage("unacked message has no properties")
+            properties["delivery_tag"] = uuid.uuid4().hex
+            for part in (message.get("headers"), properties.get("delivery_info")):
+                if isinstance(part, dict):  # as kombu marks a message it gives back
+                    part["redelivered"] = True
+        pipe.multi()
+        pipe.zrem(channel.unacked_index_key, tag)
+        pipe.hdel(channel.unacked_key, tag)
+        if message is not None:
+            priority = channel._get_message_priority(message, reverse=False)
+            for queue in channel._lookup(exchange, routing_key):
+                pipe.rpush(channel._q_for_pri(queue, priority), json.dumps(message))
+
+    client.transaction(restore, channel.unacked_key)

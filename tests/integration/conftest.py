@@ -18,7 +18,15 @@ import yaml
 
 from orchestrator.broker import read_inventories
 
-pytestmark = pytest.mark.integration
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder starts real servers: marked `integration` (a `pytestmark` in
+    a conftest would mark nothing), so `-m "not integration"` leaves them out."""
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @dataclass
@@ -107,6 +115,9 @@ def start_worker(broker: str, tmp_path: Path) -> Iterator[Any]:
                 [sys.executable, "-m", "orchestrator", "worker", "--config", str(config),
                  "--broker", broker],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # The agent's outbox (ORCH_HOME/spool/<host>) is the test's own: a result kept
+                # by another test's agent of the same host would be published into this broker.
+                env={**os.environ, "ORCH_HOME": str(tmp_path / "orch-home")},
             )  # fmt: skip
         worker = WorkerProc(host, config, log, proc)
         started.append(worker)

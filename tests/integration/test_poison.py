@@ -14,11 +14,10 @@ import redis
 import yaml
 
 from jobs.deadletter import DEAD_LETTER_KEY, DeadLetter
-from orchestrator.broker import Publisher
 from orchestrator.store import Store
 from orchestrator.submit import wait_for
 from tests.integration.conftest import orch, write_worker_config
-from tests.poison import job, poison_messages
+from tests.poison import real_poison
 
 MATRIX = (
     "campaign: {name}\nrepetitions: 1\nworkload: {{prompt_tokens: 16, gen_tokens: 8}}\n"
@@ -38,20 +37,6 @@ def _bare_config(tmp_path: Path, host: str) -> Path:
     return config
 
 
-def _poison(broker: str, client: Any, host: str) -> dict[str, tuple[bytes, str]]:
-    """Every poison kind, built from real messages (which are taken out again)."""
-    good, other = job(host, campaign="template"), job("elsewhere", campaign="template")
-    publisher = Publisher(broker)
-    try:
-        publisher.publish(good)
-        publisher.publish(other)
-    finally:
-        publisher.close()
-    poison = poison_messages(client.rpop(good.queue), client.rpop(other.queue))
-    client.delete(other.queue)
-    return poison
-
-
 def _dead_letters(client: Any) -> list[DeadLetter]:
     return [DeadLetter.model_validate_json(r) for r in client.lrange(DEAD_LETTER_KEY, 0, -1)]
 
@@ -60,7 +45,7 @@ def test_every_poison_kind_is_dead_lettered_and_the_agent_runs_the_next_job(
     tmp_path: Path, broker: str, start_worker: Any, llama_bin: Path, tiny_models: dict[str, Path]
 ) -> None:
     client = redis.Redis.from_url(broker)
-    poison = _poison(broker, client, "box")  # before the agent consumes the templates
+    poison = real_poison(broker, client, "box")  # before the agent consumes the templates
     worker = start_worker(write_worker_config(tmp_path / "w.yaml", "box", llama_bin, tiny_models))
     for raw, _reason in poison.values():
         client.lpush("orch.box.default", raw)

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from jobs.spec import (
+    ENGINE_OPTIONS,
     JobSpec,
     Workload,
     configuration_of,
@@ -91,6 +92,9 @@ def test_campaign_is_part_of_the_id() -> None:
         {"workload_name": "short"},
         {"gpu_layers": 20},
         {"gpu_layers": 0},
+        {"flash_attention": "on"},
+        {"kv_offload": False},
+        {"think": "off"},
     ],
     ids=lambda change: next(iter(change)) + "=" + str(next(iter(change.values()))),
 )
@@ -103,15 +107,15 @@ def test_every_identifying_field_is_covered_by_the_id_test() -> None:
     covered = {
         "host", "engine", "model", "backend", "context", "configuration", "workload",
         "repetitions", "timeout_s", "campaign", "settings", "config_name", "workload_name",
-        "gpu_layers",
+        "gpu_layers", "flash_attention", "kv_offload", "think",
     }  # fmt: skip
     assert set(JobSpec.model_fields) - {"job_id", "schema_version"} == covered
 
 
 def test_fields_added_later_keep_earlier_ids_when_unset() -> None:
     # The id of this spec before settings/config_name (schema 1) and workload_name/gpu_layers
-    # (schema 4) existed: the body without them. Resume must still match.
-    later = {"settings", "config_name", "workload_name", "gpu_layers"}
+    # (schema 4) and the engine options existed: the body without them. Resume must still match.
+    later = {"settings", "config_name", "workload_name", "gpu_layers", *ENGINE_OPTIONS}
     body = _spec().model_dump(mode="json", exclude={"job_id", "schema_version", *later})
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     assert _spec().job_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -138,16 +138,22 @@ def _ollama_stream(
     self.end_headers()
     time.sleep(PREFILL_S)
     chat = self.path == "/api/chat"
-    for _ in range(n):
+    # With `think: true` the first half is thinking: the runner samples it like any token (it
+    # counts in eval_count), and the server moves it to `thinking` (server/routes.go).
+    thinking = n // 2 if request.get("think") is True else 0
+    for i in range(n):
         chunk: dict[str, Any] = {
             "model": request["model"],
             "created_at": "2025-10-17T23:14:07Z",
             "done": False,
         }
+        text = {"thinking": " hmm"} if i < thinking else {"content": " word"}
         if chat:
-            chunk["message"] = {"role": "assistant", "content": " word"}
+            chunk["message"] = {"role": "assistant", "content": "", **text}
         else:
-            chunk["response"] = " word"
+            chunk["response"] = text.get("content", "")
+            if i < thinking:
+                chunk["thinking"] = text["thinking"]
         self.wfile.write(json.dumps(chunk).encode() + b"\n")
         self.wfile.flush()
         time.sleep(TOKEN_INTERVAL_S)
@@ -285,7 +291,9 @@ def _load(state: dict[str, Any], model: str, identifier: str, context: int, **ex
         n += 1
         instance_id = f"{identifier}:{n}"
     applied = min(context, state["max_context"])  # what a model with a shorter training does
-    config = {"context_length": applied, "eval_batch_size": 512, "flash_attention": True,
+    flash = extra.pop("flash", None)  # LM Studio's default here: on
+    config = {"context_length": applied, "eval_batch_size": 512,
+              "flash_attention": True if flash is None or state["flash_fixed"] else flash,
               "offload_kv_cache_to_gpu": extra.get("kv", True)}  # fmt: skip
     state["instances"][instance_id] = {"model": model, "config": config,
                                        "runtime": state["selected"], **extra}  # fmt: skip
@@ -311,7 +319,7 @@ def _rest_load(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
         return {"error": {"message": f"model {request['model']} not found"}}, 404
     kv = bool(request.get("offload_kv_cache_to_gpu", True))
     iid = _load(state, request["model"], request["model"], int(request.get("context_length", 4096)),
-                kv=kv)  # fmt: skip
+                kv=kv, flash=request.get("flash_attention"))  # fmt: skip
     answer = json.loads((LMSTUDIO / "load.json").read_text())
     answer.update(instance_id=iid)
     answer["load_config"] = dict(state["instances"][iid]["config"])
@@ -364,6 +372,16 @@ def _standin_load(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
     return {"identifier": identifier}, 200
 
 
+def _standin_estimate(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
+    """What the SDK's estimateResourcesUsage answers (EstimatedResourcesUsage: memory
+    totalBytes/totalVramBytes/confidence, passesGuardrails): weights plus a KV cache that grows
+    with the context, all on the GPU at --gpu max, none at off; over `guardrail_bytes` fails."""
+    total = 600 * 2**20 + int(request.get("context_length") or 4096) * 64 * 2**10
+    on_gpu = total if request.get("gpu") != 0 else 0
+    return {"totalBytes": total, "totalVramBytes": on_gpu, "confidence": "low",
+            "passesGuardrails": total <= state["guardrail_bytes"]}, 200  # fmt: skip
+
+
 def _standin_unload(state: dict[str, Any], request: dict[str, Any]) -> _Answer:
     return _rest_unload(state, {"instance_id": request["identifier"]})
 
@@ -402,6 +420,7 @@ _LMSTUDIO_ROUTES: dict[str, Any] = {
     "/api/v0/chat/completions": _chat,
     "/standin/argv": _standin_argv,
     "/standin/load": _standin_load,
+    "/standin/estimate": _standin_estimate,
     "/standin/unload": _standin_unload,
     "/standin/loaded": _standin_loaded,
     "/standin/models": lambda state, _request: (state["models"], 200),
@@ -423,9 +442,13 @@ def replay_lmstudio(
     models: tuple[str, ...] = ("tiny-q8_0",),
     echo: bool = True,
     max_context: int = 1 << 20,
+    flash_fixed: bool = False,
+    guardrail_bytes: int = 1 << 40,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(base URL, state) of a replaying LM Studio serving `models`, running `runtime` (selected,
-    the latest installed version), which wants `token` when one is given."""
+    the latest installed version), which wants `token` when one is given. `flash_fixed`: it
+    keeps flash attention on whatever the load asks (a runtime without the choice);
+    `guardrail_bytes`: the most `lms load --estimate-only` says may load."""
     installed = [
         {
             "name": spec.rpartition("@")[0],
@@ -440,6 +463,7 @@ def replay_lmstudio(
         "calls": [], "auth": [], "token": token, "api": api, "runtimes": installed,
         "selected": selected, "selections": [], "models": list(models), "instances": {},
         "unloaded": [], "echo": echo, "max_context": max_context, "lms_argv": [],
+        "flash_fixed": flash_fixed, "guardrail_bytes": guardrail_bytes,
     }  # fmt: skip
     with _serving(_lmstudio_handler(state)) as url:
         yield url, state

@@ -187,6 +187,8 @@ def test_lms_selects_the_runtime_loads_without_prompting_and_restores_the_select
     assert state["selections"] == [ROCM, VULKAN]
     loads = [argv for argv in state["lms_argv"] if argv[0] == "load"]
     assert loads == [["load", "tiny-q8_0", "-y", "--context-length", "4096", "--gpu", "max",
+                      "--estimate-only", "--port", port],
+                     ["load", "tiny-q8_0", "-y", "--context-length", "4096", "--gpu", "max",
                       "--identifier", "orch-tiny-q8_0-4096", "--port", port]]  # fmt: skip
     assert ["unload", "orch-tiny-q8_0-4096", "--port", port] in state["lms_argv"]
     assert state["instances"] == {}
@@ -206,8 +208,9 @@ def test_a_runtime_change_reloads_the_model_and_the_same_runtime_reuses_it(tmp_p
         outs = [engine.run(_job(backend=b), target) for b in ("vulkan", "vulkan", "rocm", "cpu")]
         engine.close()
     assert [o.status for o in outs] == [Status.OK] * 4, [o.error for o in outs]
-    assert [a[0] for a in state["lms_argv"]].count("load") == 3  # vulkan reused once
-    cpu = [a for a in state["lms_argv"] if a[0] == "load"][-1]
+    loads = [a for a in state["lms_argv"] if a[0] == "load" and "--estimate-only" not in a]
+    assert len(loads) == 3  # vulkan reused once
+    cpu = loads[-1]
     assert cpu[cpu.index("--gpu") + 1] == "off"
     assert outs[3].engine.details["runtime"]["name"] == "llama.cpp-linux-x86_64-avx2"
     assert state["selected"] == VULKAN and state["instances"] == {}
@@ -276,3 +279,75 @@ def test_runtime_table_labels_and_choice() -> None:
     two = [*rows, Runtime("llama.cpp-linux-x86_64-vulkan-avx512", "1.0.0", False, ("gguf",))]
     with pytest.raises(LmsError, match="engines.lmstudio.runtimes.vulkan"):
         choose_runtime(two, "vulkan", None)
+
+
+# -- engine options and LM Studio's own estimate ----------------------------------------------
+
+
+def test_flash_attention_and_kv_offload_go_into_the_rest_load_and_are_checked() -> None:
+    engine = get_engine("lmstudio")
+    with replay_lmstudio() as (url, state):
+        out = engine.run(_job(flash_attention="off", kv_offload=False), _target(url))
+        engine.close()
+    assert out.status is Status.OK, out.error
+    load = next(body for path, body in state["calls"] if path == "/api/v1/models/load")
+    assert load["flash_attention"] is False and load["offload_kv_cache_to_gpu"] is False
+    assert out.engine.details["load_config"]["flash_attention"] is False
+
+
+def test_flash_attention_lm_studio_did_not_apply_fails_with_the_echoed_config() -> None:
+    with replay_lmstudio(flash_fixed=True) as (url, state):
+        out = get_engine("lmstudio").run(_job(flash_attention="off"), _target(url))
+    assert out.status is Status.ERROR
+    assert out.error and "flash attention on, against the job" in out.error
+    assert "echo_load_config" in out.error and state["instances"] == {}
+
+
+def test_lms_cannot_set_flash_attention_so_the_job_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    lms = lms_standin(tmp_path)
+    with replay_lmstudio() as (url, state):
+        out = get_engine("lmstudio").run(
+            _job(kv_offload=False), RunTarget(lms, None, 60, url=url, served_model="tiny-q8_0")
+        )
+    assert out.status is Status.ERROR
+    assert out.error and "`lms load` has no flash-attention or KV-cache flag" in out.error
+    assert not [a for a in state["lms_argv"] if a[0] == "load"]  # nothing loaded
+
+
+def test_lms_estimate_is_recorded_and_a_load_it_says_will_fail_is_not_tried(
+    tmp_path: Path,
+) -> None:
+    lms = lms_standin(tmp_path)
+    engine = get_engine("lmstudio")
+    target = lambda url: RunTarget(lms, None, 60, url=url, served_model="tiny-q8_0")  # noqa: E731
+    # 600 MiB of weights + 64 KiB per token: 4096 tokens need 856 MiB, 8192 need 1112 MiB
+    with replay_lmstudio(guardrail_bytes=1000 * 2**20) as (url, state):
+        fits = engine.run(_job(context=4096), target(url))
+        too_big = engine.run(_job(context=8192), target(url))
+        engine.close()
+    assert fits.status is Status.OK, fits.error
+    estimate = fits.engine.details["lms_estimate"]
+    assert estimate["passes_guardrails"] is True and estimate["low_confidence"] is True
+    assert estimate["estimated_total_bytes"] == 856 * 2**20
+    assert estimate["estimated_gpu_bytes"] == 856 * 2**20  # --gpu max
+    assert too_big.status is Status.LOAD_FAILED
+    assert too_big.error and "will not load here" in too_big.error
+    assert "total 1.09 GiB" in too_big.error
+    assert too_big.engine.details["lms_estimate"]["passes_guardrails"] is False
+    loads = [a for a in state["lms_argv"] if a[0] == "load" and "--estimate-only" not in a]
+    assert [a[a.index("--context-length") + 1] for a in loads] == ["4096"]  # 8192 never tried
+
+
+def test_the_standin_prints_its_estimate_on_stderr_as_lms_does(tmp_path: Path) -> None:
+    lms = lms_standin(tmp_path)
+    with replay_lmstudio() as (url, _state):
+        port = url.rpartition(":")[2]
+        done = subprocess.run(
+            [str(lms), "load", "tiny", "-y", "-c", "4096", "--gpu", "off", "--estimate-only",
+             "--port", port], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0 and done.stdout == ""
+    assert "Context Length: 4,096\nGPU Offload: 0%\nEstimated GPU Memory:   0 Bytes" in done.stderr
+    assert "Estimated Total Memory: 856.00 MiB" in done.stderr

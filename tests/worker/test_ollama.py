@@ -204,3 +204,23 @@ def test_the_api_key_goes_on_every_call_and_is_refused_without_it() -> None:
 )  # fmt: skip
 def test_parse_version(text: object, parsed: tuple[int, int, int] | None) -> None:
     assert parse_version(text) == parsed
+
+
+def test_think_on_is_sent_and_the_thinking_counts_as_generated_tokens() -> None:
+    with replay_ollama(capabilities=("completion", "thinking")) as (url, state):
+        out = _run(url, _job().model_copy(update={"think": "on"}))
+    assert out.status is Status.OK, out.error
+    assert all(r["think"] is True for r in state["requests"])
+    assert out.engine.details["think"] is True
+    # the replay thinks for half of the 20 tokens: all 20 are generated, and counted
+    assert [r.gen_tokens for r in out.requests] == [20, 20, 20]
+    tg = next(m for m in out.measurements if m.test == "tg")
+    assert len(tg.samples_ts) == 3  # full-length replies, none dropped as early stops
+
+
+def test_think_on_for_a_model_that_does_not_think_fails_before_measuring() -> None:
+    with replay_ollama() as (url, state):  # capabilities: completion, vision
+        out = _run(url, _job().model_copy(update={"think": "on"}))
+    assert out.status is Status.ERROR
+    assert out.error and "does not think" in out.error and "'vision'" in out.error
+    assert state["requests"] == []

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from jobs.acks import ack_id
 from jobs.protocol import ATTEMPTS_KEY, FINAL_KEY, MAX_DELIVERIES, RESULTS_KEY
 from jobs.result import RunResult, Status
 from jobs.spec import JobSpec, Workload
@@ -151,12 +152,16 @@ def test_a_result_the_broker_cannot_take_is_spooled_then_flushed(
 
     spool = tmp_path / "spool"
     result = runner.push(BrokerDown(), _result_for(config), spool)
-    assert [p.name for p in spool.iterdir()] == [f"{result.job_id}.json"]
+    [kept] = spool.iterdir()  # `<ack id>.json`: not in the broker yet
+    assert kept.name == f"{ack_id(kept.read_bytes())}.json"
+    assert RunResult.model_validate_json(kept.read_bytes()) == result
 
     assert runner.flush_spool(redis_client, spool) == 1
     assert _pushed(redis_client) == [result]
     assert redis_client.get(FINAL_KEY.format(job_id=result.job_id)) is not None
-    assert list(spool.iterdir()) == []
+    # Published, and kept until a store has recorded it (worker/outbox.py).
+    [[entry_id, _fields]] = redis_client.xrange(RESULTS_KEY)
+    assert [p.name for p in spool.iterdir()] == [f"{kept.stem}.{entry_id.decode()}.json"]
 
 
 def _result_for(config: WorkerConfig) -> RunResult:

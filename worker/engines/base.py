@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from jobs.load import LoadResult
 from jobs.result import BackendCheck, EngineInfo, Measurement, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
@@ -60,6 +61,7 @@ class EngineOutcome:
     # What the engine said it ran on, checked against the job's backend (jobs.backends); the
     # runner turns a mismatch into Status.MISLABELLED.
     backend_check: BackendCheck | None = None
+    load: LoadResult | None = None  # a load workload's runs (worker/load/)
 
 
 def local_files(target: RunTarget) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from jobs.backends import check_llama_bench_row, llama_cpp_offload_args
+from jobs.engineoptions import option_mismatch
 from jobs.result import (
     LLAMA_BENCH_DETAIL_FIELDS,
     EngineInfo,
@@ -72,6 +73,11 @@ class LlamaBench(Engine):
                 Status.ERROR, info, error="llama-bench printed no tests", argv=argv
             )
         info = _engine_info(info, rows[0])
+        ran = ran_options(rows[0])
+        info.details["engine_options"] = ran
+        mismatch = option_mismatch(job, ran, _options_source(rows[0]))
+        if mismatch is not None:
+            return EngineOutcome(Status.ERROR, info, error=mismatch, argv=argv)
         check = check_llama_bench_row(job.backend, rows[0], gpu_layers_asked=job.gpu_layers)
         return EngineOutcome(
             Status.OK, info, measurements=measurements, argv=argv, backend_check=check
@@ -90,9 +96,30 @@ class LlamaBench(Engine):
             # build finds, so a `cpu` job on a GPU build would not run on the CPU.
             *llama_cpp_offload_args(job.backend, job.gpu_layers),
         ]  # fmt: skip
+        # 1/0: what every llama-bench takes (newer ones also take on/off/auto).
+        if job.flash_attention is not None:
+            argv += ["-fa", "1" if job.flash_attention == "on" else "0"]
+        if job.kv_offload is not None:
+            argv += ["-nkvo", "0" if job.kv_offload else "1"]
         if target.threads:
             argv += ["-t", str(target.threads)]
         return argv
+
+
+def ran_options(row: dict[str, Any]) -> dict[str, str | bool | None]:
+    """What llama-bench says it ran with: `flash_attn` 1/0/-1 (auto; older builds print a
+    bool) and `no_kv_offload`, in the job's spelling; None where the row does not say."""
+    fa = row.get("flash_attn")
+    nkvo = row.get("no_kv_offload")
+    flash: str | None = None
+    if isinstance(fa, bool | int):
+        flash = {1: "on", 0: "off", -1: "auto"}.get(int(fa), str(fa))
+    return {"flash_attention": flash, "kv_offload": (not nkvo) if isinstance(nkvo, bool) else None}
+
+
+def _options_source(row: dict[str, Any]) -> str:
+    return (f"llama-bench json: flash_attn {row.get('flash_attn')!r}, "
+            f"no_kv_offload {row.get('no_kv_offload')!r}")  # fmt: skip
 
 
 def _engine_info(info: EngineInfo, row: dict[str, Any]) -> EngineInfo:

@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 from jobs.backends import LOG_HEAD_CHARS, check_llama_log, gpu_layers_for, llama_cpp_offload_args
+from jobs.engineoptions import option_mismatch
+from jobs.load import LoadResult
 from jobs.result import BackendCheck, EngineInfo, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
@@ -29,6 +31,7 @@ from worker.engines.timing import (
     server_decode_rate,
     server_prefill_rate,
 )
+from worker.load.llamaserver import LoadRefused, llama_server_load
 
 # Log lines that mean the model never got to serve (llama.cpp's own wording).
 _LOAD_FAILURE = re.compile(
@@ -41,6 +44,10 @@ _FILLER = (
     "and a small boat drifts along the quiet river under a pale morning sky. "
 )
 _LOAD_TIMEOUT_S = 600.0
+# src/llama-context.cpp: "%s: flash_attn            = %s" (enabled, disabled or auto), and
+# src/llama-kv-cache.cpp: "%s: %10s KV buffer size = %8.2f MiB" (the buffer's device name).
+_FLASH_ATTN = re.compile(r"flash_attn\s+= (enabled|disabled|auto)")
+_KV_BUFFER = re.compile(r"(\S+) KV buffer size =")
 
 
 @register("llama-server")
@@ -50,19 +57,21 @@ class LlamaServer(Engine):
         self._group: tuple[Any, ...] | None = None
         self._load_time_s: float | None = None
         self._check: BackendCheck | None = None  # from the load log of the running server
+        self._options: dict[str, str | bool | None] = {}  # what that log says it ran with
 
     def close(self) -> None:
         if self._server is not None:
             self._server.stop()
         self._server, self._group, self._load_time_s = None, None, None
-        self._check = None
+        self._check, self._options = None, {}
 
     def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
         # One deadline for everything the job does: load, tokenizing, warm-up, repetitions.
         deadline = time.monotonic() + target.timeout_s
         info = EngineInfo(name=self.name, backend=job.backend, binary=str(target.binary))
         group = (str(target.binary), str(target.model_path), job.context, target.threads,
-                 job.backend, job.gpu_layers)  # fmt: skip
+                 job.backend, job.gpu_layers, job.flash_attention, job.kv_offload,
+                 _slots(job))  # fmt: skip
         fresh_load = group != self._group or self._server is None or not self._server.alive()
         if fresh_load:
             failure = self._start(job, target, group, info)
@@ -86,11 +95,15 @@ class LlamaServer(Engine):
         argv = [
             str(binary), "-m", str(model),
             "--host", "127.0.0.1", "--port", str(port),
-            "-c", str(job.context), "-np", "1", "--no-webui",
+            "-c", str(job.context), "-np", str(_slots(job)), "--no-webui",
         ]  # fmt: skip
         # Always explicit: llama-server's default (`auto`) fits as many layers as it likes on
         # any GPU the build finds, a `cpu` job included.
         argv += llama_cpp_offload_args(job.backend, job.gpu_layers)
+        if job.flash_attention is not None:
+            argv += ["-fa", job.flash_attention]  # on|off (common/arg.cpp)
+        if job.kv_offload is not None:
+            argv += ["-kvo" if job.kv_offload else "-nkvo"]
         # llama.cpp's own load messages (devices, "offloaded N/M layers") are the evidence of
         # what ran where, and llama-server logs them only from verbosity 4 (trace) up.
         argv += ["-lv", "4"]
@@ -130,6 +143,12 @@ class LlamaServer(Engine):
             gpu_layers_asked=job.gpu_layers,
             source="llama-server load log",
         )
+        self._options = ran_options(server.log_head(LOG_HEAD_CHARS))
+        mismatch = option_mismatch(job, self._options, "llama-server load log")
+        if mismatch is not None:
+            self.close()
+            info = info.model_copy(update={"details": {"engine_options": self._options}})
+            return EngineOutcome(Status.ERROR, info, error=mismatch, argv=argv)
         return None
 
     def _measure(
@@ -142,24 +161,31 @@ class LlamaServer(Engine):
         timeout_s: float,
     ) -> EngineOutcome:
         work = job.workload
-        prompt: str | list[int] = work.prompt_text or _prompt_tokens(server.url, work.prompt_tokens)
         samples: list[RequestSample] = []
         phases: list[PhaseWindow] = []
+        load: LoadResult | None = None
         try:
-            for _ in range(work.warmup_runs):
-                _request(server.url, prompt, work.gen_tokens, deadline)
-            for _ in range(job.repetitions):
-                sample, windows = _request(server.url, prompt, work.gen_tokens, deadline)
-                samples.append(sample)
-                phases += windows
+            if work.load is not None:  # serving under load: many requests at once
+                load = llama_server_load(job, server.url, deadline)
+            else:
+                prompt = work.prompt_text or _prompt_tokens(server.url, work.prompt_tokens)
+                for _ in range(work.warmup_runs):
+                    _request(server.url, prompt, work.gen_tokens, deadline)
+                for _ in range(job.repetitions):
+                    sample, windows = _request(server.url, prompt, work.gen_tokens, deadline)
+                    samples.append(sample)
+                    phases += windows
         except TimeoutError as exc:
             return EngineOutcome(Status.TIMEOUT, info, error=f"{exc} ({timeout_s:.0f} s)",
                                  argv=server.argv)  # fmt: skip
+        except LoadRefused as exc:
+            return EngineOutcome(Status.ERROR, info, error=str(exc), argv=server.argv)
         props = get_json(server.url, "/props", timeout_s=10)
         details = {
             "build_info": props.get("build_info"),
             "n_ctx": props.get("default_generation_settings", {}).get("n_ctx"),
             "model_path": props.get("model_path"),
+            "engine_options": self._options,
         }
         info = info.model_copy(update={"details": details})
         return EngineOutcome(
@@ -171,7 +197,30 @@ class LlamaServer(Engine):
             requests=samples,
             load_time_s=self._load_time_s if fresh_load else None,
             backend_check=self._check,
+            load=load,
         )
+
+
+def _slots(job: JobSpec) -> int:
+    """llama-server's -np: a load workload's slots, else one (a single stream)."""
+    return job.workload.load.server_slots() if job.workload.load is not None else 1
+
+
+def ran_options(log: str) -> dict[str, str | bool | None]:
+    """What a llama.cpp load log says the context ran with, in the job's spelling: flash
+    attention from llama_context's `flash_attn = ...` line; the KV cache on a GPU when a KV
+    buffer is on a device other than the CPU, in RAM when every one is a CPU buffer while a
+    GPU was in use (without a GPU there was nowhere else: not evidence); None: not said."""
+    flash = _FLASH_ATTN.search(log)
+    buffers = _KV_BUFFER.findall(log)
+    on_gpu = [b for b in buffers if not b.upper().startswith("CPU")]
+    kv: bool | None = None
+    if on_gpu:
+        kv = True
+    elif buffers and "using device" in log:
+        kv = False
+    spelled = {"enabled": "on", "disabled": "off", "auto": "auto"}
+    return {"flash_attention": spelled[flash.group(1)] if flash else None, "kv_offload": kv}
 
 
 def _prompt_tokens(url: str, n: int) -> list[int]:

@@ -6,10 +6,15 @@
   the model is loaded. The selection the box had is put back when the engine closes (the next
   engine's job, worker shutdown). A loaded instance is reused only on the same runtime.
 - Load: with `lms load KEY -y -c N --gpu max|off --identifier ID` when `lms` is named (load time
-  measured around the command), else `POST /api/v1/models/load` with `context_length` and
-  `offload_kv_cache_to_gpu` and `echo_load_config`. Either way, what LM Studio says it loaded
-  (the echoed config, or the instance in `GET /api/v1/models`) is checked against the job: a
-  different context, KV placement or model fails the job with that evidence.
+  measured around the command), after `lms load ... --estimate-only`: LM Studio's estimate is
+  kept in the details, and a load it says will fail fails the job (load failed) with its
+  numbers. Else `POST /api/v1/models/load` with `context_length`, `offload_kv_cache_to_gpu`
+  (the job's kv_offload, else on for a GPU backend), `flash_attention` (when the job sets it)
+  and `echo_load_config`. `lms load` has no flag for flash attention or the KV cache, so a job
+  setting them on an lms-driven backend is refused with that reason. Either way, what LM
+  Studio says it loaded (the echoed config, or the instance in `GET /api/v1/models`) is checked
+  against the job: a different context, KV placement, flash attention or model fails the job
+  with that evidence.
 - Measure: `POST /api/v0/chat/completions` (not streamed). LM Studio 0.4 still documents v0, and
   only its answer carries `runtime` (name, version), `model_info.context_length` and
   `stats.generation_time`/`stop_reason`; the v1 `/api/v1/chat` stats have no runtime, so the
@@ -65,6 +70,7 @@ class _Instance:
     runtime: str | None  # name@version selected for it (None: no lms, LM Studio's choice)
     offload: str
     lms: Lms | None
+    options: tuple[str | None, bool | None] = (None, None)  # flash_attention, kv_offload
 
 
 class _Refused(Exception):
@@ -83,6 +89,7 @@ class LMStudio(ServedEngine):
         self._load_time_s: float | None = None
         self._loaded: dict[str, Any] = {}  # what LM Studio said it loaded, for the details
         self._answers: list[dict[str, Any]] = []  # runtime/model_info/stop of each answer
+        self._estimate: dict[str, Any] = {}  # LM Studio's estimate of the last lms load
         # The runtimes selected on the box before orch selected any, per lms binary: put back
         # when the engine closes.
         self._restore: tuple[Lms, list[Runtime]] | None = None
@@ -132,16 +139,27 @@ class LMStudio(ServedEngine):
             offload = gpu_offload(job.backend, job.gpu_layers) if lms is not None else _REST_OFFLOAD
         except LmsError as exc:  # the box cannot run this backend as configured
             raise _Refused(str(exc), Status.ERROR, {}) from None
-        wanted = (url, model, job.context, runtime.spec if runtime else None, offload)
+        options = (job.flash_attention, job.kv_offload)
+        if lms is not None and options != (None, None):
+            raise _Refused(
+                "`lms load` has no flash-attention or KV-cache flag (lmstudio-ai/lms 07b7252, "
+                "src/subcommands/load.ts): only LM Studio's REST load sets them; leave lms out "
+                f"of the {job.backend} backend in worker.yaml to load through REST (LM Studio's "
+                "selected runtime then runs it), or drop flash_attention/kv_offload for this job",
+                Status.ERROR, {},
+            )  # fmt: skip
+        wanted = (url, model, job.context, runtime.spec if runtime else None, offload, options)
         current = self._instance
         if current is not None and wanted == (current.url, current.model, current.context,
-                                              current.runtime, current.offload):  # fmt: skip
+                                              current.runtime, current.offload,
+                                              current.options):  # fmt: skip
             self._load_time_s = None
             return current
         self._release()
         if lms is not None and runtime is not None:
             if not runtime.selected:
                 lms.select(runtime)
+            self._check_estimate(lms, model, job.context, offload)
             instance_id = re.sub(r"[^A-Za-z0-9._-]", "-", f"orch-{model}-{job.context}")
             wall_s = lms.load(model, job.context, offload, instance_id)
             self._instance = _Instance(url, token, model, instance_id, job.context,
@@ -155,19 +173,43 @@ class LMStudio(ServedEngine):
                     Status.LOAD_FAILED, {"lms_ps": self._ps(lms)},
                 )  # fmt: skip
             kv_on_gpu = None  # lms load has no KV-placement flag: LM Studio's default applies
-            self._loaded = {"lms_ps": self._ps(lms), "load_time_source": "lms load wall time"}
+            self._loaded = {"lms_ps": self._ps(lms), "load_time_source": "lms load wall time",
+                            "lms_estimate": self._estimate}  # fmt: skip
         else:
-            kv_on_gpu = job.backend != "cpu"
-            loaded = rest.load(url, token, model, job.context, kv_on_gpu)
+            kv_on_gpu = job.kv_offload if job.kv_offload is not None else job.backend != "cpu"
+            flash = None if job.flash_attention is None else job.flash_attention == "on"
+            loaded = rest.load(url, token, model, job.context, kv_on_gpu, flash)
             self._instance = _Instance(url, token, model, loaded.instance_id, job.context,
-                                       None, offload, None)  # fmt: skip
+                                       None, offload, None, options)  # fmt: skip
             self._loaded = {"load_time_source": "LM Studio load_time_seconds"}
         self._load_time_s = loaded.load_time_s
         self._loaded.update(load_config=loaded.load_config, load_config_source=loaded.config_source)
-        problem = rest.config_mismatch(loaded, job.context, kv_on_gpu)
+        problem = rest.config_mismatch(
+            loaded, job.context, kv_on_gpu,
+            None if job.flash_attention is None else job.flash_attention == "on",
+        )  # fmt: skip
         if problem:
             raise _Refused(problem, Status.ERROR, dict(self._loaded))
         return self._instance
+
+    def _check_estimate(self, lms: Lms, model: str, context: int, offload: str) -> None:
+        """LM Studio's own estimate before loading (`lms load --estimate-only`), kept in the
+        details; a load it says will fail (by the box's guardrails) fails here, with its
+        numbers, instead of being attempted. An lms that cannot estimate is noted, not fatal."""
+        try:
+            estimate = lms.estimate(model, context, offload)
+        except (OSError, LmsError) as exc:
+            self._estimate = {"unavailable": str(exc)[:300]}
+            return
+        self._estimate = estimate.as_details()
+        if not estimate.fits:
+            raise _Refused(
+                f"LM Studio estimates that {model} at context {context} (--gpu {offload}) "
+                f"will not load here: GPU {_size(estimate.gpu_bytes)}, total "
+                f"{_size(estimate.total_bytes)} by its resource guardrails (lms load "
+                "--estimate-only); lower the context, or loosen the guardrails in LM Studio",
+                Status.LOAD_FAILED, {"lms_estimate": self._estimate},
+            )  # fmt: skip
 
     def _runtime_for(self, job: JobSpec, target: RunTarget, lms: Lms) -> Runtime:
         runtimes = lms.runtimes()
@@ -335,6 +377,10 @@ class LMStudio(ServedEngine):
 
 # LM Studio runtime kinds as llama.cpp's backend registry names them (jobs.backends).
 _DEVICES = {"vulkan": "Vulkan", "rocm": "ROCm", "cuda": "CUDA", "metal": "MTL", "cpu": "CPU"}
+
+
+def _size(n_bytes: int | None) -> str:
+    return "not printed" if n_bytes is None else f"{n_bytes / 2**30:.2f} GiB"
 
 
 def _spec(runtime: object) -> str:

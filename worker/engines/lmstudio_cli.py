@@ -6,6 +6,12 @@ unload.ts, list.ts for `ps`, runtime/list.ts, runtime/select.ts, createClient.ts
 - `lms load KEY` matches KEY fuzzily against the downloaded models; without `-y` several matches
   open an interactive picker, which with stdin not a terminal exits 1 having loaded nothing. With
   `-y` the first match is loaded, so the engine checks afterwards which model the instance holds.
+- `lms load KEY --estimate-only` loads nothing and prints, through its logger (on stderr:
+  logLevel.ts makes a Console whose stdout is process.stderr), `Estimated GPU Memory:   X` and
+  `Estimated Total Memory: Y` (formatBytes.ts formatSizeBytes1024: "0 Bytes" or two decimals
+  and KiB/MiB/GiB/TiB), `Confidence: LOW` when it is low, and `Estimate: This model may be
+  loaded ...` or `... will fail to load based on your resource guardrails settings.`; it exits
+  0 either way. `lms load` has no flash-attention or KV-cache flag at that commit.
 - `lms unload ID` exits 0 even when no instance has that identifier ("Model Not Found").
 - `lms runtime ls` has no JSON output: a table `LLM ENGINE  SELECTED  MODEL FORMAT` with rows
   `name@version  ✓  gguf` (columnify, four-space gaps).
@@ -26,10 +32,10 @@ from urllib.parse import urlsplit
 
 from jobs.backends import LLAMA_CPP_BACKENDS
 from worker.engines.process import ProcessOutcome, run_bounded
+from worker.engines.served import LOOPBACK
 
 LOAD_TIMEOUT_S = 1200.0
 _CLI_TIMEOUT_S = 120.0
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _PS_MAX_ENTRIES = 32  # what `lms ps --json` adds to the result (a box rarely holds more)
 
 # Backend labels and the runtime names that carry them: LM Studio names its llama.cpp builds
@@ -37,6 +43,45 @@ _PS_MAX_ENTRIES = 32  # what `lms ps --json` adds to the result (a box rarely ho
 # `...-nvidia-cuda12-avx2`, docs: `llama.cpp-mac-arm64-apple-metal-advsimd`) and its MLX
 # engine `mlx-llm-...`; a name with no GPU API in it is a CPU build.
 _GPU_APIS = ("vulkan", "rocm", "cuda", "metal")
+
+
+_ESTIMATE_LINE = re.compile(
+    r"Estimated (GPU|Total) Memory:\s+([\d.]+) (Bytes|KiB|MiB|GiB|TiB)", re.IGNORECASE
+)
+_BINARY_UNITS = {"bytes": 0, "kib": 1, "mib": 2, "gib": 3, "tib": 4}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """LM Studio's own estimate of a load (`lms load --estimate-only`), as it printed it."""
+
+    gpu_bytes: int | None
+    total_bytes: int | None
+    fits: bool  # "may be loaded" (False: "will fail to load" by the box's guardrails)
+    low_confidence: bool
+    text: str  # what lms printed, for the evidence
+
+    def as_details(self) -> dict[str, Any]:
+        return {"estimated_gpu_bytes": self.gpu_bytes, "estimated_total_bytes": self.total_bytes,
+                "passes_guardrails": self.fits, "low_confidence": self.low_confidence,
+                "source": "lms load --estimate-only", "printed": self.text}  # fmt: skip
+
+
+def parse_estimate(printed: str) -> Estimate:
+    """`lms load --estimate-only` output (see the module docstring) as numbers and a verdict."""
+    text = _ANSI.sub("", printed).strip()
+    sizes: dict[str, int] = {}
+    for kind, number, unit in _ESTIMATE_LINE.findall(text):
+        sizes[kind.lower()] = round(float(number) * 1024 ** _BINARY_UNITS[unit.lower()])
+    if "will fail to load" in text:
+        fits = False
+    elif "may be loaded" in text:
+        fits = True
+    else:
+        raise LmsError(f"`lms load --estimate-only` printed no estimate: {text[-400:]!r}")
+    return Estimate(sizes.get("gpu"), sizes.get("total"), fits,
+                    "Confidence: LOW" in text, text[-1000:])  # fmt: skip
 
 
 class LmsError(Exception):
@@ -157,7 +202,7 @@ class Lms:
 
     def __init__(self, binary: Path, url: str) -> None:
         parts = urlsplit(url)
-        if parts.hostname not in _LOOPBACK:
+        if parts.hostname not in LOOPBACK:
             raise LmsError(
                 f"`lms` drives the LM Studio on this box, but url {url} is another host: use a "
                 "loopback url with lms, or leave lms out of the backends (REST loading only)"
@@ -186,6 +231,13 @@ class Lms:
         args = ["load", model, "-y", "--context-length", str(context), "--gpu", gpu,
                 "--identifier", identifier]  # fmt: skip
         return self._run(args, LOAD_TIMEOUT_S).wall_s
+
+    def estimate(self, model: str, context: int, gpu: str) -> Estimate:
+        """LM Studio's estimate for loading `model` as `load` would; loads nothing."""
+        args = ["load", model, "-y", "--context-length", str(context), "--gpu", gpu,
+                "--estimate-only"]  # fmt: skip
+        done = self._run(args)
+        return parse_estimate(done.stderr + "\n" + done.stdout)
 
     def unload(self, identifier: str) -> None:
         self._run(["unload", identifier])

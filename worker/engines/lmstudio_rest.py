@@ -5,9 +5,10 @@
   "offload_kv_cache_to_gpu", ...}}], ...}]}`. It is also how the server's API generation is
   told: the v1 API came with 0.4.0 (api-changelog.md), so a 404 there is an LM Studio 0.3,
   which orch refuses (its v0 API cannot load a model with a context).
-- `POST /api/v1/models/load` (load.md): `model`, `context_length`, `offload_kv_cache_to_gpu`,
-  `echo_load_config` at the top level; answers `type`, `instance_id`, `load_time_seconds`,
-  `status: "loaded"` and, echoed, `load_config` ("only parameters that applied").
+- `POST /api/v1/models/load` (load.md): `model`, `context_length`, `flash_attention`,
+  `offload_kv_cache_to_gpu`, `echo_load_config` at the top level; answers `type`,
+  `instance_id`, `load_time_seconds`, `status: "loaded"` and, echoed, `load_config` ("only
+  parameters that applied").
 - `POST /api/v1/models/unload` (unload.md): `{"instance_id"}`, answers `{"instance_id"}`.
 """
 
@@ -68,13 +69,23 @@ def instance_of(models: list[dict[str, Any]], instance_id: str) -> tuple[str, di
     return "", {}
 
 
-def load(url: str, token: str | None, model: str, context: int, kv_on_gpu: bool) -> Loaded:
-    body = {
+def load(
+    url: str,
+    token: str | None,
+    model: str,
+    context: int,
+    kv_on_gpu: bool,
+    flash_attention: bool | None = None,
+) -> Loaded:
+    """Load `model` as the job asks; flash_attention None leaves LM Studio's own choice."""
+    body: dict[str, Any] = {
         "model": model,
         "context_length": context,
         "offload_kv_cache_to_gpu": kv_on_gpu,
         "echo_load_config": True,
     }
+    if flash_attention is not None:
+        body["flash_attention"] = flash_attention
     answer = post_json(url, "/api/v1/models/load", body, timeout_s=LOAD_TIMEOUT_S, token=token)
     if not isinstance(answer, dict):
         raise LoadRefused(f"POST /api/v1/models/load answered {str(answer)[:200]}")
@@ -98,7 +109,9 @@ def unload(url: str, token: str | None, instance_id: str) -> None:
               token=token)  # fmt: skip
 
 
-def config_mismatch(loaded: Loaded, context: int, kv_on_gpu: bool | None) -> str | None:
+def config_mismatch(
+    loaded: Loaded, context: int, kv_on_gpu: bool | None, flash_attention: bool | None = None
+) -> str | None:
     """Why the loaded instance is not what the job asked for (None: it is), with the evidence."""
     config = loaded.load_config
     evidence = f"({loaded.config_source}: {json.dumps(config, sort_keys=True)[:300]})"
@@ -110,5 +123,9 @@ def config_mismatch(loaded: Loaded, context: int, kv_on_gpu: bool | None) -> str
     kv = config.get("offload_kv_cache_to_gpu")
     if kv_on_gpu is not None and isinstance(kv, bool) and kv != kv_on_gpu:
         where = "GPU" if kv else "CPU"
-        return f"LM Studio put the KV cache on the {where}, against the job's backend {evidence}"
+        return f"LM Studio put the KV cache on the {where}, against the job {evidence}"
+    flash = config.get("flash_attention")
+    if flash_attention is not None and isinstance(flash, bool) and flash != flash_attention:
+        said = "on" if flash else "off"
+        return f"LM Studio loaded with flash attention {said}, against the job {evidence}"
     return None

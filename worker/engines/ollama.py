@@ -14,7 +14,13 @@ and the upstream file each comes from are listed in tests/fixtures/ollama/README
   not. pp is therefore computed over `prompt_eval_count - BOS` (the BOS comes from
   `/api/show`'s `tokenizer.ggml.add_bos_token`); a chat request's template head is cached by an
   amount nobody reports, so vision requests give no pp (TTFT and tg only).
-- `think: false` on every request: an omitted `think` means thinking on for a thinking model.
+- `think` on every request: the job's `think` axis (true for `on`), else false, since an
+  omitted `think` means thinking on for a thinking model (api/types.go ThinkValue also takes
+  "high"/"medium"/"low" for some models; orch sends only the bool). With thinking on, the
+  thinking is generated tokens: `eval_count` counts them (the runner counts every token it
+  samples; the server splits thinking from the answer afterwards) and `num_predict` bounds
+  them with the answer, so gen counts and tg are over all of them. A job that turns thinking
+  on for a model whose `/api/show` capabilities lack "thinking" fails before measuring.
 - `done_reason`/`eval_count`: a reply shorter than `gen_tokens` (Ollama has no ignore_eos)
   stays out of tg and is counted in details; if every measured reply stopped early the job
   fails, with the evidence.
@@ -144,6 +150,12 @@ class Ollama(ServedEngine):
                     f"{target.served_model} cannot take an image (ollama /api/show "
                     f"capabilities: {server.capabilities}): use a vision model for this job"
                 )
+        if job.think == "on" and server.capabilities is not None:
+            if "thinking" not in server.capabilities:
+                raise ValueError(
+                    f"{target.served_model} does not think (ollama /api/show capabilities: "
+                    f"{server.capabilities}): drop think: on for this model"
+                )
         lead = _LEADS[self._turn % len(_LEADS)]
         self._turn += 1
         path, body = _body(job, target, f"{lead} {prompt}")
@@ -219,7 +231,7 @@ class Ollama(ServedEngine):
             "runner": _runner(version),
             "capabilities": server.capabilities,
             "model_info": server.model_info(),
-            "think": False,
+            "think": job.think == "on",
         }
         problems = [self._early_stops(job, details)]
         if entry is not None:
@@ -281,7 +293,8 @@ def _body(job: JobSpec, target: RunTarget, prompt: str) -> tuple[str, dict[str, 
     num_gpu = _num_gpu(job)
     if num_gpu is not None:
         options["num_gpu"] = num_gpu  # layers on the GPU
-    common = {"model": target.served_model, "stream": True, "options": options, "think": False}
+    common = {"model": target.served_model, "stream": True, "options": options,
+              "think": job.think == "on"}  # fmt: skip
     if target.image is None:
         return "/api/generate", {**common, "prompt": prompt, "raw": True}
     lead, _, rest = prompt.partition(" ")

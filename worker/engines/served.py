@@ -26,7 +26,8 @@ from worker.engines.base import Engine, EngineOutcome, RunTarget
 from worker.engines.http_stream import HttpError
 from worker.engines.timing import measurements
 
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# Host names of this box in a url: a server there is one whose process (and CLI) orch can reach.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # Words that most tokenizers keep whole, so N words are close to N tokens; the server's own
 # prompt token count is what gets recorded.
 _WORDS = (
@@ -71,7 +72,7 @@ def listening_pid(url: str) -> int | None:
     talks to), or None: a remote server, or one this user may not see (another user's process,
     no /proc)."""
     parts = urlsplit(url)
-    if parts.hostname not in _LOOPBACK:
+    if parts.hostname not in LOOPBACK:
         return None
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
