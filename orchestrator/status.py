@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 # The broker's side (redis-py, Celery, kombu) is imported where a broker was given, and
@@ -11,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from orchestrator.broker import Fleet
     from orchestrator.store import Store
-
-WAITING, CANCELLED = "waiting", "cancelled"
 
 
 def render_status(store: Store, client: Any | None, campaign: str | None) -> str:
@@ -121,27 +118,23 @@ def _configuration_label(queue: str, names: list[str]) -> str:
 
 def _campaign(store: Store, campaign: str, fleet: Fleet | None, now: float) -> list[str]:
     store.require_campaign(campaign)
-    jobs = store.campaign_jobs(campaign)
-    per_queue: dict[str, Counter[str]] = {}
-    for row in jobs:
-        state = row.result.status.value if row.result else CANCELLED if row.cancelled else WAITING
-        per_queue.setdefault(row.spec.queue, Counter())[state] += 1
-    states = sorted({s for c in per_queue.values() for s in c})
-    rows = [[queue, *(counts.get(s, 0) for s in states)] for queue, counts in per_queue.items()]
-    finished = sum(1 for r in jobs if r.result)
-    loads = sum(1 for r in jobs if r.result is not None and r.result.load_time_s is not None)
-    groups = len({r.spec.load_group() for r in jobs if r.result and r.result.requests})
-    disturbed = sum(1 for r in jobs if r.result is not None and r.result.disturbed)
+    # Counted in SQL (Store.campaign_progress): no stored result is parsed, at any store size.
+    progress = store.campaign_progress(campaign)
+    states = sorted({s for counts in progress.by_queue.values() for s in counts})
+    rows = [[queue, *(counts.get(s, 0) for s in states)]
+            for queue, counts in progress.by_queue.items()]  # fmt: skip
+    disturbed = progress.disturbed
     out = [
-        f"campaign {campaign}: {finished}/{len(jobs)} jobs finished"
+        f"campaign {campaign}: {progress.finished}/{progress.total} jobs finished"
         + (f" ({disturbed} disturbed: no verdict drawn from them)" if disturbed else "")
-        + f"; server model loads: {loads} for {groups} group(s) of jobs that can share one",
+        + f"; server model loads: {progress.loads} for {progress.load_groups} group(s) of jobs "
+        "that can share one",
         _table(rows, ["queue", *states]),
     ]
     if fleet is not None:
         from orchestrator.waiting import blocked_notes
 
-        pending = [r.spec for r in jobs if not r.settled and r.spec.host in fleet.inventories]
+        pending = [j for j in store.pending_jobs(campaign) if j.host in fleet.inventories]
         out += blocked_notes(pending, fleet.inventories, now)
         out += _plan_lines(pending, fleet)
     return out

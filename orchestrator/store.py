@@ -6,6 +6,10 @@ from another. Results are upserted by job id, each job keeping the one that is f
 order of jobs/finality.py, so a re-delivered job never counts twice and every store that reads
 the stream ends with the same final results.
 
+The layout (tables, version, migrations) is orchestrator/store_layout.py: each result is kept
+whole and, beside it, split for reading; the reading side for reports and `orch status` is
+orchestrator/store_read.py.
+
 Example::
 
     store = Store.open(Path("orch.db"))
@@ -27,6 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StoreError
+from orchestrator.store_layout import (
+    STORE_VERSION,
+    open_layout,
+    refuse_newer,
+    split_result,
+    stored_version,
+    write_parts,
+)
+from orchestrator.store_read import CampaignProgress, JobRow, Prediction, StoreReader
 from orchestrator.storeerrors import connect_store, open_read_only
 
 # The job and result models (pydantic) are imported by the methods that parse them: `orch
@@ -36,61 +49,12 @@ if TYPE_CHECKING:
     from jobs.result import RunResult
     from jobs.spec import JobSpec
 
-# Version of the SQLite layout. History:
-#   1 - campaigns, jobs, results (RunResult JSON), rejected (unreadable stream entries) and
-#       cancelled tables; meta holds one stream cursor per broker.
-#   2 - predictions: the planner's verdict per job at submit (checked against the outcome).
-STORE_VERSION = 2
-_BATCH = 500
+__all__ = [
+    "STORE_VERSION", "CampaignOverview", "CampaignProgress", "JobRow", "Prediction", "Store",
+    "default_store_path",
+]  # fmt: skip
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS campaigns (
-    campaign TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    matrix_path TEXT,
-    matrix_text TEXT
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    campaign TEXT NOT NULL,
-    host TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    submitted_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_campaign ON jobs (campaign);
-CREATE TABLE IF NOT EXISTS results (
-    job_id TEXT PRIMARY KEY,
-    campaign TEXT NOT NULL,
-    host TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    finished_at TEXT NOT NULL,
-    collected_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS results_campaign ON results (campaign);
--- Covers what `orch status` and `orch campaigns` count, so they never read a stored result:
--- finished_at sits after the large `result` column, in its overflow pages.
-CREATE INDEX IF NOT EXISTS results_outcome ON results (job_id, status, finished_at);
-CREATE TABLE IF NOT EXISTS cancelled (job_id TEXT PRIMARY KEY, cancelled_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS predictions (
-    job_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    needs_bytes INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    predicted_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rejected (
-    broker_id TEXT NOT NULL,
-    entry_id TEXT NOT NULL,
-    raw TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    PRIMARY KEY (broker_id, entry_id)
-);
-"""
+_BATCH = 500
 
 
 def default_store_path() -> Path:
@@ -99,30 +63,6 @@ def default_store_path() -> Path:
         return Path(os.environ["ORCH_STORE"])
     data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(data) / "orch" / "orch.db"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The planner's verdict for a job when it was submitted."""
-
-    kind: str  # "fits", "spills", "will not load", "unknown"
-    needs_bytes: int
-    text: str  # as `orch plan` shows it
-
-
-@dataclass(frozen=True)
-class JobRow:
-    """A submitted job and its result, when one has been collected."""
-
-    spec: JobSpec
-    result: RunResult | None
-    cancelled: bool = False  # taken out of its queue by `orch cancel` before it ran
-    prediction: Prediction | None = None
-
-    @property
-    def settled(self) -> bool:
-        """Nothing more will happen to it unless the user re-submits."""
-        return self.result is not None or self.cancelled
 
 
 @dataclass(frozen=True)
@@ -149,7 +89,7 @@ class CampaignOverview:
         return self.total - self.finished - self.cancelled
 
 
-class Store:
+class Store(StoreReader):
     def __init__(self, conn: sqlite3.Connection, path: Path, read_only: bool = False) -> None:
         self.conn = conn
         self.path = path
@@ -164,31 +104,31 @@ class Store:
             "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'results_outcome'"
         ).fetchone()
         self._outcome = "results r INDEXED BY results_outcome" if has_index else "results r"
+        # Results split for reading (layout 3); a read-only store of an older layout has none.
+        # One of a newer layout is not read at all: its tables may mean something else.
+        version = stored_version(conn)
+        refuse_newer(path, version)
+        self.split = version is not None and version >= 3
 
     @classmethod
     def open(cls, path: Path) -> Store:
+        """Open (creating or migrating: orchestrator/store_layout.py) the store at `path`.
+
+        A store on a read-only file or folder is opened as it is, never migrated: one of an
+        older layout is read from its full results (slower, the same answers).
+        """
         if path.is_file() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
             conn = open_read_only(path)
-            row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-            if row is not None and int(row[0]) > STORE_VERSION:
-                raise StoreError(f"{path} was written by a newer orch (store version {row[0]})")
-            return cls(conn, path, read_only=True)
+            try:
+                return cls(conn, path, read_only=True)
+            except StoreError:
+                conn.close()
+                raise
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = connect_store(path)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('version', ?)", (str(STORE_VERSION),))
-            elif int(row[0]) > STORE_VERSION:
-                raise StoreError(
-                    f"{path} was written by a newer orch (store version {row[0]}); upgrade orch"
-                )
-            elif int(row[0]) < STORE_VERSION:  # every change so far only added tables
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'version'", (str(STORE_VERSION),)
-                )
+            open_layout(conn, path)
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:
@@ -309,6 +249,20 @@ class Store:
 
         if not eligible(result):
             return False
+        text = result.model_dump_json()
+        # The result and its parts for reading change together, in or out of a transaction.
+        self.conn.execute("SAVEPOINT upsert_result")
+        try:
+            kept = self._upsert(result, text)
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK TO upsert_result")
+                self.conn.execute("RELEASE upsert_result")
+            raise
+        self.conn.execute("RELEASE upsert_result")
+        return kept
+
+    def _upsert(self, result: RunResult, text: str) -> bool:
         cur = self.conn.execute(
             "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
             "status=excluded.status, attempt=excluded.attempt, result=excluded.result, "
@@ -320,12 +274,18 @@ class Store:
                 result.host,
                 result.status.value,
                 result.attempt,
-                result.model_dump_json(),
+                text,
                 result.finished_at.isoformat(),
                 _now(),
             ),
         )
-        return cur.rowcount > 0
+        if cur.rowcount == 0:
+            return False
+        row = self.conn.execute(
+            "SELECT spec FROM jobs WHERE job_id = ?", (result.job_id,)
+        ).fetchone()
+        write_parts(self.conn, [(result.job_id, split_result(text, row[0] if row else None))])
+        return True
 
     def forget_result(self, job_id: str) -> None:
         """Drop a job's result (a retry will record a new one, with a higher attempt)."""
@@ -409,29 +369,6 @@ class Store:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def campaign_jobs(self, campaign: str) -> list[JobRow]:
-        from jobs.result import RunResult
-        from jobs.spec import JobSpec
-
-        rows = self.conn.execute(
-            "SELECT j.spec, r.result, c.job_id IS NOT NULL, p.kind, p.needs_bytes, p.text "
-            "FROM jobs j "
-            "LEFT JOIN results r ON r.job_id = j.job_id "
-            "LEFT JOIN cancelled c ON c.job_id = j.job_id "
-            "LEFT JOIN predictions p ON p.job_id = j.job_id "
-            "WHERE j.campaign = ? ORDER BY j.rowid",
-            (campaign,),
-        )
-        return [
-            JobRow(
-                JobSpec.model_validate_json(spec),
-                RunResult.model_validate_json(result) if result else None,
-                bool(cancelled) and not result,
-                Prediction(kind, needs, text) if kind is not None else None,
-            )
-            for spec, result, cancelled, kind, needs, text in rows
-        ]
-
     def done_by_queue(self) -> dict[str, int]:
         """Jobs with a result (that ran: skipped ones did not) per queue, all campaigns."""
         rows = self.conn.execute(
@@ -451,14 +388,17 @@ class Store:
             out.setdefault(queue, []).append(name)
         return out
 
-    def pending_jobs(self) -> list[JobSpec]:
-        """Every submitted job with no result that was not cancelled (all campaigns)."""
+    def pending_jobs(self, campaign: str | None = None) -> list[JobSpec]:
+        """Every submitted job with no result that was not cancelled (of all campaigns, or
+        of `campaign`)."""
         from jobs.spec import JobSpec
 
         rows = self.conn.execute(
             "SELECT j.spec FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id "
             "LEFT JOIN cancelled c ON c.job_id = j.job_id "
-            "WHERE r.job_id IS NULL AND c.job_id IS NULL ORDER BY j.rowid"
+            "WHERE r.job_id IS NULL AND c.job_id IS NULL AND (?1 IS NULL OR j.campaign = ?1) "
+            "ORDER BY j.rowid",
+            (campaign,),
         )
         return [JobSpec.model_validate_json(spec) for (spec,) in rows]
 

@@ -172,9 +172,11 @@ def timeline_charts(pivot: Pivot) -> list[Chart]:
 def _timeline(record: Record) -> Chart | None:
     result = record.job.result
     telemetry = result.telemetry if result else None
-    if telemetry is None or not telemetry.series.get("t_s"):
+    if telemetry is None:
         return None
-    series = telemetry.series
+    series = record.job.series()  # kept apart in the store: read for the runs drawn only
+    if not series.get("t_s"):
+        return None
     panels = [
         (title, [(k, label, scale) for k, label, scale in keys if _has_values(series.get(k))])
         for title, keys in _PANELS

@@ -54,26 +54,27 @@ def check_golden(name: str, text: str) -> None:
 BASELINE = PivotOptions(baseline=("vram_split", "512M"))
 
 
-@pytest.mark.parametrize(
-    ("name", "fmt", "options"),
-    [
-        ("report.txt", "table", PivotOptions()),
-        ("report-baseline.txt", "table", BASELINE),
-        ("report-baseline.md", "md", BASELINE),
-        ("report.csv", "csv", PivotOptions()),
-        ("report.json", "json", PivotOptions()),
-        ("report.llama-bench.json", "llama-bench-json", PivotOptions()),
-        (
-            "report-by-backend.md",
-            "md",
-            PivotOptions(
-                rows=("metric",),
-                columns=("backend", "vram_split"),
-                metrics=("tg", "ttft", "vram", "gtt", "gpu_busy", "copy_busy", "j_per_token"),
-            ),
+# (golden file, format, options): every report format (test_store_layout.py renders them too).
+REPORTS = [
+    ("report.txt", "table", PivotOptions()),
+    ("report-baseline.txt", "table", BASELINE),
+    ("report-baseline.md", "md", BASELINE),
+    ("report.csv", "csv", PivotOptions()),
+    ("report.json", "json", PivotOptions()),
+    ("report.llama-bench.json", "llama-bench-json", PivotOptions()),
+    (
+        "report-by-backend.md",
+        "md",
+        PivotOptions(
+            rows=("metric",),
+            columns=("backend", "vram_split"),
+            metrics=("tg", "ttft", "vram", "gtt", "gpu_busy", "copy_busy", "j_per_token"),
         ),
-    ],
-)
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "fmt", "options"), REPORTS)
 def test_report_golden(store: Store, name: str, fmt: str, options: PivotOptions) -> None:
     pivot = build_pivot(CAMPAIGN, store.campaign_jobs(CAMPAIGN), options)
 

@@ -125,9 +125,10 @@ def test_open_creates_the_folder_schema_and_version(tmp_path: Path) -> None:
     version = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]
     conn.close()
     assert tables == {
-        "meta", "campaigns", "jobs", "results", "rejected", "cancelled", "predictions"
+        "meta", "campaigns", "jobs", "results", "rejected", "cancelled", "predictions",
+        "result_views", "result_series",
     }  # fmt: skip
-    assert int(version) == STORE_VERSION == 2
+    assert int(version) == STORE_VERSION == 3
 
 
 def test_reopening_keeps_data_and_one_version_row(tmp_path: Path) -> None:
