@@ -65,6 +65,11 @@ REBOOT_GRACE_S = 20 * 60
 # anything acts on it; one that fails goes to the dead-letter list (jobs/deadletter.py).
 # A real job message is about 2 KB; a long fixed `prompt_text` makes it bigger, never this big.
 MAX_MESSAGE_BYTES = 1024 * 1024
+# The most one value may take in a broker orch starts (Valkey's `proto-max-bulk-len`, default
+# 512 MB): a client that pops a message reads it whole before anyone can check it, so junk in a
+# queue costs an agent at most this much memory once. Above every message and result orch
+# writes (jobs 1 MiB, results a few MiB: engine output, series and load records are bounded).
+MAX_BULK_BYTES = 64 * 1024 * 1024
 # The most a job's JSON may take so that its message stays under MAX_MESSAGE_BYTES (Celery
 # sends it base64-encoded, 4/3 bigger, with about 3 KB of headers and a 1 KB argsrepr).
 MAX_JOB_JSON_BYTES = MAX_MESSAGE_BYTES * 3 // 4 - 16 * 1024

@@ -21,6 +21,7 @@ from types import TracebackType
 
 import redis as redis_lib
 
+from jobs.protocol import MAX_BULK_BYTES
 from orchestrator.errors import BrokerError
 
 
@@ -80,6 +81,7 @@ class EmbeddedBroker:
             "--dir", str(self.data_dir), "--appendonly", "yes",
             "--appendfsync", self.appendfsync, "--save", "",
             "--maxmemory-policy", "noeviction", "--logfile", str(log), "--daemonize", "no",
+            "--proto-max-bulk-len", str(MAX_BULK_BYTES),
         ]  # fmt: skip
         if self.password:
             # In a mode-600 config file rather than on the command line, where `ps` shows it.

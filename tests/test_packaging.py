@@ -15,6 +15,7 @@ import psutil
 import pytest
 import yaml
 
+from jobs.protocol import MAX_BULK_BYTES
 from orchestrator.embedded import free_port
 from worker.errors import ProvisionError
 from worker.provision.llamacpp import (
@@ -36,6 +37,7 @@ def test_compose_redis_is_durable_and_password_protected() -> None:
     assert redis["environment"]["REDISCLI_AUTH"].startswith("${ORCH_REDIS_PASSWORD:?")
     # The password never appears in an argv: not redis-server's, not the health check's.
     assert "PASSWORD" not in script and 'requirepass "%s"' in script
+    assert f"proto-max-bulk-len {MAX_BULK_BYTES // 2**20}mb" in script  # jobs/protocol.py's cap
     assert "-a" not in redis["healthcheck"]["test"][1].split()
     assert redis["ports"] == ["${ORCH_REDIS_BIND:-127.0.0.1}:6379:6379"]
     for name in ("coordinator", "worker-example"):

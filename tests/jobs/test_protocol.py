@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+import redis
 
 from jobs.deadletter import (
     DEAD_LETTER_KEY,
@@ -18,6 +19,7 @@ from jobs.deadletter import (
     push_dead_letter,
 )
 from jobs.protocol import (
+    MAX_BULK_BYTES,
     MAX_JOB_JSON_BYTES,
     InvalidMessage,
     NewerMessage,
@@ -150,3 +152,16 @@ def test_a_newer_orchs_job_is_named_so_and_left_in_place_by_coordinators(
     assert listed == [job("box")]  # the good one; neither the newer nor the junk
     assert redis_client.lrange("orch.box.default", 0, -1) == [good, newer]
     assert dead_letter_count(redis_client) == 1  # the junk only
+
+
+def test_brokers_orch_starts_refuse_a_value_over_the_bulk_cap(redis_client: Any) -> None:
+    """Junk in a queue costs an agent that pops it at most MAX_BULK_BYTES of memory: the
+    broker refuses anything larger (Valkey's default would be 512 MB)."""
+    assert int(redis_client.config_get("proto-max-bulk-len")["proto-max-bulk-len"]) == (
+        MAX_BULK_BYTES
+    )
+    redis_client.rpush("orch.box.default", b"x" * 1024)
+    # Valkey answers a protocol error and closes the connection as the value starts to arrive.
+    with pytest.raises((redis.ResponseError, redis.ConnectionError)):
+        redis_client.rpush("orch.box.default", b"x" * (MAX_BULK_BYTES + 1))
+    assert redis_client.llen("orch.box.default") == 1
