@@ -22,6 +22,7 @@ What each engine does with the ones it takes (upstream sources):
 
 from __future__ import annotations
 
+from jobs.load import load_refusal
 from jobs.spec import ENGINE_OPTIONS, JobSpec
 
 # option -> engines that apply it to one job
@@ -75,13 +76,14 @@ def option_refusal(engine: str, option: str) -> str | None:
 
 
 def job_option_problem(job: JobSpec) -> str | None:
-    """The first option `job` sets that its engine cannot apply (the worker's check)."""
+    """The first option `job` sets that its engine cannot apply, or a load workload it cannot
+    run (the worker's check)."""
     for option in ENGINE_OPTIONS:
         if getattr(job, option) is not None:
             refusal = option_refusal(job.engine, option)
             if refusal is not None:
                 return refusal
-    return None
+    return load_refusal(job.engine) if job.workload.load is not None else None
 
 
 def options_asked(job: JobSpec) -> dict[str, str | bool]:

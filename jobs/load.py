@@ -39,6 +39,10 @@ LOAD_METRICS: dict[str, str] = {
     REQUEST_THROUGHPUT: "requests/s", ERRORS: "requests",
 }  # fmt: skip
 
+# Engines with a load client (worker/load/): any other measures one stream at a time, and would
+# file that under a workload that says otherwise.
+LOAD_ENGINES = ("llama-server",)
+
 # Keys of a workload that describe load; `gather_load` moves them under `load`.
 LOAD_KEYS = ("concurrency", "request_rate", "requests", "duration_s", "warmup_requests",
              "slots", "seed", "slo", "request_timeout_s")  # fmt: skip
@@ -83,8 +87,10 @@ class LoadSpec(BaseModel):
     # a server is started once per value. Closed loop: defaults to `concurrency`.
     slots: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
     seed: int = 0  # arrivals and drawn lengths
-    prompt_tokens_stddev: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    gen_tokens_stddev: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    # Bounded like a context (a million tokens): a spread beyond it only makes `longest`
+    # overflow or ask for a context no server has.
+    prompt_tokens_stddev: float = Field(default=0.0, ge=0, le=2**20, allow_inf_nan=False)
+    gen_tokens_stddev: float = Field(default=0.0, ge=0, le=2**20, allow_inf_nan=False)
     slo: Slo | None = None
     # One request's limit (an error of kind `timeout` past it); None: the job's time limit.
     request_timeout_s: Finite | None = None
@@ -106,6 +112,14 @@ class LoadSpec(BaseModel):
                 "request_rate needs slots: how many requests the server runs at once "
                 "(llama-server -np); an open loop does not bound it"
             )
+        if self.request_rate is not None and self.duration_s is not None:
+            # Every arrival is drawn before the run starts, so this bounds memory and time too.
+            expected = self.request_rate * self.duration_s
+            if expected > MAX_REQUESTS:
+                raise ValueError(
+                    f"request_rate x duration_s is {expected:,.0f} requests, more than the "
+                    f"{MAX_REQUESTS:,} one load run may send: lower either"
+                )
         return self
 
     @property
@@ -117,6 +131,16 @@ class LoadSpec(BaseModel):
         slots = self.slots if self.slots is not None else self.concurrency
         assert slots is not None  # the validator guarantees one of them
         return slots
+
+
+def load_refusal(engine: str) -> str | None:
+    """Why `engine` cannot run a load workload, or None when it can (submit and worker)."""
+    if engine in LOAD_ENGINES:
+        return None
+    return (
+        f"{engine} cannot run a load workload (concurrency or request_rate): only "
+        f"{', '.join(LOAD_ENGINES)} has a load client; it would measure one stream"
+    )
 
 
 def longest(mean: int, stddev: float) -> int:

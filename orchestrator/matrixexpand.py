@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.engineoptions import ENGINES_TAKING, option_refusal
+from jobs.load import load_refusal
 from jobs.matrix import CPU_BACKEND, GPU_LAYERS_ENGINES, HOST_SETTING_KEYS, Matrix, Selector
 from jobs.spec import CONFIGURATION_AXES, ENGINE_OPTIONS, RUNTIME_AXES, JobSpec, Workload
 from jobs.yamlfile import KeyPath
@@ -170,6 +171,8 @@ def row_problems(matrix: Matrix, expanded: list[dict[str, Any]]) -> list[Problem
                 ((*at, "prompt_text"), "llama-bench measures synthetic prompts only: "
                  "use prompt_tokens, or a server engine such as llama-server")
             )  # fmt: skip
+        if work.load is not None and (refusal := load_refusal(engine)) is not None:
+            problems.append((at, refusal))
         problems += _context_problems(places, row, work)
         problems += _gpu_layers_problems(matrix, places, row)
         problems += _option_problems(matrix, places, row)

@@ -191,8 +191,12 @@ class Agent:
             restored = self.restore_orphans()
             if restored:
                 log.warning("re-queued %d job(s) left unacknowledged by a dead worker", restored)
-            if adopt_old_files(self.spool, self.outbox.folder):
-                log.info("results an older orch spooled go to %s", self.outbox.folder)
+            try:
+                if adopt_old_files(self.spool, self.outbox.folder):
+                    log.info("results an older orch spooled go to %s", self.outbox.folder)
+            except OSError as exc:  # they stay where they are; the agent still starts
+                log.error("could not move results an older orch spooled in %s: %s",
+                          self.spool, exc)  # fmt: skip
             self._sweep_outbox()
             self.publish_inventory()
             heartbeat = threading.Thread(target=self._beat, name="orch-heartbeat", daemon=True)

@@ -223,19 +223,19 @@ class Outbox:
     def _claim_all(self) -> Iterator[list[Entry]]:
         """Every entry nobody else holds now, held until the block ends."""
         entries: list[Entry] = []
-        with _claims_lock:
-            for path in sorted(self.folder.glob("*.json*")) if self.folder.is_dir() else []:
-                if path in _claimed:
-                    continue
-                if path.name.endswith(".json.tmp"):
-                    if path.with_suffix("") not in _claimed:  # left by a crash mid-write
-                        path.unlink(missing_ok=True)
-                    continue
-                entry = _entry(path) or _adopt_legacy(path)
-                if entry is not None and entry.path not in _claimed:
-                    _claimed.add(entry.path)
-                    entries.append(entry)
         try:
+            with _claims_lock:
+                for path in sorted(self.folder.glob("*.json*")) if self.folder.is_dir() else []:
+                    if path in _claimed:
+                        continue
+                    if path.name.endswith(".json.tmp"):
+                        if path.with_suffix("") not in _claimed:  # left by a crash mid-write
+                            path.unlink(missing_ok=True)
+                        continue
+                    entry = _entry(path) or _adopt_legacy(path)
+                    if entry is not None and entry.path not in _claimed:
+                        _claimed.add(entry.path)
+                        entries.append(entry)
             yield entries
         finally:
             for entry in entries:
@@ -268,7 +268,14 @@ class Outbox:
 
 def _entry(path: Path) -> Entry | None:
     match = _NAME.match(path.name)
-    return Entry(path, match["ack"], match["entry"]) if match else None
+    if not match:
+        return None
+    if match["entry"] is not None:
+        # A stream entry id is two 64-bit numbers: a larger one (a planted name) would make the
+        # broker's check fail for the whole sweep. Not ours: left alone.
+        if any(int(part) >= 2**64 for part in match["entry"].split("-")):
+            return None
+    return Entry(path, match["ack"], match["entry"])
 
 
 def _adopt_legacy(path: Path) -> Entry | None:
@@ -279,12 +286,15 @@ def _adopt_legacy(path: Path) -> Entry | None:
         body = path.read_bytes() if _size(path) <= MAX_RESULT_BYTES else b""
     except OSError:
         return None
+    entry = Entry(path.with_name(f"{ack_id(body)}.json"), ack_id(body), None)
+    try:
+        os.replace(path, entry.path if body else path.with_suffix(".bad"))
+    except OSError as exc:  # its name taken by something else: left for a person to see
+        log.error("spooled result %s could not be renamed: %s", path, exc)
+        return None
     if not body:
-        os.replace(path, path.with_suffix(".bad"))
         log.error("spooled result %s is unreadable: kept as %s.bad", path, path.stem)
         return None
-    entry = Entry(path.with_name(f"{ack_id(body)}.json"), ack_id(body), None)
-    os.replace(path, entry.path)
     return entry
 
 

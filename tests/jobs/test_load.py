@@ -77,3 +77,20 @@ def test_malformed_load_is_refused_with_a_reason(workload: dict[str, object], me
 def test_open_loop_spec() -> None:
     spec = LoadSpec(request_rate=0.5, duration_s=60, slots=4, seed=9)
     assert spec.mode == "open" and spec.server_slots() == 4 and spec.warmup_requests == 1
+
+
+def test_an_open_loop_that_would_plan_more_than_max_requests_is_refused() -> None:
+    """Its arrivals are all planned (in memory) before the run: rate x duration is bounded as
+    `requests` is, or a hostile rate hangs the worker drawing them."""
+    from jobs.load import MAX_REQUESTS
+
+    with pytest.raises(ValidationError, match="request_rate x duration_s"):
+        LoadSpec(request_rate=1e9, duration_s=86_400, slots=1)
+    LoadSpec(request_rate=MAX_REQUESTS / 100, duration_s=100, slots=1)  # exactly the bound
+
+
+def test_a_spread_beyond_a_million_tokens_is_refused() -> None:
+    with pytest.raises(ValidationError, match="prompt_tokens_stddev"):
+        Workload.model_validate(
+            {"concurrency": 2, "requests": 4, "prompt_tokens": {"mean": 64, "stddev": 1e308}}
+        )

@@ -82,3 +82,32 @@ def test_auto_is_refused_with_what_to_do(tmp_path: Path) -> None:
     (problem,) = _problems(path)
     assert problem.startswith(f"{path}:8: matrix.flash_attention[1]:")
     assert "leave the axis out" in problem
+
+
+LOAD = """\
+campaign: ld
+hosts: [halo]
+engine: llama-bench
+workloads:
+  c4: {concurrency: 4, requests: 16, prompt_tokens: 64, gen_tokens: 16}
+matrix:
+  model: [m]
+  context: [512]
+  backend: [vulkan]
+  workload: [c4]
+"""
+
+
+def test_a_load_workload_on_an_engine_without_a_load_client_is_refused(tmp_path: Path) -> None:
+    """Only llama-server runs a load workload (worker/load/); another engine would measure one
+    stream and file it under a workload that says concurrency 4."""
+    from jobs.engineoptions import job_option_problem
+
+    path = _write(tmp_path, LOAD)
+    [problem] = _problems(path)
+    assert problem.startswith(f"{path}:5: workloads.c4: llama-bench cannot run a load workload")
+    served = load_matrix_file(_write(tmp_path, LOAD.replace("llama-bench", "llama-server"))).jobs
+    assert served[0].workload.load is not None and job_option_problem(served[0]) is None
+    # The worker applies the same rule to a job that reached it anyway.
+    bench = served[0].model_copy(update={"engine": "llama-bench"})
+    assert "llama-bench cannot run a load workload" in (job_option_problem(bench) or "")

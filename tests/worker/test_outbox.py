@@ -15,6 +15,7 @@ from jobs.result import RunResult, Status
 from jobs.spec import JobSpec, Workload
 from worker import runner
 from worker.outbox import Outbox, adopt_old_files, outbox_folder
+from worker.outbox import _entry as outbox_entry
 
 pytestmark = pytest.mark.integration
 
@@ -272,3 +273,34 @@ def test_a_result_the_broker_lost_does_not_undo_a_retry_made_since(
     assert outbox.sweep(redis_client) == 0
     assert redis_client.get(FINAL_KEY.format(job_id=failed.job_id)) is None  # it runs again
     assert list(spool.iterdir()) == []  # superseded by the retry: let go
+
+
+def test_an_odd_file_in_the_outbox_does_not_stop_the_sweep_of_the_others(
+    redis_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that cannot be renamed (here an older orch's result whose new name is taken by a
+    folder) is left where it is; the sweep still forgets and publishes the rest, every time."""
+    monkeypatch.setattr("worker.outbox.SWEEP_S", 0.0)
+    spool = tmp_path / "spool"
+    outbox = Outbox(spool)
+    runner.push(redis_client, _result("a"), spool)
+    [published] = spool.iterdir()
+    odd = _result("b").model_dump_json()
+    (spool / "ffffffffffffffff.json").write_text(odd)
+    (spool / f"{ack_id(odd)}.json").mkdir()  # where it would be renamed to
+    _ack_everything(redis_client)
+    outbox.sweep(redis_client)  # neither raises nor holds on to what it had claimed
+    outbox.sweep(redis_client)
+    assert not published.exists()  # acknowledged: forgotten
+    assert (spool / f"{ack_id(odd)}.bad").is_dir()  # not what the agent wrote: set aside
+    # ... so the older orch's result could take its name and went out on the second sweep.
+    assert [r.campaign for r in _stream(redis_client)] == ["a", "b"]
+
+
+def test_a_name_with_an_entry_id_beyond_64_bits_is_not_taken_for_a_result(tmp_path: Path) -> None:
+    folder = tmp_path / "outbox"
+    folder.mkdir()
+    planted = folder / f"{'a' * 40}.99999999999999999999-0.json"
+    planted.write_text("{}")
+    assert outbox_entry(planted) is None
+    assert outbox_entry(folder / f"{'a' * 40}.1796161777595-0.json") is not None

@@ -244,9 +244,9 @@ async def _open(run: _Run, plan: list[Planned]) -> None:
     tasks = []
     for planned in plan:
         assert planned.due_s is not None
-        delay = run.t0 + planned.due_s - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # Never asleep past the job's limit: a slow rate's next arrival may be due hours later.
+        while (delay := run.t0 + planned.due_s - time.perf_counter()) > 0:
+            await asyncio.sleep(min(delay, max(run.timeout_s(), 0.001)))
         run.timeout_s()  # past the job's limit: stop sending
         tasks.append(asyncio.create_task(run.send(planned)))
     run.records.extend(await asyncio.gather(*tasks))
