@@ -20,6 +20,7 @@ times this tree's migration (`Store.open`) of a copy of the other tree's store.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import statistics
@@ -58,13 +59,19 @@ def run_once(argv: list[str], tree: Path) -> tuple[float, float, float]:
 
 
 def build_store(tree: Path, folder: Path, size: int) -> tuple[Path, float]:
-    """The store of `size` results written by `tree`'s Store API (named by its store version,
-    kept for later runs), and the seconds it took to build (0 when it was there)."""
+    """The store of `size` results written by `tree`'s Store API (named by its store version
+    and its layout's source, which a version's unreleased drafts share; kept for later runs),
+    and the seconds it took to build (0 when it was there)."""
+    layout = next(
+        f for f in ("store_layout.py", "store.py") if (tree / "orchestrator" / f).is_file()
+    )
+    digest = hashlib.sha256((tree / "orchestrator" / layout).read_bytes()).hexdigest()[:8]
     code = (
         "import sys, time; from pathlib import Path; "
         f"sys.path.insert(1, {str(HERE)!r}); "
         "from orchestrator.store import STORE_VERSION; from report_store import build; "
-        f"p = Path({str(folder)!r}) / f'store-{size}-v{{STORE_VERSION}}.db'; had = p.is_file(); "
+        f"p = Path({str(folder)!r}) / f'store-{size}-v{{STORE_VERSION}}-{digest}.db'; "
+        "had = p.is_file(); "
         f"t = time.perf_counter(); build(p, {size}); "
         "print(p, 0.0 if had else time.perf_counter() - t)"
     )

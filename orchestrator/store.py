@@ -7,8 +7,8 @@ order of jobs/finality.py, so a re-delivered job never counts twice and every st
 the stream ends with the same final results.
 
 The layout (tables, version, migrations) is orchestrator/store_layout.py: each result is kept
-whole and, beside it, split for reading; the reading side for reports and `orch status` is
-orchestrator/store_read.py.
+split for reading, every byte once; the reading side for reports and `orch status` is
+orchestrator/store_read.py (`stored_result` puts a result back together).
 
 Example::
 
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import StoreError
 from orchestrator.store_layout import (
     STORE_VERSION,
+    has_flags,
     open_layout,
     refuse_newer,
     split_result,
@@ -104,11 +105,12 @@ class Store(StoreReader):
             "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'results_outcome'"
         ).fetchone()
         self._outcome = "results r INDEXED BY results_outcome" if has_index else "results r"
-        # Results split for reading (layout 3); a read-only store of an older layout has none.
-        # One of a newer layout is not read at all: its tables may mean something else.
+        # Results split for reading (layout 3); a read-only store of an older layout (or of
+        # layout 3's unreleased draft) has whole results. One of a newer layout is not read at
+        # all: its tables may mean something else.
         version = stored_version(conn)
         refuse_newer(path, version)
-        self.split = version is not None and version >= 3
+        self.split = version is not None and version >= 3 and has_flags(conn)
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -263,6 +265,10 @@ class Store(StoreReader):
         return kept
 
     def _upsert(self, result: RunResult, text: str) -> bool:
+        row = self.conn.execute(
+            "SELECT spec FROM jobs WHERE job_id = ?", (result.job_id,)
+        ).fetchone()
+        parts = split_result(text, row[0] if row else None)
         cur = self.conn.execute(
             "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
             "status=excluded.status, attempt=excluded.attempt, result=excluded.result, "
@@ -274,17 +280,14 @@ class Store(StoreReader):
                 result.host,
                 result.status.value,
                 result.attempt,
-                text,
+                parts.body,
                 result.finished_at.isoformat(),
                 _now(),
             ),
         )
         if cur.rowcount == 0:
             return False
-        row = self.conn.execute(
-            "SELECT spec FROM jobs WHERE job_id = ?", (result.job_id,)
-        ).fetchone()
-        write_parts(self.conn, [(result.job_id, split_result(text, row[0] if row else None))])
+        write_parts(self.conn, [(result.job_id, parts)])
         return True
 
     def forget_result(self, job_id: str) -> None:
@@ -475,7 +478,10 @@ class Store(StoreReader):
 
 
 def _supersedes_json(new: str, old: str) -> bool:
-    """jobs.finality.supersedes on two stored results (an unreadable old one is replaced)."""
+    """jobs.finality.supersedes on two stored results (an unreadable old one is replaced).
+
+    Stored results lack their series and maybe their job spec: the order reads neither, and
+    both were eligible (by `upsert_result`) when their job spec was left out."""
     from pydantic import ValidationError
 
     from jobs.finality import supersedes

@@ -1,17 +1,19 @@
 """The store's SQLite layout, its version and the migrations between versions.
 
-`results.result` keeps every result's full JSON, as the worker sent it: the source of truth.
-Beside it, since version 3, each result is also kept split for reading (`split_result`):
+Since version 3 each result is stored split (`split_result`), every byte of it once:
 
-- `result_views`: the JSON without its telemetry series and without the copy of the job spec
-  (the `jobs` row has it), which a report parses (a llama-server result's series are two
-  thirds of its bytes), plus the flags `orch status` counts, so it parses nothing;
+- `results.result`: the result's JSON without its telemetry series and without its copy of
+  the job spec where that is the job's `jobs` row: what a report parses (a llama-server
+  result's series are two thirds of its bytes, the spec as much to parse as the rest);
+- `result_flags`: whether the spec was left out, and the flags `orch status` counts, so that
+  it parses nothing;
 - `result_series`: the telemetry series alone, read only for the charts that draw them.
 
-Triggers drop a result's parts whenever its `results` row goes (forget, re-submit), so no
-part outlives its result. `open_layout` creates or migrates the layout when a store is opened
-for writing: one transaction, the version in `meta`, nothing done twice; a store written by a
-newer orch is refused before anything is written to it.
+`Store.stored_result` (orchestrator/store_read.py) puts a result back together, equal to the
+RunResult the worker sent. Triggers drop a result's parts whenever its `results` row goes
+(forget, re-submit), so no part outlives its result. `open_layout` creates or migrates the
+layout when a store is opened for writing: one transaction, the version in `meta`, nothing done
+twice; a store written by a newer orch is refused before anything is written to it.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from orchestrator.errors import StoreError
 #   1 - campaigns, jobs, results (RunResult JSON), rejected (unreadable stream entries) and
 #       cancelled tables; meta holds one stream cursor per broker.
 #   2 - predictions: the planner's verdict per job at submit (checked against the outcome).
-#   3 - result_views and result_series: each result split for reading (see the module), and
-#       indexes covering what status and campaigns count (jobs_outline, result_flags); the
-#       migration from 2 splits every stored result, `results` itself is left as it was.
+#   3 - each result stored split (see the module): `results.result` without series (nor the
+#       job's spec where it is the `jobs` row), result_flags, result_series; an index covering
+#       what status and campaigns read of jobs (jobs_outline). The migration from 2 rewrites
+#       every stored result into its parts.
 STORE_VERSION = 3
 
 # One statement per item: they run inside the opening transaction (executescript would
@@ -85,21 +88,19 @@ _SCHEMA = (
         reason TEXT NOT NULL,
         PRIMARY KEY (broker_id, entry_id)
     )""",
-    # Version 3. The flags are what `orch status CAMPAIGN` counts besides the status.
-    """CREATE TABLE IF NOT EXISTS result_views (
+    # Version 3. job_is_row: `results.result` left out its job spec, the `jobs` row; the others
+    # are what `orch status CAMPAIGN` counts besides the status. Without a rowid the table is
+    # its own narrow index: counting reads it, never a result's page.
+    """CREATE TABLE IF NOT EXISTS result_flags (
         job_id TEXT PRIMARY KEY,
         job_is_row INTEGER NOT NULL,
         loaded INTEGER NOT NULL,
         has_requests INTEGER NOT NULL,
-        disturbed INTEGER NOT NULL,
-        view TEXT NOT NULL
-    )""",
-    # A view fills a page or more: counting the flags reads this index, not the views.
-    "CREATE INDEX IF NOT EXISTS result_flags ON result_views "
-    "(job_id, loaded, has_requests, disturbed)",
+        disturbed INTEGER NOT NULL
+    ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS result_series (job_id TEXT PRIMARY KEY, series TEXT NOT NULL)",
     """CREATE TRIGGER IF NOT EXISTS results_parts_go AFTER DELETE ON results BEGIN
-        DELETE FROM result_views WHERE job_id = old.job_id;
+        DELETE FROM result_flags WHERE job_id = old.job_id;
         DELETE FROM result_series WHERE job_id = old.job_id;
     END""",
 )
@@ -107,10 +108,10 @@ _SCHEMA = (
 
 @dataclass(frozen=True)
 class ResultParts:
-    """A stored result split for reading (see the module)."""
+    """A result split for storing (see the module)."""
 
-    view: str  # the result's JSON without telemetry series (and `job` when job_is_row)
-    job_is_row: bool  # its `job` was the job's own `jobs` row: the view leaves it out
+    body: str  # `results.result`: the JSON without telemetry series (nor `job` when job_is_row)
+    job_is_row: bool  # its `job` was the job's own `jobs` row: the body leaves it out
     series: str | None  # the telemetry series as JSON; None when it has none
     loaded: bool  # the job loaded the model (load_time_s is set)
     has_requests: bool  # a server engine's per-request samples
@@ -118,12 +119,12 @@ class ResultParts:
 
 
 def split_result(result_json: str, spec_json: str | None) -> ResultParts:
-    """Split a stored result's full JSON (as `RunResult.model_dump_json` wrote it); `spec_json`
-    is its job's `jobs` row, if any.
+    """Split a result's full JSON (as `RunResult.model_dump_json` writes it); `spec_json` is
+    its job's `jobs` row, if any.
 
-    The view parses back to the same RunResult less its series, and less its `job` where that
-    equals the row (a reader puts the row's spec back: parsing it twice would cost as much as
-    the rest of the result). tests/orchestrator/test_store_layout.py checks the round trip.
+    The body parses back to the same RunResult less its series, and less its `job` where that
+    equals the row; `Store.stored_result` puts them back. tests/orchestrator/
+    test_store_layout.py checks the round trip.
     """
     body = json.loads(result_json)
     if not isinstance(body, dict):
@@ -136,7 +137,7 @@ def split_result(result_json: str, spec_json: str | None) -> ResultParts:
     series = telemetry.pop("series", None) if isinstance(telemetry, dict) else None
     disturbance = body.get("disturbance")
     return ResultParts(
-        view=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
         job_is_row=job_is_row,
         series=json.dumps(series, separators=(",", ":")) if series else None,
         loaded=body.get("load_time_s") is not None,
@@ -146,13 +147,11 @@ def split_result(result_json: str, spec_json: str | None) -> ResultParts:
 
 
 def write_parts(conn: sqlite3.Connection, rows: list[tuple[str, ResultParts]]) -> None:
-    """Store the parts of each (job id, parts), replacing what a job had."""
+    """Store the flags and series of each (job id, parts), replacing what a job had (its body
+    is the `results` row's, written by the caller)."""
     conn.executemany(
-        "INSERT OR REPLACE INTO result_views VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (job_id, p.job_is_row, p.loaded, p.has_requests, p.disturbed, p.view)
-            for job_id, p in rows
-        ],
+        "INSERT OR REPLACE INTO result_flags VALUES (?, ?, ?, ?, ?)",
+        [(job_id, p.job_is_row, p.loaded, p.has_requests, p.disturbed) for job_id, p in rows],
     )
     conn.executemany("DELETE FROM result_series WHERE job_id = ?", [(j,) for j, _ in rows])
     conn.executemany(
@@ -191,9 +190,14 @@ def open_layout(conn: sqlite3.Connection, path: Path) -> None:
     try:
         version = stored_version(conn)  # again: another process may have migrated it
         refuse_newer(path, version)
+        # A store of this layout's first draft (never released) kept whole results beside
+        # `result_views`: split like a version 2 store.
+        draft = _has_table(conn, "result_views")
+        if draft:
+            conn.execute("DROP TABLE result_views")  # with its index, named like a table now
         for statement in _SCHEMA:
             conn.execute(statement)
-        if version is not None and version < 3:
+        if (version is not None and version < 3) or draft:
             _split_stored_results(conn)
         conn.execute(
             "INSERT INTO meta VALUES ('version', ?) ON CONFLICT(key) DO UPDATE SET "
@@ -213,25 +217,44 @@ _NAMES = frozenset(re.findall(r"IF NOT EXISTS (\w+)", " ".join(_SCHEMA)))
 
 def _complete(conn: sqlite3.Connection) -> bool:
     have = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    return _NAMES <= have
+    return _NAMES <= have and "result_views" not in have
+
+
+def has_flags(conn: sqlite3.Connection) -> bool:
+    """The store keeps its results split (layout 3; not its draft, which kept them whole)."""
+    return _has_table(conn, "result_flags")
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return found is not None
 
 
 _MIGRATION_BATCH = 500
 
 
 def _split_stored_results(conn: sqlite3.Connection) -> None:
-    """Version 2 -> 3: the parts of every stored result (each read once, in batches)."""
-    cursor = conn.execute(
-        "SELECT r.job_id, r.result, j.spec FROM results r LEFT JOIN jobs j ON j.job_id = r.job_id "
-        "WHERE NOT EXISTS (SELECT 1 FROM result_views v WHERE v.job_id = r.job_id)"
-    )
-    while batch := cursor.fetchmany(_MIGRATION_BATCH):
+    """Version 2 -> 3: rewrite every whole stored result into its parts, in batches of rows
+    after the last one done (memory stays bounded; no cursor reads a table being written)."""
+    last = 0
+    while batch := conn.execute(
+        "SELECT r.rowid, r.job_id, r.result, j.spec FROM results r "
+        "LEFT JOIN jobs j ON j.job_id = r.job_id WHERE r.rowid > ? AND NOT EXISTS "
+        "(SELECT 1 FROM result_flags f WHERE f.job_id = r.job_id) ORDER BY r.rowid LIMIT ?",
+        (last, _MIGRATION_BATCH),
+    ).fetchall():
+        last = batch[-1][0]
         parts = []
-        for job_id, text, spec in batch:
+        for _rowid, job_id, text, spec in batch:
             try:
                 parts.append((job_id, split_result(text, spec)))
             except ValueError:
-                # Not a JSON object: readers fall back to `results.result` for it, as
-                # before the migration, and say what is wrong there.
+                # Not a JSON object: kept as it is, with no flags; readers take it whole,
+                # as before the migration, and say what is wrong there.
                 continue
+        conn.executemany(
+            "UPDATE results SET result = ? WHERE job_id = ?", [(p.body, j) for j, p in parts]
+        )
         write_parts(conn, parts)

@@ -1,16 +1,18 @@
 """The store's reading side for reports and `orch status`: a campaign's jobs and results, read
 from the layout built for it (orchestrator/store_layout.py).
 
-A report parses each result's view (no telemetry series), gets the series of the few runs it
-draws (`JobRow.series`), and `orch status CAMPAIGN` counts in SQL without parsing anything. A
-read-only store of an older layout has no views: it is read from its full results, with the
-same answers (tests/orchestrator/test_store_layout.py).
+A report parses each stored result (without its telemetry series), gets the series of the few
+runs it draws (`JobRow.series`), and `orch status CAMPAIGN` counts in SQL without parsing
+anything. `stored_result` puts a whole result back together. A read-only store of an older
+layout keeps whole results: it is read from them, with the same answers
+(tests/orchestrator/test_store_layout.py).
 
 Example::
 
     rows = store.campaign_jobs("halo")
     rows[0].series()["gpu_busy_pct"]      # read from result_series on first use
     store.campaign_progress("halo").finished
+    store.stored_result(job_id)           # the RunResult as the worker sent it
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class StoreReader:
     """The reading methods of `orchestrator.store.Store` (mixed in)."""
 
     conn: sqlite3.Connection
-    split: bool  # the results are split for reading (layout 3)
+    split: bool  # the results are stored split (layout 3)
     _outcome: str
 
     def campaign_jobs(self, campaign: str) -> list[JobRow]:
@@ -89,17 +91,11 @@ class StoreReader:
         from jobs.result import RunResult
         from jobs.spec import JobSpec
 
-        # A result without a view (written by hand, or unreadable when the store migrated) is
-        # read from its full JSON, as every result of an older read-only store is.
-        if self.split:
-            result, job_is_row = "COALESCE(v.view, r.result)", "COALESCE(v.job_is_row, 0)"
-            views = "LEFT JOIN result_views v ON v.job_id = j.job_id "
-        else:
-            result, job_is_row, views = "r.result", "0", ""
+        job_is_row, flags = self._job_is_row()
         rows = self.conn.execute(
-            f"SELECT j.spec, {result}, {job_is_row}, c.job_id IS NOT NULL, p.kind, "
+            f"SELECT j.spec, r.result, {job_is_row}, c.job_id IS NOT NULL, p.kind, "
             "p.needs_bytes, p.text FROM jobs j "
-            f"LEFT JOIN results r ON r.job_id = j.job_id {views}"
+            f"LEFT JOIN results r ON r.job_id = j.job_id {flags}"
             "LEFT JOIN cancelled c ON c.job_id = j.job_id "
             "LEFT JOIN predictions p ON p.job_id = j.job_id "
             "WHERE j.campaign = ? ORDER BY j.rowid",
@@ -111,10 +107,40 @@ class StoreReader:
             spec = JobSpec.model_validate_json(spec_text)
             parsed = RunResult.model_validate_json(text) if text else None
             if parsed is not None and same_job:
-                parsed.job = spec  # left out of the view because it is this row
+                parsed.job = spec  # left out of the stored result because it is this row
             prediction = Prediction(kind, needs, words) if kind is not None else None
             out.append(JobRow(spec, parsed, bool(cancelled) and not text, prediction, source))
         return out
+
+    def stored_result(self, job_id: str) -> RunResult | None:
+        """The job's stored result put back together (its job spec and telemetry series
+        included): equal to the RunResult the store was given. None: the job has none."""
+        from jobs.result import RunResult
+        from jobs.spec import JobSpec
+
+        job_is_row, flags = self._job_is_row()
+        row = self.conn.execute(
+            f"SELECT r.result, {job_is_row}, j.spec FROM results r {flags}"
+            "LEFT JOIN jobs j ON j.job_id = r.job_id WHERE r.job_id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        text, same_job, spec = row
+        result = RunResult.model_validate_json(text)
+        if same_job:
+            result.job = JobSpec.model_validate_json(spec)
+        if self.split and result.telemetry is not None and not result.telemetry.series:
+            result.telemetry.series = self.series_of(job_id)
+        return result
+
+    def _job_is_row(self) -> tuple[str, str]:
+        """SQL for "the stored result left out its job spec" and the join it needs (`r`: the
+        results). A result without flags (written by hand, or unreadable when the store
+        migrated) is read whole, as every result of an older read-only store is."""
+        if not self.split:
+            return "0", ""
+        return "COALESCE(f.job_is_row, 0)", "LEFT JOIN result_flags f ON f.job_id = r.job_id "
 
     def series_of(self, job_id: str) -> Series:
         """A result's telemetry series, as kept apart ({} when it has none)."""
@@ -129,21 +155,15 @@ class StoreReader:
         """The counts of `orch status CAMPAIGN`, in SQL: no result is parsed (a store of an
         older layout, read-only, reads the flags from the full results instead)."""
         if self.split:
-            loaded, has_requests, disturbed = "v.loaded", "v.has_requests", "v.disturbed"
-            # Named: SQLite's planner prefers the primary key, then reads each view's page
-            # for its flags (3.6x slower at 100k results).
-            flags_index = self.conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'result_flags'"
-            ).fetchone()
-            indexed = "INDEXED BY result_flags " if flags_index else ""
-            views = f"LEFT JOIN result_views v {indexed}ON v.job_id = j.job_id "
+            loaded, has_requests, disturbed = "f.loaded", "f.has_requests", "f.disturbed"
+            flags = "LEFT JOIN result_flags f ON f.job_id = j.job_id "
         else:
             loaded = "json_extract(r.result, '$.load_time_s') IS NOT NULL"
             has_requests = "COALESCE(json_array_length(r.result, '$.requests'), 0) > 0"
             disturbed = "COALESCE(json_extract(r.result, '$.disturbance.disturbed'), 0)"
-            views = ""
+            flags = ""
         jobs = (
-            f"FROM jobs j LEFT JOIN {self._outcome} ON r.job_id = j.job_id {views}"
+            f"FROM jobs j LEFT JOIN {self._outcome} ON r.job_id = j.job_id {flags}"
             "LEFT JOIN cancelled c ON c.job_id = j.job_id WHERE j.campaign = ?"
         )
         by_queue: dict[str, dict[str, int]] = {}

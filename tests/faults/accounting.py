@@ -128,9 +128,7 @@ def account(
 
 
 def _final(store: Store, job_id: str) -> RunResult | None:
-    found = store.conn.execute("SELECT result FROM results WHERE job_id = ?", (job_id,))
-    row = found.fetchone()
-    return RunResult.model_validate_json(row[0]) if row else None
+    return store.stored_result(job_id)
 
 
 def _duplicates(

@@ -109,8 +109,9 @@ def _count(store: Store, table: str) -> int:
 
 
 def _stored(store: Store, job_id: str) -> RunResult:
-    row = store.conn.execute("SELECT result FROM results WHERE job_id = ?", (job_id,)).fetchone()
-    return RunResult.model_validate_json(row[0])
+    stored = store.stored_result(job_id)
+    assert stored is not None
+    return stored
 
 
 # -- opening ---------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_open_creates_the_folder_schema_and_version(tmp_path: Path) -> None:
     conn.close()
     assert tables == {
         "meta", "campaigns", "jobs", "results", "rejected", "cancelled", "predictions",
-        "result_views", "result_series",
+        "result_flags", "result_series",
     }  # fmt: skip
     assert int(version) == STORE_VERSION == 3
 

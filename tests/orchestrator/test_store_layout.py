@@ -10,6 +10,7 @@ it is (read-only) through the full results.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -66,8 +67,23 @@ def _read_only(path: Path) -> Store:
 
 
 def _full_results(store: Store) -> dict[str, RunResult]:
-    rows = store.conn.execute("SELECT job_id, result FROM results")
+    """Every stored result put back together (`Store.stored_result`)."""
+    ids = [job_id for (job_id,) in store.conn.execute("SELECT job_id FROM results")]
+    return {job_id: result for job_id in ids if (result := store.stored_result(job_id))}
+
+
+def _v2_results() -> dict[str, RunResult]:
+    """The fixture's results as the previous code stored them: whole, as the worker sent them."""
+    conn = sqlite3.connect(V2_STORE)
+    try:
+        rows = conn.execute("SELECT job_id, result FROM results").fetchall()
+    finally:
+        conn.close()
     return {job_id: RunResult.model_validate_json(text) for job_id, text in rows}
+
+
+def _canonical(result: RunResult) -> str:
+    return json.dumps(json.loads(result.model_dump_json()), sort_keys=True)
 
 
 # -- the fixture is what it says ------------------------------------------------------------------
@@ -86,7 +102,11 @@ def test_the_fixture_is_a_version_2_store_with_the_golden_data() -> None:
 # -- migration ------------------------------------------------------------------------------------
 
 
-def test_migration_keeps_every_row_and_adds_a_view_per_result(v2_copy: Path) -> None:
+def _without_result(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    return [row[:5] + row[6:] for row in rows]  # `results` less its `result` column
+
+
+def test_migration_keeps_every_row_and_splits_each_result(v2_copy: Path) -> None:
     before = _rows(v2_copy)
 
     Store.open(v2_copy).close()
@@ -95,11 +115,53 @@ def test_migration_keeps_every_row_and_adds_a_view_per_result(v2_copy: Path) -> 
     meta = dict(after.pop("meta"))
     assert meta.pop("version") == str(STORE_VERSION) == "3"
     assert meta == {k: v for k, v in before.pop("meta") if k != "version"}
+    assert _without_result(after.pop("results")) == _without_result(before.pop("results"))
     assert after == before  # nothing lost, nothing changed
-    parts = _rows(v2_copy, ("result_views", "result_series"))
-    assert sorted(r[0] for r in parts["result_views"]) == sorted(r[0] for r in after["results"])
+    parts = _rows(v2_copy, ("result_flags", "result_series"))
+    assert sorted(r[0] for r in parts["result_flags"]) == sorted(_v2_results())
     # the four finished runs carry series; the load failure and the skipped job none
     assert len(parts["result_series"]) == 4
+    # each result's bytes are kept once: the series and the job spec are no longer in it
+    conn = sqlite3.connect(v2_copy)
+    bodies = [json.loads(text) for (text,) in conn.execute("SELECT result FROM results")]
+    conn.close()
+    assert not any("job" in b or "series" in (b.get("telemetry") or {}) for b in bodies)
+
+
+def test_a_migrated_result_put_back_together_is_the_one_the_worker_sent(v2_copy: Path) -> None:
+    sent = _v2_results()
+    store = Store.open(v2_copy)
+    try:
+        back = _full_results(store)
+    finally:
+        store.close()
+    assert back == sent
+    assert {k: _canonical(r) for k, r in back.items()} == {
+        k: _canonical(r) for k, r in sent.items()
+    }
+    assert sum(1 for r in sent.values() if r.telemetry and r.telemetry.series) == 4
+
+
+def test_a_result_written_today_put_back_together_is_the_one_sent(tmp_path: Path) -> None:
+    sent: list[RunResult] = []
+    store = Store.open(tmp_path / "orch.db")
+    real_upsert = store.upsert_result
+
+    def keep(result: RunResult) -> bool:
+        sent.append(result.model_copy(deep=True))
+        return real_upsert(result)
+
+    store.upsert_result = keep  # type: ignore[method-assign]
+    try:
+        fill_store(store)
+        assert len(sent) == 6 and all(r.job is not None for r in sent)
+        for result in sent:
+            back = store.stored_result(result.job_id)
+            assert back == result and back is not None
+            assert back.model_dump_json() == result.model_dump_json()
+        assert store.stored_result("no such job") is None
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(("name", "fmt", "options"), REPORTS)
@@ -119,7 +181,7 @@ def test_migration_is_idempotent_and_an_up_to_date_store_opens_without_the_write
     v2_copy: Path,
 ) -> None:
     Store.open(v2_copy).close()
-    once = _rows(v2_copy, (*V2_TABLES, "result_views", "result_series"))
+    once = _rows(v2_copy, (*V2_TABLES, "result_flags", "result_series"))
 
     other = sqlite3.connect(v2_copy, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another orch command writing
@@ -129,7 +191,7 @@ def test_migration_is_idempotent_and_an_up_to_date_store_opens_without_the_write
         other.execute("ROLLBACK")
         other.close()
 
-    assert _rows(v2_copy, (*V2_TABLES, "result_views", "result_series")) == once
+    assert _rows(v2_copy, (*V2_TABLES, "result_flags", "result_series")) == once
 
 
 def test_a_migration_that_fails_half_way_leaves_the_store_as_it_was(
@@ -151,7 +213,7 @@ def test_a_migration_that_fails_half_way_leaves_the_store_as_it_was(
     tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     version = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]
     conn.close()
-    assert version == "2" and "result_views" not in tables
+    assert version == "2" and "result_flags" not in tables
     assert _rows(v2_copy) == _rows(V2_STORE)
 
 
@@ -186,7 +248,7 @@ def _agrees_with_full_json(store: Store) -> None:
         assert row.result == whole
 
 
-def test_views_and_series_agree_with_the_full_results(filled: Store, v2_copy: Path) -> None:
+def test_split_reads_agree_with_the_results_put_together(filled: Store, v2_copy: Path) -> None:
     _agrees_with_full_json(filled)  # written by today's write path
     migrated = Store.open(v2_copy)
     try:
@@ -204,7 +266,7 @@ def test_a_report_reads_no_series_until_a_chart_asks(filled: Store) -> None:
     assert set(ok[0].series()) >= {"t_s", "gpu_busy_pct"}
 
 
-def test_html_from_the_views_is_the_html_from_the_full_results(
+def test_html_from_the_split_results_is_the_html_from_whole_ones(
     filled: Store, v2_copy: Path
 ) -> None:
     new = render(build_pivot(CAMPAIGN, filled.campaign_jobs(CAMPAIGN)), "html")
@@ -296,9 +358,9 @@ def test_status_counts_agree_with_the_parsed_results(filled: Store, v2_copy: Pat
 
 
 def _parts(store: Store) -> tuple[int, int]:
-    views = store.conn.execute("SELECT COUNT(*) FROM result_views").fetchone()[0]
+    flags = store.conn.execute("SELECT COUNT(*) FROM result_flags").fetchone()[0]
     series = store.conn.execute("SELECT COUNT(*) FROM result_series").fetchone()[0]
-    return int(views), int(series)
+    return int(flags), int(series)
 
 
 def test_forgetting_or_resubmitting_a_result_drops_its_parts(filled: Store) -> None:
@@ -312,7 +374,7 @@ def test_forgetting_or_resubmitting_a_result_drops_its_parts(filled: Store) -> N
     assert filled.series_of(rows[0].spec.job_id) == {}
 
 
-def test_a_superseding_result_replaces_the_view(filled: Store) -> None:
+def test_a_superseding_result_replaces_the_stored_one(filled: Store) -> None:
     row = next(r for r in filled.campaign_jobs(CAMPAIGN) if r.result and r.result.telemetry)
     assert row.result is not None
     whole = _full_results(filled)[row.spec.job_id]
@@ -326,12 +388,39 @@ def test_a_superseding_result_replaces_the_view(filled: Store) -> None:
     assert again.result == later
 
 
-def test_a_result_without_a_view_is_read_from_its_full_json(filled: Store) -> None:
+def test_a_result_without_flags_is_read_whole(filled: Store) -> None:
     # e.g. written by hand, or one the migration could not split: read as before the layout
     row = next(r for r in filled.campaign_jobs(CAMPAIGN) if r.result and r.result.telemetry)
     whole = _full_results(filled)[row.spec.job_id]
-    filled.conn.execute("DELETE FROM result_views WHERE job_id = ?", (row.spec.job_id,))
+    filled.conn.execute("DELETE FROM result_flags WHERE job_id = ?", (row.spec.job_id,))
+    filled.conn.execute("DELETE FROM result_series WHERE job_id = ?", (row.spec.job_id,))
+    filled.conn.execute(
+        "UPDATE results SET result = ? WHERE job_id = ?", (whole.model_dump_json(), row.spec.job_id)
+    )
 
     again = next(r for r in filled.campaign_jobs(CAMPAIGN) if r.spec.job_id == row.spec.job_id)
 
     assert again.result == whole and again.series() == whole.telemetry.series  # type: ignore[union-attr]
+    assert filled.stored_result(row.spec.job_id) == whole
+
+
+def test_a_store_of_the_unreleased_first_layout_3_is_split_when_opened(v2_copy: Path) -> None:
+    # that draft kept each result whole beside `result_views` (and an index `result_flags`)
+    conn = sqlite3.connect(v2_copy)
+    conn.execute("CREATE TABLE result_views (job_id TEXT PRIMARY KEY, view TEXT NOT NULL)")
+    conn.execute("CREATE INDEX result_flags ON result_views (job_id)")
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'version'")
+    conn.commit()
+    conn.close()
+    read_only = _read_only(v2_copy)
+    try:
+        assert not read_only.split and _full_results(read_only) == _v2_results()
+    finally:
+        read_only.close()
+
+    store = Store.open(v2_copy)
+    try:
+        assert store.split and _full_results(store) == _v2_results()
+        assert _parts(store) == (6, 4)
+    finally:
+        store.close()
