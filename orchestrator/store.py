@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -305,11 +304,12 @@ class Store(StoreReader):
         """
         from pydantic import ValidationError
 
+        from jobs.acks import broker_id as broker_id_of
         from jobs.protocol import RESULTS_KEY
         from jobs.result import RunResult
         from orchestrator.acks import StoreAcks
 
-        broker_id = _broker_id(redis)
+        broker_id = broker_id_of(redis)  # the rule the boxes use too (jobs/acks.py)
         cursor_key = f"cursor:{broker_id}"
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (cursor_key,)).fetchone()
         cursor = row[0] if row else "0-0"
@@ -500,11 +500,3 @@ def _now() -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _broker_id(redis: Any) -> str:
-    """A random id stored in the broker: a cursor from one broker never applies to another."""
-    from jobs.protocol import BROKER_ID_KEY
-
-    redis.set(BROKER_ID_KEY, uuid.uuid4().hex, nx=True)
-    return _text(redis.get(BROKER_ID_KEY))
