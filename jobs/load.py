@@ -43,6 +43,10 @@ LOAD_METRICS: dict[str, str] = {
 # file that under a workload that says otherwise.
 LOAD_ENGINES = ("llama-server",)
 
+# The keys that set a load workload's level: report axes (JobSpec.axes), so a sweep is a row
+# or a column, and the x of the per-user chart.
+CONCURRENCY, REQUEST_RATE = "concurrency", "request_rate"
+LEVEL_AXES = (CONCURRENCY, REQUEST_RATE)
 # Keys of a workload that describe load; `gather_load` moves them under `load`.
 LOAD_KEYS = ("concurrency", "request_rate", "requests", "duration_s", "warmup_requests",
              "slots", "seed", "slo", "request_timeout_s")  # fmt: skip
@@ -125,6 +129,13 @@ class LoadSpec(BaseModel):
     @property
     def mode(self) -> Literal["closed", "open"]:
         return "closed" if self.concurrency is not None else "open"
+
+    def level(self) -> dict[str, int | float]:
+        """How hard this load pushes: {"concurrency": N} or {"request_rate": R} (axes)."""
+        if self.concurrency is not None:
+            return {CONCURRENCY: self.concurrency}
+        assert self.request_rate is not None  # the validator guarantees one of them
+        return {REQUEST_RATE: self.request_rate}
 
     def server_slots(self) -> int:
         """The server's parallel slots for this load (llama-server -np)."""

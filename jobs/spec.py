@@ -361,6 +361,7 @@ class JobSpec(BaseModel):
             **self.settings,
             **({"configuration": self.config_name} if self.config_name else {}),
             **({"workload": self.workload_name} if self.workload_name else {}),
+            **(self.workload.load.level() if self.workload.load else {}),
             **({"gpu_layers": self.gpu_layers} if self.gpu_layers is not None else {}),
             **{k: getattr(self, k) for k in ENGINE_OPTIONS if getattr(self, k) is not None},
         }

@@ -35,7 +35,7 @@ class Chart:
     svg: str
 
 
-def _svg(fig: Figure) -> str:
+def figure_svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buf.getvalue()
@@ -91,7 +91,7 @@ def _bar_chart(pivot: Pivot, metric: Metric) -> Chart | None:
     ax.legend(fontsize=8)
     title = f"{metric.title} by configuration (median; 95% CI from 6 samples)"
     ax.set_title(title, fontsize=10)
-    return Chart("bar", title, _svg(fig))
+    return Chart("bar", title, figure_svg(fig))
 
 
 def context_charts(pivot: Pivot) -> list[Chart]:
@@ -145,7 +145,7 @@ def _line_chart(metric: Metric, lines: dict[str, dict[int, list[float]]]) -> Cha
     ax.legend(fontsize=8)
     title = f"{metric.title} vs context length (median; 95% CI from 6 samples)"
     ax.set_title(title, fontsize=10)
-    return Chart("context", title, _svg(fig))
+    return Chart("context", title, figure_svg(fig))
 
 
 # Series a timeline panel draws: (panel, series key, label, scale).
@@ -200,7 +200,7 @@ def _timeline(record: Record) -> Chart | None:
     spec = record.job.spec
     title = f"telemetry: {spec.host} {spec.model} {spec.backend} ctx {spec.context} ({spec.engine})"
     fig.suptitle(title, fontsize=10)
-    return Chart("timeline", title, _svg(fig))
+    return Chart("timeline", title, figure_svg(fig))
 
 
 def _has_values(values: list[float | None] | None) -> bool:

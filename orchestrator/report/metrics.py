@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jobs import load as lm
 from jobs.result import RunResult
 from jobs.telemetry import PhaseSummary, Telemetry
 
@@ -144,11 +145,21 @@ def power_source(result: RunResult) -> str | None:
     return None
 
 
+def _load(name: str) -> Callable[[RunResult], list[float]]:
+    """One value per repetition of a load run (its LoadSummary), where the run has the figure."""
+
+    def values(result: RunResult) -> list[float]:
+        runs = result.load.runs if result.load else []
+        return [v for run in runs if (v := run.summary.metric(name)) is not None]
+
+    return values
+
+
 # (up_word, down_word, regression)
 _SPEED = ("faster", "slower", "down")
 _TIME = ("slower", "faster", "up")
 
-METRIC_LIST = (
+_ONE_STREAM = (
     Metric("tg", "tg tokens/s", "tg_tokens_per_s", _samples("tg"), *_SPEED),
     Metric("pp", "pp tokens/s", "pp_tokens_per_s", _samples("pp"), *_SPEED),
     Metric("ttft", "TTFT (s)", "ttft_s", _ttft, *_TIME),
@@ -191,6 +202,25 @@ METRIC_LIST = (
         "down",
     ),  # fmt: skip
 )
+# Serving under load (jobs/load.py names them): tokens and requests per second are better
+# higher, latencies lower, errors fewer.
+_LOAD_TITLES = {
+    lm.THROUGHPUT: "throughput (tokens/s, all users)", lm.TPS_PER_USER: "tokens/s per user",
+    lm.TTFT_P50: "TTFT p50 (s)", lm.TTFT_P90: "TTFT p90 (s)", lm.TTFT_P99: "TTFT p99 (s)",
+    lm.ITL_P50: "ITL p50 (s)", lm.ITL_P99: "ITL p99 (s)", lm.E2E_P90: "E2E p90 (s)",
+    lm.GOODPUT: "goodput (requests/s)", lm.ERRORS: "errors (requests)",
+}  # fmt: skip
+_LOAD_WORDS = {lm.THROUGHPUT: _SPEED, lm.TPS_PER_USER: _SPEED, lm.GOODPUT: _SPEED,
+               lm.ERRORS: ("more", "fewer", "up")}  # fmt: skip
+_UNIT_COLUMN = {"tokens/s": "tokens_per_s", "requests/s": "requests_per_s", "s": "s",
+                "requests": "requests"}  # fmt: skip
+LOAD_METRIC_LIST = tuple(
+    Metric(name, title, f"{name}_{_UNIT_COLUMN[lm.LOAD_METRICS[name]]}", _load(name),
+           *_LOAD_WORDS.get(name, _TIME))
+    for name, title in _LOAD_TITLES.items()
+)  # fmt: skip
+# Load figures read after tg, pp and TTFT (the one-stream speeds), before memory and power.
+METRIC_LIST = (*_ONE_STREAM[:3], *LOAD_METRIC_LIST, *_ONE_STREAM[3:])
 METRICS = {m.key: m for m in METRIC_LIST}
 # Metrics whose figures come from a power reading (footnoted with the power source).
 POWER_METRICS = frozenset({"power", "j_per_token", "tps_per_w"})
@@ -201,10 +231,16 @@ def source_note(metric_key: str, result: RunResult) -> str | None:
 
     Power read from the APU or CPU package; a pp speed an engine could only estimate (LM
     Studio: prompt tokens / its own TTFT, `EngineInfo.details["pp_source"]`); a TTFT the server
-    reported instead of the client timing it.
+    reported instead of the client timing it; a load run whose client flagged itself as
+    possibly the bottleneck (ClientCheck.client_bound).
     """
     if metric_key in POWER_METRICS:
         return power_source(result)
+    if metric_key in _LOAD_TITLES and result.load is not None:
+        bound = [run for run in result.load.runs if run.client.client_bound]
+        if bound:
+            runs = len(result.load.runs)
+            return f"the load client may have been the bottleneck ({len(bound)} of {runs} runs)"
     if metric_key == "pp" and result.engine is not None:
         return result.engine.details.get("pp_source")
     if metric_key == "ttft" and any(r.ttft_source == "server" for r in result.requests):

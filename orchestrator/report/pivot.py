@@ -40,7 +40,8 @@ COLUMN_AXES = (
 AXIS_TITLES = {
     "vram_split": "dedicated VRAM", "workload": "workload (pp+tg)",
     "power_limit_w": "power limit (W)", "ttm_pages_limit": "TTM pages limit",
-    "gpu_layers": "GPU layers (-ngl)",
+    "gpu_layers": "GPU layers (-ngl)", "concurrency": "concurrency (users)",
+    "request_rate": "request rate (requests/s)",
 }  # fmt: skip
 WAITING = "waiting"
 CANCELLED = "cancelled"
@@ -132,7 +133,26 @@ def campaign_axes(specs: Sequence[JobSpec]) -> list[dict[str, Any]]:
         if spec.config_name:
             for part in decided:
                 axes.pop(part, None)
+    _name_sweeps_by_content(specs, full)
     return full
+
+
+def _name_sweeps_by_content(specs: Sequence[JobSpec], full: list[dict[str, Any]]) -> None:
+    """A load sweep (`workload: [c1, c2, c4]`) is one workload at several levels: where the
+    level (concurrency or request_rate, axes of their own) decides the workload's name among
+    workloads that are otherwise alike, the workload axis says what they share instead of the
+    name, so the sweep is one row or column of levels rather than a diagonal of names."""
+    names: dict[str, dict[str, set[str | None]]] = {}
+    for spec in specs:
+        if spec.workload.load is not None:
+            level = str(spec.workload.load.level())
+            names.setdefault(load_label(spec), {}).setdefault(level, set()).add(spec.workload_name)
+    decided = {
+        rest for rest, by_level in names.items() if all(len(n) == 1 for n in by_level.values())
+    }
+    for spec, axes in zip(specs, full, strict=True):
+        if spec.workload.load is not None and (label := load_label(spec)) in decided:
+            axes["workload"] = label
 
 
 def job_axes(spec: JobSpec, *, parts: bool = False) -> dict[str, Any]:
@@ -165,6 +185,32 @@ def workload_label(spec: JobSpec) -> str:
         prompt = str(work.prompt_tokens)
     label = f"{prompt}+{work.gen_tokens}" + (f" +image {work.image}" if work.image else "")
     return f"{spec.workload_name} ({label})" if spec.workload_name else label
+
+
+def load_label(spec: JobSpec) -> str:
+    """A load workload without its name and level: lengths (± their spread) and the settings
+    that make two runs at one level differ (`512+128, 32 requests, 4 slots`)."""
+    work, load = spec.workload, spec.workload.load
+    assert load is not None
+    # The whole prompt text: a cut one could make two workloads look alike.
+    prompt = f'"{work.prompt_text}"' if work.prompt_text else str(work.prompt_tokens)
+    spread = {"prompt": load.prompt_tokens_stddev, "gen": load.gen_tokens_stddev}
+    lengths = [f"{v}±{spread[k]:g}" if spread[k] else str(v)
+               for k, v in (("prompt", prompt), ("gen", work.gen_tokens))]  # fmt: skip
+    parts = ["+".join(lengths) + (f" +image {work.image}" if work.image else "")]
+    parts.append(f"{load.requests} requests" if load.requests else f"{load.duration_s:g} s")
+    if load.slots is not None:
+        parts.append(f"{load.slots} slots")
+    if load.warmup_requests != 1:
+        parts.append(f"warm-up {load.warmup_requests}")
+    if load.seed:
+        parts.append(f"seed {load.seed}")
+    if load.slo is not None:
+        slo = load.slo.model_dump(exclude_none=True)
+        parts.append("SLO " + " ".join(f"{k}≤{v:g}" for k, v in slo.items()))
+    if load.request_timeout_s is not None:
+        parts.append(f"timeout {load.request_timeout_s:g} s")
+    return ", ".join(parts)
 
 
 _SIZE = re.compile(r"^(\d+)([MG])$")

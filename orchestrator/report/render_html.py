@@ -1,8 +1,9 @@
 """A self-contained HTML report: the table, its legend and failures, and charts as inline SVG.
 
 No external URL, script or font: the file can be mailed, attached to an issue or opened
-offline. Each chart is a `<figure class="chart" data-kind="bar|context|timeline">` with a
-`<figcaption>` naming it, so a test (or a reader's script) can find them.
+offline. Each chart is a `<figure class="chart" data-kind="...">` (bar, context, load,
+load-users, timeline) with a `<figcaption>` naming it, so a test (or a reader's script) can
+find them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from orchestrator.report.charts import (
     context_charts,
     timeline_charts,
 )
+from orchestrator.report.load_charts import load_charts
 from orchestrator.report.pivot import Pivot
 from orchestrator.report.render_text import (
     axis_title,
@@ -67,7 +69,7 @@ def render_html(pivot: Pivot) -> str:
             out.append(f"<h2>{escape(title)}</h2><ul>")
             out += [f"<li>{escape(item)}</li>" for item in items]
             out.append("</ul>")
-    charts = bar_charts(pivot) + context_charts(pivot) + timeline_charts(pivot)
+    charts = bar_charts(pivot) + context_charts(pivot) + load_charts(pivot) + timeline_charts(pivot)
     if charts:
         out.append("<h2>Charts</h2>")
     out += [_figure(chart, i) for i, chart in enumerate(charts)]

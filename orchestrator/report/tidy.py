@@ -16,7 +16,7 @@ import statistics
 from typing import Any
 
 from jobs.result import LLAMA_BENCH_DETAIL_FIELDS, Measurement, RunResult, Status
-from orchestrator.report.metrics import METRIC_LIST, METRICS, power_source
+from orchestrator.report.metrics import LOAD_METRIC_LIST, METRIC_LIST, METRICS, power_source
 from orchestrator.report.pivot import Pivot, Record
 from orchestrator.stats import summarize
 
@@ -52,10 +52,14 @@ def _tidy_row(campaign: str, record: Record) -> dict[str, Any]:
     engine = result.engine if result else None
     out["build_commit"] = engine.build_commit if engine else None
     out["error"] = result.error if result else None
+    # Load figures are columns of load jobs only: other campaigns' exports stay as they were.
+    load = row.spec.workload.load is not None
     for metric in METRIC_LIST:
-        if metric.key not in _OWN_COLUMNS:
+        if metric.key not in _OWN_COLUMNS and (load or metric not in LOAD_METRIC_LIST):
             values = metric.values(ok) if ok else []
             out[metric.column] = statistics.median(values) if values else None
+    if load:  # n of the load figures: one LoadSummary per repetition
+        out["load_runs"] = len(ok.load.runs) if ok and ok.load else None
     out["power_source"] = power_source(ok) if ok else None
     # What the tables mark: a disturbed run (no verdict drawn from it) and how far the
     # backend label was checked against what the engine reported.
