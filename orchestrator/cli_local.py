@@ -108,7 +108,8 @@ def run_cmd(directory: Path | None, worker_config: Path | None) -> None:
 )
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help=DIR_HELP)
 def install_cmd(worker_config: Path | None, directory: Path | None) -> None:
-    """Start the service at every boot (systemd user unit on Linux, launchd agent on macOS)."""
+    """Start the service at every boot (systemd user unit on Linux), or login (launchd agent
+    on macOS, Scheduled Task on Windows)."""
     service = _service(directory)
     state = service.read_state()
     if worker_config is not None:

@@ -5,7 +5,15 @@
   starts at boot only when the user has lingering on (`loginctl enable-linger USER`): install
   checks it and says so.
 - macOS: a launchd agent `~/Library/LaunchAgents/org.orch.local.plist` (RunAtLoad, KeepAlive
-  when it exits with an error), loaded with `launchctl bootstrap gui/UID`.
+  when it exits with an error, ProcessType Interactive so it is not throttled), loaded with
+  `launchctl bootstrap gui/UID` (an older copy is booted out first).
+- Windows: a Scheduled Task `orch-local` started when the user logs on, in their session
+  (no password is stored), registered with `schtasks /Create /XML FILE /TN orch-local /F` and
+  started at once with `schtasks /Run`; the XML is kept in the home's `AppData/Local/orch/`.
+  A task gets the user's stored environment, not this shell's: install names the variables it
+  cannot carry.
+
+The launchd and Task Scheduler files are made and checked in orchestrator.servicefiles.
 
 The service's folder and the worker config are fixed in the file, so it runs the same service
 `orch local start` would. What the files say is a pure function of the inputs (tested as text);
@@ -16,13 +24,13 @@ from __future__ import annotations
 
 import getpass
 import os
-import plistlib
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import servicefiles
 from orchestrator.errors import OrchError
 from orchestrator.fleet.units import unit_arg
 from orchestrator.local import orch_command
@@ -30,6 +38,7 @@ from orchestrator.localservice import ALREADY_RUNNING_EXIT
 
 UNIT_NAME = "orch-local.service"
 LAUNCHD_LABEL = "org.orch.local"
+TASK_NAME = "orch-local"
 
 Run = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
 
@@ -77,18 +86,28 @@ def systemd_unit_text(service_dir: Path, env: dict[str, str]) -> str:
 
 
 def launchd_plist(service_dir: Path, env: dict[str, str]) -> bytes:
-    body = {
-        "Label": LAUNCHD_LABEL,
-        "ProgramArguments": supervisor_argv(service_dir),
-        "EnvironmentVariables": env,
-        "WorkingDirectory": str(service_dir),
-        "RunAtLoad": True,
-        "KeepAlive": {"SuccessfulExit": False},
-        "StandardOutPath": str(service_dir / "service.log"),
-        "StandardErrorPath": str(service_dir / "service.log"),
-        "Umask": 0o077,
-    }
-    return plistlib.dumps(body)
+    try:
+        log = str(service_dir / "service.log")
+        argv = supervisor_argv(service_dir)
+        return servicefiles.launchd_plist(LAUNCHD_LABEL, argv, env, str(service_dir), log)
+    except ValueError as exc:
+        raise OrchError(f"nothing installed: {exc}") from exc
+
+
+def task_xml(service_dir: Path, user: str) -> bytes:
+    try:
+        argv = supervisor_argv(service_dir)
+        about = "orch one-box service (broker + benchmark agent)"
+        return servicefiles.task_xml(TASK_NAME, argv, str(service_dir), user, about)
+    except ValueError as exc:
+        raise OrchError(f"nothing installed: {exc}") from exc
+
+
+def windows_user() -> str:
+    """DOMAIN\\user as Task Scheduler names the user running this (USERDOMAIN, USERNAME)."""
+    user = os.environ.get("USERNAME") or getpass.getuser()
+    domain = os.environ.get("USERDOMAIN")
+    return f"{domain}\\{user}" if domain else user
 
 
 def service_env() -> dict[str, str]:
@@ -116,9 +135,11 @@ def install(
         return _install_systemd(service_dir, home, env, run)
     if platform == "darwin":
         return _install_launchd(service_dir, home, env, run)
+    if platform == "win32":
+        return _install_task(service_dir, home, env, run)
     raise OrchError(
-        f"`orch local install` knows systemd (Linux) and launchd (macOS), not {platform}: "
-        "start the service with `orch local start` after each boot"
+        f"`orch local install` knows systemd (Linux), launchd (macOS) and Task Scheduler "
+        f"(Windows), not {platform}: start the service with `orch local start` after each boot"
     )
 
 
@@ -157,8 +178,9 @@ def _install_launchd(
     service_dir: Path, home: Path, env: dict[str, str], run: Run
 ) -> InstallOutcome:
     path = home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+    data = launchd_plist(service_dir, env)  # checked before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(launchd_plist(service_dir, env))
+    path.write_bytes(data)
     domain = f"gui/{os.getuid()}"
     run(["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"])  # an older copy, if loaded
     done = run(["launchctl", "bootstrap", domain, str(path)])
@@ -172,11 +194,56 @@ def _install_launchd(
     )
 
 
+def task_path(home: Path) -> Path:
+    return home / "AppData" / "Local" / "orch" / f"{TASK_NAME}.task.xml"
+
+
+def _install_task(service_dir: Path, home: Path, env: dict[str, str], run: Run) -> InstallOutcome:
+    path = task_path(home)
+    data = task_xml(service_dir, windows_user())  # checked before anything is written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    # No /RU or /RP: the task runs as this user in their logon session; no password is stored.
+    create = ["schtasks", "/Create", "/XML", str(path), "/TN", TASK_NAME, "/F"]
+    done = run(create)
+    if done.returncode != 0:
+        path.unlink()  # not registered: nothing is left that uninstall would have to undo
+        raise OrchError(
+            f"nothing installed: `{' '.join(create)}` failed: "
+            f"{(done.stderr or done.stdout).strip() or 'exit ' + str(done.returncode)}\n"
+            "if it says access is denied, run `orch local install` once from a terminal opened "
+            'with "Run as administrator"; or run `orch local start` after each logon'
+        )
+    lines = [f"wrote {path}", f"registered the Scheduled Task {TASK_NAME}: it starts when "
+             f"{windows_user()} logs on (in that session; no password stored)"]  # fmt: skip
+    started = run(["schtasks", "/Run", "/TN", TASK_NAME])
+    if started.returncode == 0:
+        lines.append(f"started {TASK_NAME} now")
+    else:
+        lines.append(f"could not start it now ({(started.stderr or started.stdout).strip()}): "
+                     "it starts at the next logon, or run `orch local start`")  # fmt: skip
+    unset = sorted(k for k in env if k != "PATH")
+    if unset:
+        lines.append(
+            "a Scheduled Task gets your stored user environment, not this shell's: "
+            + ", ".join(f"{k}={env[k]}" for k in unset)
+            + " must be set with `setx NAME VALUE` for the task to see them"
+        )
+    return InstallOutcome(path, lines)
+
+
 def uninstall(
     *, platform: str = sys.platform, home: Path | None = None, run: Run = run_command
 ) -> list[str]:
     home = home or Path.home()
-    if platform == "darwin":
+    if platform == "win32":
+        path = task_path(home)
+        if path.exists():
+            done = run(["schtasks", "/Delete", "/TN", TASK_NAME, "/F"])
+            if done.returncode != 0:
+                why = (done.stderr or done.stdout).strip()
+                raise OrchError(f"`schtasks /Delete /TN {TASK_NAME}` failed: {why}; {path} is kept")
+    elif platform == "darwin":
         path = home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
         run(["launchctl", "bootout", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"])
     else:
@@ -186,7 +253,7 @@ def uninstall(
     if not path.exists():
         return [f"nothing installed ({path} does not exist)"]
     path.unlink()
-    if platform != "darwin":
+    if platform.startswith("linux"):
         run(["systemctl", "--user", "daemon-reload"])
     return [
         f"removed {path}; the service no longer starts at boot (`orch local stop` stops it now)"

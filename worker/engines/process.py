@@ -3,9 +3,10 @@
 A benchmark left running after its job would overlap the next job on the same box and spoil
 both. So the child starts a group of its own (a POSIX session; a new process group on Windows,
 see worker.platform.proc) and, on Linux, gets a parent-death signal (killed when the worker is
-SIGKILLed). Every descendant it starts is tracked while it runs (psutil) and killed when the
-job ends, whether it timed out or not: helpers that detach, or that keep the output pipes open
-after the engine exits, die too.
+SIGKILLed); on Windows it is put in a job object that ends its whole tree when the job ends or
+the worker dies (worker.platform.winjob). Every descendant it starts is tracked while it runs
+(psutil) and killed when the job ends, whether it timed out or not: helpers that detach, or
+that keep the output pipes open after the engine exits, die too.
 
 Output is read with a deadline and kept bounded: stdout up to STDOUT_CAP_BYTES (llama-bench's
 JSON is a few KB), stderr as its last STDERR_TAIL_BYTES. On POSIX the agent reads it without
@@ -120,7 +121,8 @@ class ProcessTree:
     `kill()` reaches the session (processes that changed their group but not their session;
     POSIX only), the process group, and each descendant `track()` has seen (those that started
     a session of their own); psutil's identity check (pid plus start time) keeps a reused pid
-    safe.
+    safe. On Windows the child is put in a job object at start and `kill()` closes it, which
+    ends every process the child started, seen or not.
     """
 
     def __init__(self, pid: int) -> None:
@@ -132,6 +134,9 @@ class ProcessTree:
         self._tracked_at = time.monotonic()
         with contextlib.suppress(psutil.Error):
             self._seen[pid] = psutil.Process(pid)
+        # Windows: a job object holds every process the child starts from now on, even one
+        # that detaches before a walk sees it; closing it in kill() ends them (None on POSIX).
+        self._job = platform_proc.contain(pid)
 
     def track(self, at_most_every_s: float = 0.0) -> None:
         """Remember the tree's descendants now (a no-op if done less than the interval ago)."""
@@ -164,6 +169,8 @@ class ProcessTree:
     def kill(self) -> None:
         """Kill the whole tree and reap what can be reaped; survivors are what is left."""
         self.end(hard=True)
+        if self._job is not None:
+            self._job.close()  # KILL_ON_JOB_CLOSE: what psutil never saw dies here
         psutil.wait_procs([p for p in self._seen.values() if _running(p)], timeout=2)
 
     def survivors(self) -> list[int]:

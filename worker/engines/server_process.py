@@ -1,9 +1,10 @@
 """A local inference server run as a child: started, health-checked, logged, stopped.
 
 Like `process.run_bounded`, the child gets a group of its own (a POSIX session; a new process
-group on Windows) and (on Linux) dies with the worker, so a crashed agent never leaves a
-server holding the GPU; `stop` ends every process the server started too (tracked with
-psutil), and its log is read back as a bounded tail.
+group on Windows) and dies with the worker (Linux: a parent-death signal; Windows: the job
+object `ProcessTree` puts it in), so a crashed agent never leaves a server holding the GPU;
+`stop` ends every process the server started too (tracked with psutil), and its log is read
+back as a bounded tail.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Windows has neither sessions, `killpg` nor signals: the child starts with
 CREATE_NEW_PROCESS_GROUP (so CTRL_BREAK_EVENT, the console's "please exit", reaches it and its
 console children, and not the worker), and ending the tree means ending every process psutil
 saw in it, one by one (TerminateProcess). A process the worker never saw (started and detached
-between two walks of the tree) can escape on Windows; a job object would close that gap and is
-not built yet (see the README).
+between two walks of the tree) is caught by the job object the engine is put in at start
+(`contain`, worker.platform.winjob): closing it at the end of the job ends what is left.
 
 The last step is the same everywhere: `end_processes` signals each process psutil tracked,
 whose identity check (pid + creation time) keeps a reused pid safe.
@@ -21,7 +21,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are checked by tests
 
@@ -37,6 +37,24 @@ def group_popen_kwargs(sys_platform: str | None = None) -> dict[str, Any]:
     if is_windows(sys_platform):
         return {"creationflags": CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
+
+
+class Container(Protocol):
+    """What holds a process tree beyond psutil's reach (a Windows job object)."""
+
+    def close(self) -> None:
+        """End every process still held."""
+
+
+def contain(pid: int, sys_platform: str | None = None) -> Container | None:
+    """Put the just-started `pid` in a job object that kills its tree when closed (Windows);
+    None elsewhere (POSIX sessions and, on Linux, the parent-death signal do that job) or when
+    Windows refuses (logged)."""
+    if not is_windows(sys_platform):
+        return None
+    from worker.platform import winjob  # ctypes.WinDLL exists on Windows only
+
+    return winjob.contain(pid)
 
 
 def pipes_need_threads(sys_platform: str | None = None) -> bool:
