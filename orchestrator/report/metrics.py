@@ -180,7 +180,12 @@ _ONE_STREAM = (
         "gpu_busy", "GPU busy (%)", "gpu_busy_pct", _mean("gpu_busy_pct", "engine_gfx_busy_pct")
     ),  # fmt: skip
     Metric(
-        "copy_busy", "copy engine busy (%)", "copy_engine_busy_pct", _mean("engine_dma_busy_pct")
+        # The engine's own copy engine where the GPU says it (amdgpu fdinfo, Windows per
+        # process), else the adapter's (Windows PDH without per-process counters).
+        "copy_busy",
+        "copy engine busy (%)",
+        "copy_engine_busy_pct",
+        _mean("engine_dma_busy_pct", "gpu_copy_busy_pct"),
     ),  # fmt: skip
     Metric("power", "mean power (W)", "power_w", _power),
     Metric(

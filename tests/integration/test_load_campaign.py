@@ -54,10 +54,13 @@ def test_a_concurrency_sweep_on_two_hosts_reports_and_charts(
     assert levels == {(h, c) for h in ("laptop-80w", "minipc-120w") for c in (1, 2)}
 
     table = orch("--store", str(store_path), "report", "users",
-                 "--metrics", "throughput,tps_per_user,ttft_p90")  # fmt: skip
+                 "--metrics", "throughput,tps_per_user,ttft_p90,rss")  # fmt: skip
     assert table.returncode == 0, table.stderr
     cells = [line for line in table.stdout.splitlines() if "n=2" in line]
     assert cells, table.stdout  # every figure from the two load runs of its job
+    # Telemetry per load level: the engine's memory summarised over each job's load runs.
+    rss = [line for line in table.stdout.splitlines() if line.lstrip().startswith("peak RSS")]
+    assert rss and all(any(ch.isdigit() for ch in line.split("peak RSS (GB)")[1]) for line in rss)
     html = orch("--store", str(store_path), "report", "users", "--format", "html")
     assert html.returncode == 0, html.stderr
     assert 'data-kind="load"' in html.stdout and 'data-kind="load-users"' in html.stdout

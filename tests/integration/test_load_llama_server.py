@@ -49,6 +49,10 @@ def test_concurrency_sweep_and_poisson_rate(
         assert outcome.load.slots == 4 and outcome.load.slot_context == 2048 // 4
         (run,) = outcome.load.runs
         s = run.summary
+        # The load run is the job's phase: telemetry is summarised over it (per load level).
+        (window,) = outcome.phases
+        assert window.phase == "run" and window.start_s < window.end_s
+        assert window.tokens == s.output_tokens
         # Every request counted, none failed, the warm-up apart.
         assert (s.requests, s.ok, s.errors, s.warmup_requests) == (REQUESTS, REQUESTS, 0, 2)
         assert sorted(r.index for r in run.records) == list(range(REQUESTS))

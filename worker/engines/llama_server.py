@@ -158,20 +158,23 @@ class LlamaServer(Engine):
         info: EngineInfo,
         fresh_load: bool,
         deadline: float,
-        timeout_s: float,
+        target: RunTarget,
     ) -> EngineOutcome:
-        work = job.workload
+        work, timeout_s, on_phase = job.workload, target.timeout_s, target.on_phase
         samples: list[RequestSample] = []
         phases: list[PhaseWindow] = []
         load: LoadResult | None = None
         try:
             if work.load is not None:  # serving under load: many requests at once
-                load = llama_server_load(job, server.url, deadline)
+                load = llama_server_load(job, server.url, deadline, windows=phases)
             else:
                 prompt = work.prompt_text or _prompt_tokens(server.url, work.prompt_tokens)
+                if work.warmup_runs:
+                    on_phase(Phase.WARMUP)
                 for _ in range(work.warmup_runs):
                     _request(server.url, prompt, work.gen_tokens, deadline)
-                for _ in range(job.repetitions):
+                for k in range(job.repetitions):
+                    on_phase(Phase.REPETITION, k + 1, job.repetitions, last_tokens_per_s(samples))
                     sample, windows = _request(server.url, prompt, work.gen_tokens, deadline)
                     samples.append(sample)
                     phases += windows

@@ -21,6 +21,7 @@ import httpx
 
 from jobs.load import LoadResult, LoadRun, LoadSpec, longest
 from jobs.spec import JobSpec
+from jobs.telemetry import PhaseWindow
 from worker.load.client import Endpoint, run_load
 
 ENDPOINT = "/v1/completions"
@@ -100,8 +101,15 @@ class RecordBudget:
         })  # fmt: skip
 
 
-def llama_server_load(job: JobSpec, url: str, deadline: float) -> LoadResult:
-    """Run `job`'s load workload `job.repetitions` times against the server at `url`."""
+def llama_server_load(
+    job: JobSpec, url: str, deadline: float, windows: list[PhaseWindow] | None = None
+) -> LoadResult:
+    """Run `job`'s load workload `job.repetitions` times against the server at `url`.
+
+    Each load run is appended to `windows` as a `run` phase (monotonic clock, the sampler's
+    time base; tokens: the run's output tokens), so the telemetry of each load level (GPU busy,
+    copy engine, power, memory) is summarised over the load itself and reports show it per row.
+    """
     work = job.workload
     spec = work.load
     if spec is None:
@@ -130,7 +138,11 @@ def llama_server_load(job: JobSpec, url: str, deadline: float) -> LoadResult:
     for _ in range(job.repetitions):
         if time.monotonic() >= deadline:
             raise TimeoutError("the job's time limit passed between load runs")
+        started = time.monotonic()
         run = run_load(spec, endpoint, prompt_for=prompt_for, prompt_tokens=work.prompt_tokens,
                        gen_tokens=work.gen_tokens, deadline=deadline)  # fmt: skip
+        if windows is not None:
+            windows.append(PhaseWindow(phase="run", start_s=started, end_s=time.monotonic(),
+                                       tokens=run.summary.output_tokens))  # fmt: skip
         runs.append(budget.bound(run))
     return LoadResult(endpoint=ENDPOINT, slots=spec.server_slots(), slot_context=n_ctx, runs=runs)
