@@ -336,3 +336,125 @@ class LoadResult(BaseModel):
     slots: int
     slot_context: int | None = None  # tokens per slot, as the server said (/props n_ctx)
     runs: list[LoadRun] = Field(default_factory=list)
+
+
+# A sweep written in one workload (`concurrency: [1, 2, 4, 8]`) becomes one workload per level,
+# named by it: `c4` (or `<name>-c4` for a named workload), `r0.5` for a request rate.
+_LEVEL_PREFIX = {CONCURRENCY: "c", REQUEST_RATE: "r"}
+MAX_LEVELS = 64  # in one sweep
+MAX_SWEPT_WORKLOADS = 1024  # made by sweeps, in one file
+
+
+def level_name(base: str | None, key: str, value: object) -> str:
+    """The name of one level of a swept workload: `c4`, `chat-c4`, `r0.5`."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    level = f"{_LEVEL_PREFIX[key]}{text}"
+    return level if base is None else f"{base}-{level}"
+
+
+Moved = dict[tuple[str, ...], tuple[str, ...]]  # a new key path -> the one it came from
+Problem = tuple[tuple[str, ...], str]  # (key path, what is wrong there)
+
+
+def expand_level_lists(data: Any) -> tuple[Any, Moved, list[Problem]]:
+    """A matrix file's raw data with every workload whose `concurrency` or `request_rate` is a
+    list split into one named workload per level (and the `workload` axis, include and exclude
+    entries naming it widened to all its levels). Returns (data, new key path -> the path it came
+    from, problems). Anything not shaped as expected is left for validation to name."""
+    if not isinstance(data, dict):
+        return data, {}, []
+    single = data.get("workload")
+    if isinstance(single, dict) and _swept(single) is not None and "workloads" not in data:
+        return _expand_single(data, single)
+    named = data.get("workloads")
+    if isinstance(named, dict):
+        return _expand_named(data, named)
+    return data, {}, []
+
+
+def _expand_single(
+    data: dict[Any, Any], single: dict[Any, Any]
+) -> tuple[Any, Moved, list[Problem]]:
+    problems: list[Problem] = []
+    levels = _levels(None, single, problems)
+    if not levels:
+        return data, {}, problems
+    out = {k: v for k, v in data.items() if k != "workload"} | {"workloads": levels}
+    axes = out.get("matrix")
+    if isinstance(axes, dict) and "workload" not in axes:
+        out["matrix"] = {**axes, "workload": list(levels)}
+    return out, {("workloads", name): ("workload",) for name in levels}, problems
+
+
+def _expand_named(data: dict[Any, Any], named: dict[Any, Any]) -> tuple[Any, Moved, list[Problem]]:
+    problems: list[Problem] = []
+    moved: Moved = {}
+    widened: dict[str, list[str]] = {}
+    workloads: dict[Any, Any] = {}
+    for name, work in named.items():
+        if not (isinstance(work, dict) and isinstance(name, str) and _swept(work) is not None):
+            workloads[name] = work
+            continue
+        levels = _levels(name, work, problems)
+        clash = sorted(set(levels) & set(named))
+        if clash:
+            problems.append((("workloads", name), f"the names of its levels {clash} are taken"))
+        workloads |= levels
+        widened[name] = list(levels)
+        moved |= {("workloads", level): ("workloads", name) for level in levels}
+    if not widened:
+        return data, {}, problems
+    if len(moved) > MAX_SWEPT_WORKLOADS:
+        problems.append((("workloads",), f"sweeps make {len(moved):,} workloads (at most "
+                         f"{MAX_SWEPT_WORKLOADS:,}): split the file"))  # fmt: skip
+        return data, {}, problems
+    out = {**data, "workloads": workloads}
+    axes = out.get("matrix")
+    if isinstance(axes, dict) and isinstance(axes.get("workload"), list):
+        out["matrix"] = {
+            **axes,
+            "workload": [w for n in axes["workload"] for w in _widen(widened, n)],
+        }
+    for section in ("include", "exclude"):
+        entries = out.get(section)
+        if isinstance(entries, list):
+            out[section] = [_with_level(entry, level) for entry in entries
+                            for level in _widen(widened, _named(entry))]  # fmt: skip
+    return out, moved, problems
+
+
+def _named(entry: Any) -> Any:
+    return entry.get("workload") if isinstance(entry, dict) else None
+
+
+def _with_level(entry: Any, level: Any) -> Any:
+    return (
+        {**entry, "workload": level} if isinstance(entry, dict) and "workload" in entry else entry
+    )
+
+
+def _widen(widened: dict[str, list[str]], name: Any) -> list[Any]:
+    """The workloads a use of `name` stands for: its levels if it was swept, else itself."""
+    return widened.get(name, [name]) if isinstance(name, str) else [name]
+
+
+def _swept(work: dict[Any, Any]) -> str | None:
+    """The level key of `work` given as a list, if any."""
+    return next((k for k in LEVEL_AXES if isinstance(work.get(k), list)), None)
+
+
+def _levels(base: str | None, work: dict[Any, Any], problems: list[Problem]) -> dict[str, Any]:
+    key = _swept(work)
+    assert key is not None
+    values = work[key]
+    where = ("workloads", base, key) if base is not None else ("workload", key)
+    if not values or len(values) > MAX_LEVELS:
+        problems.append((where, f"a sweep lists 1 to {MAX_LEVELS} levels (got {len(values)})"))
+        return {}
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        problems.append((where, f"every level must be a number (got {values!r})"))
+        return {}
+    if len({level_name(base, key, v) for v in values}) != len(values):
+        problems.append((where, "a level is listed twice"))
+        return {}
+    return {level_name(base, key, v): {**work, key: v} for v in values}

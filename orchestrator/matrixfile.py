@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from jobs.load import expand_level_lists
 from jobs.matrix import HOST_SETTING_KEYS, HostConfiguration, Matrix
 from jobs.spec import JobSpec
 from jobs.yamlfile import KeyPath, describe, dotted, line_of, parse_yaml, read_text
@@ -41,9 +42,18 @@ def load_matrix(path: Path, text: str) -> tuple[Matrix, dict[Path_, int], list[P
     data, lines = parse_yaml(path, text, MatrixError)
     if not isinstance(data, dict):
         raise MatrixError([f"{path}:1: expected a mapping with campaign, hosts and matrix keys"])
+    # A sweep written in one workload (`concurrency: [1, 2, 4]`) becomes a workload per level;
+    # each level's keys keep the lines of the workload they came from.
+    data, moved, sweeps = expand_level_lists(data)
+    under: dict[Path_, list[tuple[Path_, int]]] = {}
+    for key, n in lines.items() if moved else ():
+        if key[:1] == ("workload",) or key[:1] == ("workloads",):
+            under.setdefault(key[: 1 if key[0] == "workload" else 2], []).append((key, n))
+    for new, old in moved.items():
+        lines |= {(*new, *key[len(old) :]): n for key, n in under.get(old, [])}
     # Checked on the raw data, so that a misspelt workload name is reported together with a
     # context that does not validate, rather than after it is fixed.
-    unknown = _unknown_names(data)
+    unknown = [*sweeps, *_unknown_names(data)]
     try:
         return Matrix.model_validate(data), lines, unknown
     except ValidationError as exc:
