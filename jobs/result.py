@@ -14,6 +14,23 @@ from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow, Telemetry
 from jobs.version import SCHEMA_VERSION
 
+# The most a RunResult's JSON may take, on the wire and in a store. What a worker measures stays
+# far below (engine stdout is cut at 16 MiB and kept only as parsed figures, stderr as a 256 KiB
+# tail, telemetry series downsampled, load records budgeted): a larger one is an accident or
+# forged. The worker publishes an error result in its place; a store keeps only its head aside.
+MAX_RESULT_JSON_BYTES = 32 * 1024 * 1024
+
+
+def oversized(body: bytes | str) -> str | None:
+    """Why `body` (a result's JSON) is refused for its size, or None when it fits."""
+    size = len(body.encode() if isinstance(body, str) else body)
+    if size <= MAX_RESULT_JSON_BYTES:
+        return None
+    return (
+        f"oversized: a result of {size / 2**20:.1f} MiB "
+        f"(the most a result may take is {MAX_RESULT_JSON_BYTES // 2**20} MiB)"
+    )
+
 
 class Status(StrEnum):
     """Final outcome of a job. Every status is final: a failure is a result, not a crash."""

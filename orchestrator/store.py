@@ -55,6 +55,7 @@ __all__ = [
 ]  # fmt: skip
 
 _BATCH = 500
+_REJECTED_HEAD = 4096  # bytes of an oversized stream entry kept to show what it was
 
 
 def default_store_path() -> Path:
@@ -306,7 +307,7 @@ class Store(StoreReader):
 
         from jobs.acks import broker_id as broker_id_of
         from jobs.protocol import RESULTS_KEY
-        from jobs.result import RunResult
+        from jobs.result import RunResult, oversized
         from orchestrator.acks import StoreAcks
 
         broker_id = broker_id_of(redis)  # the rule the boxes use too (jobs/acks.py)
@@ -323,6 +324,14 @@ class Store(StoreReader):
             with self.transaction():
                 for entry_id, fields in entries:
                     raw = fields.get(b"result", b"")
+                    too_big = oversized(raw)
+                    if too_big is not None:  # kept aside as its head: never parsed, never stored
+                        head = raw[:_REJECTED_HEAD].decode(errors="replace")
+                        self.conn.execute(
+                            "INSERT OR IGNORE INTO rejected VALUES (?, ?, ?, ?)",
+                            (broker_id, _text(entry_id), head, too_big),
+                        )
+                        continue
                     text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
                     try:
                         result = RunResult.model_validate_json(text)

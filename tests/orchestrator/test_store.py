@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from jobs.protocol import RESULTS_KEY
-from jobs.result import EngineInfo, Measurement, RunResult, Status
+from jobs.result import MAX_RESULT_JSON_BYTES, EngineInfo, Measurement, RunResult, Status
 from jobs.spec import JobSpec, Workload
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.errors import StoreError
@@ -369,6 +369,22 @@ def test_unreadable_result_is_kept_and_read_again(store: Store, redis_client: An
     store.conn.execute("UPDATE rejected SET raw = json_remove(raw, '$.energy_j')")
     assert store.collect(redis_client) == 1
     assert store.rejected_count() == 0
+
+
+@pytest.mark.integration
+def test_an_oversized_stream_entry_is_kept_aside_as_its_head(
+    store: Store, redis_client: Any
+) -> None:
+    """A result over MAX_RESULT_JSON_BYTES (forged, or an accident) is never parsed or stored:
+    the store keeps 4 KB of it in `rejected`, with the reason, and goes on."""
+    good = _result(_spec())
+    huge = _result(_spec(context=4096), error="x" * (MAX_RESULT_JSON_BYTES + 1))
+    _announce(redis_client, huge.model_dump_json(), good.model_dump_json())
+
+    assert store.collect(redis_client) == 1  # the good one
+    [(raw, reason)] = store.conn.execute("SELECT raw, reason FROM rejected").fetchall()
+    assert len(raw) <= 4096 and reason.startswith("oversized: a result of 32.0 MiB")
+    assert store.collect(redis_client) == 0 and store.rejected_count() == 1  # stays aside
 
 
 def test_overview_is_the_same_with_and_without_the_covering_index(tmp_path: Path) -> None:
