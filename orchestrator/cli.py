@@ -253,6 +253,14 @@ def _end_of_wait(final: Progress, campaign: str) -> None:
 @click.argument("campaign", required=False)
 @click.option("--broker", envvar="ORCH_BROKER_URL", default=None, help=BROKER_HELP)
 @click.option("--wait", is_flag=True, help="With CAMPAIGN: wait until it is done, then report.")
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2, max=3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between redraws with --watch.",
+)
 @_wait_options
 @click.pass_context
 def status_cmd(
@@ -260,13 +268,25 @@ def status_cmd(
     campaign: str | None,
     broker: str | None,
     wait: bool,
+    watch: bool,
+    interval: float,
     timeout: float | None,
     wait_for_reconfiguration: bool,
 ) -> None:
-    """Hosts (online, queue, waiting jobs) and campaign progress."""
+    """Hosts (online, queue, waiting jobs, the job under way), campaign progress and ETA."""
     from orchestrator import status as status_mod
 
     store = _store(ctx)
+    if watch:
+        if wait:
+            raise click.UsageError("--watch and --wait do not go together")
+        from orchestrator.status_watch import watch_status
+
+        if campaign:
+            store.require_campaign(campaign)
+        found = optional_broker(broker)
+        watch_status(store, _connect(found) if found else None, campaign, interval, sys.stdout)
+        return
     if wait:
         if not campaign:
             raise click.UsageError("--wait needs a CAMPAIGN")

@@ -88,7 +88,22 @@ def _hosts(client: Any, fleet: Fleet, now: float, store: Store) -> list[str]:
     if not rows:
         return ["hosts: none registered yet (start `orch worker` on each box)"]
     headers = ["host", "state", "configuration", "done", "running", "waiting", "engines"]
-    return [_table(rows, headers, disable_numparse=True)]
+    return [_table(rows, headers, disable_numparse=True), *progress_lines(client, fleet, now)]
+
+
+def progress_lines(client: Any, fleet: Fleet, now: float) -> list[str]:
+    """`halo: job 1a2b (c1): repetition 3 of 10, 12 s, ...` for each online host with a job
+    under way (jobs/progress.py; a malformed or expired record shows nothing)."""
+    from jobs.progress import Phase, read_progress
+
+    out = []
+    for host, inv in sorted(fleet.inventories.items()):
+        if not inv.online(now):
+            continue
+        progress = read_progress(client, host)
+        if progress is not None and progress.phase is not Phase.IDLE:
+            out.append(f"{host}: {progress.text(now)}")
+    return out
 
 
 def _table(rows: list[list[Any]], headers: list[str], **options: Any) -> str:
@@ -131,6 +146,9 @@ def _campaign(store: Store, campaign: str, fleet: Fleet | None, now: float) -> l
         "that can share one",
         _table(rows, ["queue", *states]),
     ]
+    from orchestrator.eta import campaign_eta
+
+    out.append(campaign_eta(store.pending_jobs(campaign), store.durations()).text())
     if fleet is not None:
         from orchestrator.waiting import blocked_notes
 

@@ -96,6 +96,7 @@ class Store(StoreReader):
         self.path = path
         # A store on a read-only file or folder (a copy, a backup): readable, never written.
         self.read_only = read_only
+        self._durations: tuple[tuple[Any, ...], dict[str, list[float]]] | None = None
         # The upsert asks jobs/finality.py, inside its one statement, which result is final.
         conn.create_function("orch_supersedes", 2, _supersedes_json, deterministic=True)
         # Counting queries name the covering index: SQLite's planner prefers the primary key and
@@ -421,9 +422,16 @@ class Store(StoreReader):
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def durations(self) -> dict[str, list[float]]:
-        """Wall seconds of every successful run, by `shape_key` of its job."""
+        """Wall seconds of every successful run, by `shape_key` of its job. Kept until a result
+        arrives or goes (`orch status --watch` asks on every refresh; each call parses every
+        successful job's spec)."""
         from jobs.spec import JobSpec
 
+        key = self.conn.execute(
+            "SELECT COUNT(*), MAX(rowid), MAX(collected_at) FROM results WHERE status = 'ok'"
+        ).fetchone()
+        if self._durations is not None and self._durations[0] == tuple(key):
+            return self._durations[1]
         rows = self.conn.execute(
             "SELECT j.spec, json_extract(r.result, '$.started_at'), "
             "json_extract(r.result, '$.finished_at') FROM results r "
@@ -435,6 +443,7 @@ class Store(StoreReader):
                 datetime.fromisoformat(finished) - datetime.fromisoformat(started)
             ).total_seconds()
             out.setdefault(self.shape_key(JobSpec.model_validate_json(spec)), []).append(seconds)
+        self._durations = (tuple(key), out)
         return out
 
     def mark_cancelled(self, job_ids: list[str]) -> None:

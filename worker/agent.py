@@ -62,6 +62,7 @@ from worker.errors import ConfigError, ConsumerStoppedError, QueueBusyError
 from worker.facts import conflicts, detect_host_facts
 from worker.lease import Holder, Lease, LeaseLost
 from worker.outbox import Outbox, adopt_old_files, outbox_folder
+from worker.progress import ProgressReporter
 from worker.reconfigure import Reconfigurer
 from worker.runner import execute
 from worker.settings import build_setters, journal_in, recover_settings
@@ -103,6 +104,8 @@ class Agent:
         self._heartbeat: threading.Thread | None = None
         self.unattended: Unattended | None = None
         self.busy = False  # a job runs now (the heartbeat never reconfigures under one)
+        # What the job under way is doing, for `orch status` (jobs/progress.py).
+        self.progress = ProgressReporter(self.redis, config.host, clock=self._broker_clock)
         self.job_lock = threading.Lock()  # `busy` and the decision to switch, together
         self.app = self._make_app()
 
@@ -199,6 +202,7 @@ class Agent:
                           self.spool, exc)  # fmt: skip
             self._sweep_outbox()
             self.publish_inventory()
+            self.progress.idle()
             heartbeat = threading.Thread(target=self._beat, name="orch-heartbeat", daemon=True)
             heartbeat.start()
             # Known to `finally` only once started: a SIGTERM between the two lines would
@@ -377,6 +381,11 @@ class Agent:
         key = INVENTORY_KEY.format(host=self.config.host)
         self.redis.set(key, self.inventory().model_dump_json())
 
+    def _broker_clock(self) -> float:
+        """The broker's time without asking it (the skew measured at start): progress is
+        written between timed requests, where a round trip more is not wanted."""
+        return time.time() + (self.clock_skew_s or 0.0)
+
     def _broker_now(self) -> float:
         """The broker's clock: `last_seen` is compared on other boxes, against the same clock."""
         seconds, micros = self.redis.time()
@@ -393,6 +402,7 @@ class Agent:
                     self.unattended.tick()
                 if not self._stop.is_set():
                     self.publish_inventory()
+                    self.progress.refresh()
             except redis_lib.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -434,7 +444,7 @@ class Agent:
                 raise Reject("the box is rebooting", requeue=True)
             try:
                 result = execute(payload, config, redis, spool, agent.facts, agent.lease,
-                                 outbox=agent.outbox.folder)  # fmt: skip
+                                 outbox=agent.outbox.folder, progress=agent.progress)  # fmt: skip
             except LeaseLost as exc:
                 # Not acknowledged: the message goes back to its queue, for the agent that
                 # holds the box now (it waits for this process to exit before it runs any).
@@ -447,6 +457,7 @@ class Agent:
                 raise Reject(str(exc), requeue=True) from exc
             finally:
                 agent.busy = False
+                agent.progress.idle()
             return None if result is None else {"job_id": result.job_id, "status": result.status}
 
         return app

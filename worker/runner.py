@@ -37,6 +37,7 @@ from jobs.acks import xadd_result
 from jobs.backends import mislabelled_error
 from jobs.engineoptions import job_option_problem
 from jobs.facts import HostFacts
+from jobs.progress import Phase
 from jobs.protocol import FINAL_KEY, MAX_DELIVERIES
 from jobs.result import AppliedSetting, Cooldown, Disturbance, EngineInfo, RunResult, Status
 from jobs.spec import JobSpec
@@ -48,6 +49,7 @@ from worker.disturbance import DisturbanceMonitor
 from worker.engines import EngineOutcome, RunTarget, get_engine, registered
 from worker.lease import Lease, LeaseLost, start_attempt
 from worker.outbox import Entry, Outbox
+from worker.progress import ProgressReporter
 from worker.publish import publish
 from worker.settings import RuntimeSettings, SettingError, build_setters, journal_in
 from worker.telemetry import Sampler
@@ -66,11 +68,13 @@ def execute(
     facts: HostFacts | None = None,
     lease: Lease | None = None,
     outbox: Path | None = None,
+    progress: ProgressReporter | None = None,
 ) -> RunResult | None:
     """Run `payload` (a JobSpec as JSON) and push its RunResult; None when nothing ran.
 
     `spool` holds the settings journal; the result is kept in `outbox` (worker/outbox.py; the
-    agent's is per broker), `spool` itself when not given.
+    agent's is per broker), `spool` itself when not given. `progress` (the agent's) hears
+    each phase of the run (worker/progress.py); the caller sets it idle afterwards.
 
     Broker errors before the run propagate (the caller re-queues the message); after the run
     the result is kept at any cost. With `lease` (the agent's), LeaseLost when the lease is no
@@ -107,8 +111,10 @@ def execute(
 
     log.info("running job %s (attempt %d): %s", job.job_id, attempt, job.axes())
     wrapped = _Wrapped()
+    progress = progress if progress is not None else ProgressReporter(None, config.host)
+    progress.start_job(job.job_id, job.campaign)
     try:
-        outcome, telemetry = _measure(job, config, wrapped, spool)
+        outcome, telemetry = _measure(job, config, wrapped, spool, progress)
     except SettingError as exc:
         reason = f"runtime settings {job.settings} could not be applied, so it did not run: {exc}"
         result = _error_result(job, config, attempt, reason, started)
@@ -123,6 +129,7 @@ def execute(
         }
     )
     log.info("job %s finished: %s", job.job_id, result.status.value)
+    progress.phase(Phase.PUBLISHING)
     return push(redis, result, keep, lease)
 
 
@@ -154,11 +161,16 @@ def _facts_as_run(facts: HostFacts | None, settings: dict[str, AppliedSetting]) 
 
 
 def _measure(
-    job: JobSpec, config: WorkerConfig, wrapped: _Wrapped, spool: Path | None = None
+    job: JobSpec,
+    config: WorkerConfig,
+    wrapped: _Wrapped,
+    spool: Path | None = None,
+    progress: ProgressReporter | None = None,
 ) -> tuple[EngineOutcome, Telemetry | None]:
     """Run the engine inside the wrappers: runtime settings (applied first, restored last), the
     cool-down gate, then the telemetry sampler; phases come back relative to its start."""
     engine = get_engine(job.engine)  # first: it stops other engines' warm servers
+    progress = progress if progress is not None else ProgressReporter(None, config.host)
     with contextlib.ExitStack() as stack:
         settings = RuntimeSettings(
             build_setters(config.setters, config.facts_root),
@@ -167,7 +179,10 @@ def _measure(
         )
         stack.callback(lambda: setattr(wrapped, "settings", settings.record))
         stack.enter_context(settings)
+        # Registered after the settings: it runs just before they are put back.
+        stack.callback(progress.phase, Phase.RESTORING)
         if config.cooldown is not None:
+            progress.phase(Phase.COOLDOWN)
             gate = stack.enter_context(CooldownGate(config.cooldown, root=config.facts_root))
             wrapped.cooldown = gate.record
         monitor = None
@@ -194,6 +209,7 @@ def _measure(
             image=config.images.get(job.workload.image) if job.workload.image else None,
             api_key=ec.api_key,
             runtime_pin=ec.runtimes.get(job.backend),
+            on_phase=progress.phase,
         )
         try:
             outcome = engine.run(job, target)

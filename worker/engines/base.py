@@ -24,6 +24,7 @@ from jobs.result import BackendCheck, EngineInfo, Measurement, RequestSample, St
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.process import ignore_pid
+from worker.progress import ignore_phase
 
 log = logging.getLogger("orch.worker")
 
@@ -46,6 +47,9 @@ class RunTarget:
     api_key: str | None = field(default=None, repr=False)
     # LM Studio: the owner's runtime pin for the job's backend (`name` or `name@version`)
     runtime_pin: str | None = None
+    # Called between the timed parts of a job (worker/progress.py): ("warm-up"), ("repetition",
+    # k, N, tokens/s of the last one), ("running", None, N); never inside a timed request.
+    on_phase: Callable[..., None] = ignore_phase
 
 
 @dataclass

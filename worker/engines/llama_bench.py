@@ -14,6 +14,7 @@ from typing import Any
 
 from jobs.backends import check_llama_bench_row, llama_cpp_offload_args
 from jobs.engineoptions import option_mismatch
+from jobs.progress import Phase
 from jobs.result import (
     LLAMA_BENCH_DETAIL_FIELDS,
     EngineInfo,
@@ -37,6 +38,8 @@ class LlamaBench(Engine):
     def run(self, job: JobSpec, target: RunTarget) -> EngineOutcome:
         argv = self.argv(job, target)
         info = EngineInfo(name=self.name, backend=job.backend, binary=str(target.binary))
+        # All repetitions run in one process: k of N is not known until it ends.
+        target.on_phase(Phase.RUNNING, None, job.repetitions)
         try:
             proc = run_bounded(argv, target.timeout_s, target.on_process)
         except OSError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from jobs.backends import LOG_HEAD_CHARS, check_llama_log, gpu_layers_for, llama_cpp_offload_args
 from jobs.engineoptions import option_mismatch
 from jobs.load import LoadResult
+from jobs.progress import Phase
 from jobs.result import BackendCheck, EngineInfo, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
@@ -32,6 +33,7 @@ from worker.engines.timing import (
     server_prefill_rate,
 )
 from worker.load.llamaserver import LoadRefused, llama_server_load
+from worker.progress import last_tokens_per_s
 
 # Log lines that mean the model never got to serve (llama.cpp's own wording).
 _LOAD_FAILURE = re.compile(
@@ -74,6 +76,7 @@ class LlamaServer(Engine):
                  _slots(job))  # fmt: skip
         fresh_load = group != self._group or self._server is None or not self._server.alive()
         if fresh_load:
+            target.on_phase(Phase.LOADING)
             failure = self._start(job, target, group, info)
             if failure is not None:
                 return failure
@@ -81,7 +84,7 @@ class LlamaServer(Engine):
         assert server is not None
         target.on_process(server.pid)
         try:
-            return self._measure(job, server, info, fresh_load, deadline, target.timeout_s)
+            return self._measure(job, server, info, fresh_load, deadline, target)
         except (HttpError, OSError, ValueError, KeyError) as exc:
             tail = server.log_tail()
             alive = server.alive()

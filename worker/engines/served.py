@@ -19,12 +19,14 @@ from urllib.parse import urlsplit
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are checked by tests
 
+from jobs.progress import Phase
 from jobs.result import BackendCheck, EngineInfo, Measurement, RequestSample, Status
 from jobs.spec import JobSpec
 from jobs.telemetry import PhaseWindow
 from worker.engines.base import Engine, EngineOutcome, RunTarget
 from worker.engines.http_stream import HttpError
 from worker.engines.timing import measurements
+from worker.progress import last_tokens_per_s
 
 # Host names of this box in a url: a server there is one whose process (and CLI) orch can reach.
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -140,6 +142,12 @@ class ServedEngine(Engine):
                     prompt = f"[run {i + 1}] {work.prompt_text}"
                 else:
                     prompt = synthetic_prompt(work.prompt_tokens, i + 1)
+                if i < work.warmup_runs:
+                    target.on_phase(Phase.WARMUP)
+                else:
+                    rate = last_tokens_per_s(samples)
+                    k = i - work.warmup_runs + 1
+                    target.on_phase(Phase.REPETITION, k, job.repetitions, rate)
                 sample, windows, payload = self.request(job, target, prompt, deadline)
                 if i == 0:
                     first_payload = payload
