@@ -23,6 +23,7 @@ Delivery is at-least-once (acks_late), so `execute` is written to be re-run safe
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +40,15 @@ from jobs.engineoptions import job_option_problem
 from jobs.facts import HostFacts
 from jobs.progress import Phase
 from jobs.protocol import FINAL_KEY, MAX_DELIVERIES
-from jobs.result import AppliedSetting, Cooldown, Disturbance, EngineInfo, RunResult, Status
+from jobs.result import (
+    AppliedSetting,
+    Cooldown,
+    Disturbance,
+    EngineInfo,
+    RunResult,
+    Status,
+    oversized,
+)
 from jobs.spec import JobSpec
 from jobs.telemetry import Telemetry
 from jobs.version import ORCH_VERSION
@@ -346,7 +355,7 @@ def push(
             if not lease.keep(redis):
                 raise LeaseLost(f"result of {result.job_id} refused: the {lease.host} lease "
                                 "is not ours")  # fmt: skip
-    body = result.model_dump_json()
+    result, body = _within_size(result)
     outbox = Outbox(spool) if spool is not None else None
     entry = _keep(outbox, result, body)
     try:
@@ -378,6 +387,43 @@ def push(
     log.error("broker unreachable: result of %s kept in %s until it is back",
               result.job_id, entry.path)  # fmt: skip
     return result
+
+
+def _within_size(result: RunResult) -> tuple[RunResult, str]:
+    """`result` and its JSON, or an error result in its place when it is over the size every
+    store takes (jobs/result.py)."""
+    body = result.model_dump_json()
+    if oversized(body) is None:
+        return result, body
+    result = _shrunk(result, body)
+    return result, result.model_dump_json()
+
+
+def _shrunk(result: RunResult, body: str) -> RunResult:
+    """An error result in place of one over the size every store takes (jobs/result.py): its
+    bulky parts dropped, the reason naming the largest. What was measured is lost; saying so
+    beats a result no store will ever read."""
+    bulky = ("measurements", "requests", "telemetry", "load", "phases", "argv", "engine")
+    sizes = {
+        name: len(json.dumps(result.model_dump(mode="json", include={name}))) for name in bulky
+    }
+    largest = ", ".join(f"{n} {b / 2**20:.1f} MiB" for n, b in sorted(sizes.items(),
+                        key=lambda kv: -kv[1])[:3])  # fmt: skip
+    reason = f"{oversized(body)}; largest parts: {largest}; dropped, the run is not kept"
+    log.error("result of %s: %s", result.job_id, reason)
+    return result.model_copy(
+        update={
+            "status": Status.ERROR,
+            "error": reason,
+            "measurements": [],
+            "requests": [],
+            "telemetry": None,
+            "load": None,
+            "phases": [],
+            "argv": [part[:4096] for part in result.argv[:64]],
+            "engine": None,
+        }  # fmt: skip
+    )
 
 
 def _keep(outbox: Outbox | None, result: RunResult, body: str) -> Entry | None:

@@ -164,6 +164,28 @@ def test_a_result_the_broker_cannot_take_is_spooled_then_flushed(
     assert [p.name for p in spool.iterdir()] == [f"{kept.stem}.{entry_id.decode()}.json"]
 
 
+def test_a_result_over_the_size_stores_take_is_published_as_an_error_saying_so(
+    config: WorkerConfig, redis_client: Any, tmp_path: Path
+) -> None:
+    """A result over MAX_RESULT_JSON_BYTES would only be kept aside by every store: the worker
+    publishes an error result in its place, naming the largest parts it dropped."""
+    from jobs.result import MAX_RESULT_JSON_BYTES, RequestSample
+    from worker import runner
+
+    sample = RequestSample(
+        prompt_tokens=1, gen_tokens=1, ttft_s=0.1, e2e_s=0.2, decode_tokens_per_s=None
+    )
+    big = _result_for(config).model_copy(
+        update={"requests": [sample] * (MAX_RESULT_JSON_BYTES // len(sample.model_dump_json()))}
+    )
+    pushed = runner.push(redis_client, big, tmp_path / "spool")
+
+    assert pushed.status is Status.ERROR and pushed.requests == []
+    assert pushed.error is not None and pushed.error.startswith("oversized: a result of")
+    assert "largest parts: requests" in pushed.error
+    assert _pushed(redis_client) == [pushed]
+
+
 def _result_for(config: WorkerConfig) -> RunResult:
     from datetime import UTC, datetime
 
