@@ -22,7 +22,6 @@ The rule, in one place:
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -87,8 +86,13 @@ def broker_epoch(client: Any) -> str:
 
 
 def acknowledge(client: Any, bodies: Iterable[bytes | str], now: float | None = None) -> int:
-    """A store's acknowledgement of results it has committed; returns how many."""
-    score = time.time() if now is None else now
+    """A store's acknowledgement of results it has committed; returns how many. Scored by the
+    broker's clock, so that every store's acknowledgements are trimmed in one order (a store
+    whose own clock lags would otherwise see its acknowledgements trimmed first)."""
+    if now is None:
+        seconds, micros = client.time()
+        now = float(seconds) + float(micros) / 1e6
+    score = now
     names = {ack_id(body): score for body in bodies}
     if not names:
         return 0
