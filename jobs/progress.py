@@ -33,6 +33,10 @@ PROGRESS_MAX_BYTES = 4096
 # Repetition updates closer together than this are held back (the latest one is written at the
 # next phase change or heartbeat): a tiny model finishes hundreds of requests a second.
 PROGRESS_MIN_INTERVAL_S = 1.0
+# Bounds of a record's texts and counts: a writer (worker/progress.py) leaves out what exceeds
+# them, so that what any job may carry (a long campaign name, many repetitions) never fails it.
+PROGRESS_MAX_TEXT = 200
+PROGRESS_MAX_COUNT = 1_000_000
 
 
 class Phase(StrEnum):
@@ -55,14 +59,14 @@ class Progress(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    host: str = Field(max_length=200)
+    host: str = Field(max_length=PROGRESS_MAX_TEXT)
     phase: Phase
     phase_started_at: float
     updated_at: float
-    job_id: str | None = Field(default=None, max_length=200)
-    campaign: str | None = Field(default=None, max_length=200)
-    repetition: int | None = Field(default=None, ge=0, le=1_000_000)  # k, 1-based
-    repetitions: int | None = Field(default=None, ge=0, le=1_000_000)  # N
+    job_id: str | None = Field(default=None, max_length=PROGRESS_MAX_TEXT)
+    campaign: str | None = Field(default=None, max_length=PROGRESS_MAX_TEXT)
+    repetition: int | None = Field(default=None, ge=0, le=PROGRESS_MAX_COUNT)  # k, 1-based
+    repetitions: int | None = Field(default=None, ge=0, le=PROGRESS_MAX_COUNT)  # N
     # Generation tokens/s of the last finished repetition, as the engine reported it; None
     # where the engine has no cheap live figure (llama-bench reports only at the end).
     tokens_per_s: float | None = Field(default=None, ge=0)
@@ -104,6 +108,11 @@ def parse_progress(raw: Any, host: str) -> Progress | None:
 def read_progress(client: Any, host: str) -> Progress | None:
     """`host`'s progress from the broker, read at most PROGRESS_MAX_BYTES + 1 bytes deep: a
     huge value someone wrote is refused without being transferred whole."""
+    import redis  # here: only a reader with a broker needs it
+
     key = progress_key(host)
-    head = client.getrange(key, 0, PROGRESS_MAX_BYTES)
+    try:
+        head = client.getrange(key, 0, PROGRESS_MAX_BYTES)
+    except redis.ResponseError:  # WRONGTYPE: someone made the key a list or a hash
+        return None
     return parse_progress(head or None, host)

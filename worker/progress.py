@@ -12,14 +12,15 @@ counts.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import redis as redis_lib
-
 from jobs.progress import (
+    PROGRESS_MAX_COUNT,
+    PROGRESS_MAX_TEXT,
     PROGRESS_MIN_INTERVAL_S,
     PROGRESS_TTL_S,
     Phase,
@@ -42,7 +43,8 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         now = clock()
-        self._record = Progress(host=host, phase=Phase.IDLE, phase_started_at=now, updated_at=now)
+        self._record = Progress(host=host[:PROGRESS_MAX_TEXT], phase=Phase.IDLE,
+                                phase_started_at=now, updated_at=now)  # fmt: skip
         self._written_at = 0.0  # time.monotonic() of the last write handed over
         self._warned = False
         self._queued = 0  # records handed to the writer thread, and of those written (or failed)
@@ -106,16 +108,18 @@ class ProgressReporter:
                 job_id = campaign = None
             elif job_id is None:
                 job_id, campaign = old.job_id, old.campaign
+            # Figures the record cannot hold are left out of the view: raising here would
+            # fail the job over what `orch status` shows of it.
             self._record = Progress(
-                host=self.host,
+                host=old.host,
                 phase=phase,
                 phase_started_at=old.phase_started_at if keep_start else now,
                 updated_at=now,
-                job_id=job_id,
-                campaign=campaign,
-                repetition=repetition,
-                repetitions=repetitions,
-                tokens_per_s=tokens_per_s,
+                job_id=_text(job_id),
+                campaign=_text(campaign),
+                repetition=_count(repetition),
+                repetitions=_count(repetitions),
+                tokens_per_s=_rate(tokens_per_s),
             )
             if throttle and time.monotonic() - self._written_at < PROGRESS_MIN_INTERVAL_S:
                 return
@@ -145,7 +149,7 @@ class ProgressReporter:
                 queued, body = self._queued, self._record.model_dump_json()
             try:
                 self.redis.set(progress_key(self.host), body, ex=PROGRESS_TTL_S)  # type: ignore[union-attr]
-            except redis_lib.RedisError as exc:
+            except Exception as exc:  # noqa: BLE001 - a dead writer would hide progress for good
                 if not self._warned:
                     log.warning("could not publish progress (shown again once it can): %s", exc)
                     self._warned = True
@@ -154,6 +158,19 @@ class ProgressReporter:
             with self._changed:
                 self._done = queued  # everything handed over so far is in what was written
                 self._changed.notify_all()
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else value[:PROGRESS_MAX_TEXT]
+
+
+def _count(value: int | None) -> int | None:
+    return value if value is not None and 0 <= value <= PROGRESS_MAX_COUNT else None
+
+
+def _rate(value: float | None) -> float | None:
+    """A tokens/s figure the record can hold: finite and not negative (a server may say NaN)."""
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
 def ignore_phase(

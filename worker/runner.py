@@ -395,7 +395,7 @@ def _within_size(result: RunResult) -> tuple[RunResult, str]:
     body = result.model_dump_json()
     if oversized(body) is None:
         return result, body
-    result = _shrunk(result, body)
+    result = _within_size_at_last(_shrunk(result, body))
     return result, result.model_dump_json()
 
 
@@ -422,6 +422,26 @@ def _shrunk(result: RunResult, body: str) -> RunResult:
             "phases": [],
             "argv": [part[:4096] for part in result.argv[:64]],
             "engine": None,
+        }  # fmt: skip
+    )
+
+
+def _within_size_at_last(result: RunResult) -> RunResult:
+    """What is left of an oversized result once its run is dropped, if still too large (a huge
+    prompt_text in its job, a forged fact): only the job's identity, the reason and the times."""
+    if oversized(result.model_dump_json()) is None:
+        return result
+    return result.model_copy(
+        update={
+            "job": None,
+            "declared": {},
+            "host_facts": None,
+            "settings": {},
+            "disturbance": None,
+            "backend_check": None,
+            "cooldown": None,
+            "argv": [],
+            "error": (result.error or "")[:4096],
         }  # fmt: skip
     )
 

@@ -195,15 +195,22 @@ def _not_measured(cell: Cell | None) -> str | None:
 
 def _worse(cell: Cell, where: str, threshold_pct: float) -> list[Regression]:
     metric, comparison = cell.metric, cell.comparison
-    if comparison is None or comparison.ratio is None or metric.regression is None:
+    if comparison is None or metric.regression is None:
         return []
+    ratio = "from 0" if comparison.ratio is None else f"{comparison.ratio:.3f}×"
     if comparison.verdict is Verdict.DISTURBED:
         # No verdict is drawn from a disturbed run, and a guard must not pass on what it could
         # not judge (a slowed A hides B's regression as well as a slowed B fakes one).
-        return [Regression(where, f"not judged: disturbed runs ({comparison.ratio:.3f}×)")]
+        return [Regression(where, f"not judged: disturbed runs ({ratio})")]
     if comparison.verdict not in (Verdict.UP, Verdict.DOWN):
         return []
     worse = (metric.regression == "up") == (comparison.verdict is Verdict.UP)
+    if comparison.ratio is None:
+        # From a baseline of 0 (no failed request in A) no ratio exists, but the exact test
+        # still says B differs: a rise is a regression whatever the threshold.
+        if not worse or cell.stats is None:
+            return []
+        return [Regression(where, f"from 0 to {cell.stats.median:g} (worse)")]
     change = abs(comparison.ratio - 1.0) * 100.0
     if worse and change > threshold_pct:
         return [Regression(where, f"{comparison.ratio:.3f}× ({change:.1f}% worse)")]

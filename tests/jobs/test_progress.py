@@ -158,3 +158,41 @@ def test_a_broker_that_hangs_never_holds_the_job_thread() -> None:
     assert not reporter.flush(timeout_s=0.2)  # still hanging, and the job went on
     answer.set()
     assert reporter.flush()
+
+
+def test_a_progress_key_of_another_type_never_breaks_orch_status(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """A hostile writer can make the key a list or a hash: GETRANGE on it is a WRONGTYPE error,
+    which must read as no progress, not fail `orch status`."""
+    seconds, _ = redis_client.time()
+    for host in ("halo", "nuc"):
+        inventory = WorkerInventory(host=host, queue=queue_name(host, {}), configuration={},
+                                    version="t", instance_id="i", pid=1, started_at=0,
+                                    last_seen=float(seconds) + 3600)  # fmt: skip
+        redis_client.set(INVENTORY_KEY.format(host=host), inventory.model_dump_json())
+    redis_client.rpush(progress_key("halo"), b"x")
+    redis_client.hset(progress_key("nuc"), "a", "b")
+    assert read_progress(redis_client, "halo") is None
+    text = render_status(Store.open(tmp_path / "s.db"), redis_client, None)
+    assert "halo" in text and "halo:" not in text and "nuc:" not in text
+
+
+@pytest.mark.parametrize(
+    ("campaign", "repetitions", "rate"),
+    [("c", 3, float("nan")), ("c", 3, -1.0), ("c", 2_000_000, 5.0), ("c" * 300, 3, 5.0)],
+)
+def test_figures_progress_cannot_hold_never_fail_the_job(
+    campaign: str, repetitions: int, rate: float
+) -> None:
+    """A server's odd figure (NaN or negative tokens/s), a spec's many repetitions or a long
+    campaign name are valid for the job: the progress view drops what it cannot show rather
+    than raise in the job thread (which would turn a good run into an error)."""
+    reporter = ProgressReporter(None, "halo")
+    reporter.start_job("j1", campaign)
+    reporter.phase(Phase.REPETITION, 1, repetitions, rate)
+    reporter.phase(Phase.RUNNING, None, repetitions)
+    record = reporter.record
+    assert record.phase is Phase.RUNNING and record.job_id == "j1"
+    assert record.tokens_per_s is None or record.tokens_per_s >= 0
+    assert Progress.model_validate_json(record.model_dump_json()) == record

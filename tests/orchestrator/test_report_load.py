@@ -244,3 +244,29 @@ def test_the_example_sweep_is_a_concurrency_axis_per_configuration() -> None:
         (c, n) for c in ("carve-32g", "carve-512m") for n in (1, 2, 4, 8)
     )
     assert len({a["workload"] for a in axes}) == 1  # the sweep is one workload at four levels
+
+
+def test_errors_rising_from_none_are_a_regression(tmp_path: Path) -> None:
+    """A's load runs had no failed request, B's fail some in every run: the ratio of medians
+    has no meaning from 0, but the exact test does, and a guard must not pass on it."""
+    store = _store(tmp_path)
+    job = _spec("vulkan", 8)
+    result = _result(job)
+    assert result.load is not None
+    for i, run in enumerate(result.load.runs):
+        run.summary = run.summary.model_copy(update={"errors": 3 + i % 2, "ok": 13})
+    store.record_job(job)
+    store.upsert_result(result)
+    same = _spec("rocm", 8)
+    store.record_job(same)
+    store.upsert_result(_result(same))
+    options = PivotOptions(metrics=(lm.ERRORS,))
+    pivot = compare_within(store, CAMPAIGN, "backend=rocm", "backend=vulkan", options)
+    row = next(r for r in pivot.rows if 8 in r)
+    cell = pivot.cell(row, ("backend=vulkan",))
+    assert cell is not None and cell.comparison is not None
+    assert cell.comparison.verdict is Verdict.UP and cell.comparison.ratio is None
+    found = regressions(pivot, 5.0)
+    # Zero errors on both sides at every other level: nothing to report there.
+    assert len(found) == 1, found
+    assert "8" in found[0].where.split() and found[0].what == "from 0 to 3 (worse)", found

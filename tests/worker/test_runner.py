@@ -186,6 +186,27 @@ def test_a_result_over_the_size_stores_take_is_published_as_an_error_saying_so(
     assert _pushed(redis_client) == [pushed]
 
 
+def test_a_result_still_over_the_size_without_its_run_keeps_only_its_identity(
+    config: WorkerConfig, redis_client: Any, tmp_path: Path
+) -> None:
+    """Dropping the run is not enough when the job itself is huge (a forged prompt_text, facts):
+    what is published is the job's identity, the reason and the times, within the size."""
+    from jobs.result import MAX_RESULT_JSON_BYTES, oversized
+    from worker import runner
+
+    result = _result_for(config)
+    assert result.job is not None
+    huge_job = result.job.model_copy(
+        update={"workload": Workload(prompt_text="x" * (MAX_RESULT_JSON_BYTES + 1))}
+    )
+    pushed = runner.push(redis_client, result.model_copy(update={"job": huge_job}), tmp_path)
+
+    assert pushed.status is Status.ERROR and pushed.job is None
+    assert oversized(pushed.model_dump_json()) is None
+    assert pushed.job_id == result.job_id and pushed.attempt == result.attempt
+    assert _pushed(redis_client) == [pushed]
+
+
 def _result_for(config: WorkerConfig) -> RunResult:
     from datetime import UTC, datetime
 
