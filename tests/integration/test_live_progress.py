@@ -57,8 +57,10 @@ class _Sampler(threading.Thread):
 
 
 def _last_frame(screen: str) -> str:
-    """What a terminal shows after the last redraw: the text after the last cursor-home."""
-    frame = screen.rsplit("\x1b[H", 1)[-1]
+    """What a terminal shows after the last complete redraw: from the last cursor-home to the
+    clear-below that ends a frame (a frame may arrive in several reads: a half one is not it)."""
+    complete = screen.rsplit("\x1b[J", 1)[0] if "\x1b[J" in screen else ""
+    frame = complete.rsplit("\x1b[H", 1)[-1]
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", frame)
 
 

@@ -36,6 +36,9 @@ for detach in (False, True):
         time.sleep(600)
         os._exit(0)
     pids.append(pid)
+# Printed once the detached child is in its own session (its setsid runs when it gets the CPU).
+while os.getsid(pids[1]) == os.getsid(0):
+    time.sleep(0.01)
 print(*pids, flush=True)
 time.sleep(600)
 """
