@@ -5,6 +5,7 @@ Like `orchestrator.cli`, it only parses and prints; the work is in `orchestrator
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -276,4 +277,44 @@ def import_llama_bench_cmd(
     )
 
 
-COMMANDS = (report_cmd, compare_cmd, campaigns_cmd, import_group)
+@click.command("export")
+@click.argument("campaign")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: every stored result of CAMPAIGN whole, one RunResult JSON a line.",
+)
+@click.option(
+    "--out", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file."
+)
+@click.option("--broker", help=BROKER_HELP + " Collect new results from it first.")
+@click.pass_context
+def export_cmd(
+    ctx: click.Context, campaign: str, fmt: str, out: Path | None, broker: str | None
+) -> None:
+    """Every stored result of CAMPAIGN, whole (job spec, every repetition, request timings,
+    telemetry series, load records, host facts), one JSON object a line, for pandas
+    (`read_json(lines=True)`), DuckDB (`read_json_auto`) or jq. Each line carries the
+    `schema_version` it was written in. Results are read one at a time: memory stays flat."""
+    from orchestrator.broker import connect
+    from orchestrator.export import export_jsonl
+
+    store = _store(ctx)
+    broker = optional_broker(broker)
+    if broker:
+        store.collect(connect(broker))
+    store.require_campaign(campaign)
+    if out is None:
+        count = export_jsonl(store, campaign, sys.stdout)
+    else:
+        partial = out.with_name(f".{out.name}.partial")
+        with partial.open("w", encoding="utf-8") as file:
+            count = export_jsonl(store, campaign, file)
+        partial.replace(out)  # never a half-written export under the name asked for
+    click.echo(f"{count} result(s) of {campaign}" + (f" in {out}" if out else ""), err=True)
+
+
+COMMANDS = (report_cmd, compare_cmd, campaigns_cmd, import_group, export_cmd)

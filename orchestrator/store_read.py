@@ -112,6 +112,13 @@ class StoreReader:
             out.append(JobRow(spec, parsed, bool(cancelled) and not text, prediction, source))
         return out
 
+    def campaign_job_ids(self, campaign: str) -> list[str]:
+        """The ids of `campaign`'s jobs, in id order."""
+        rows = self.conn.execute(
+            "SELECT job_id FROM jobs WHERE campaign = ? ORDER BY job_id", (campaign,)
+        )
+        return [str(row[0]) for row in rows]
+
     def stored_result(self, job_id: str) -> RunResult | None:
         """The job's stored result put back together (its job spec and telemetry series
         included): equal to the RunResult the store was given. None: the job has none."""

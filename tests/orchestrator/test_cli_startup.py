@@ -71,6 +71,7 @@ def test_importing_the_command_line_imports_nothing_heavy() -> None:
 COMMANDS = (
     "submit", "status", "plan", "retry", "cancel", "hosts", "demo", "report", "compare",
     "campaigns", "import", "fleet", "local", "dlq", "worker", "engines", "models", "doctor",
+    "export",
 )  # fmt: skip
 
 
